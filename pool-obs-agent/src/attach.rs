@@ -1,0 +1,84 @@
+//! Loads the kernel programs and attaches them to the target's functions.
+
+pub mod plan;
+pub mod symbols;
+
+use std::num::NonZeroU32;
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Array,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use pool_obs_common::{maps, probe::ProbeSpec};
+use tracing::{info, warn};
+
+use crate::manifest::At;
+use plan::Plan;
+
+static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
+
+const ENTRY_PROGRAM: &str = "probe_entry";
+const RETURN_PROGRAM: &str = "probe_return";
+
+pub struct RingSettings {
+    /// Ring buffer size; the kernel rounds it up to a power-of-two number of pages.
+    pub bytes: u32,
+    /// Wake the reader when this much data waits (0: on every event).
+    pub wakeup_bytes: u64,
+}
+
+/// Loads the programs, fills `PROBES` from the plan and attaches every probe to `pid` only.
+/// Dropping the returned [`Ebpf`] detaches everything.
+pub fn attach(pid: NonZeroU32, plan: &Plan, ring: &RingSettings) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::EVENTS, ring.bytes)
+        .override_global("WAKEUP_BYTES", &ring.wakeup_bytes, true)
+        .load(KERNEL_OBJECT)
+        .context("loading the kernel programs")?;
+    write_specs(&mut ebpf, &plan.specs)?;
+    let target = format!("/proc/{pid}/exe");
+    for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+        uprobe(&mut ebpf, name)?.load().with_context(|| format!("loading {name} into the kernel"))?;
+    }
+    for attachment in &plan.attachments {
+        let program = match attachment.at {
+            At::Entry => ENTRY_PROGRAM,
+            At::Return => RETURN_PROGRAM,
+        };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
+            cookie: Some(attachment.cookie.into()),
+        };
+        uprobe(&mut ebpf, program)?
+            .attach(point, &target, UProbeScope::OneProcess(pid))
+            .with_context(|| format!("attaching to {} in {target}", attachment.function))?;
+        info!(function = %attachment.function, at = ?attachment.at, offset = attachment.file_offset, "probe attached");
+        if attachment.at == At::Return {
+            warn!(
+                function = %attachment.function,
+                "return probe: a panic unwinding through this function aborts the pool, because the \
+                 kernel's return trampoline has no unwind info; probe only functions that cannot panic"
+            );
+        }
+    }
+    Ok(ebpf)
+}
+
+fn write_specs(ebpf: &mut Ebpf, specs: &[ProbeSpec]) -> Result<()> {
+    let map = ebpf.map_mut(maps::PROBES).context("the kernel object has no PROBES map")?;
+    let mut table: Array<_, ProbeSpec> = Array::try_from(map)?;
+    for (index, spec) in specs.iter().enumerate() {
+        table.set(index as u32, spec, 0).context("writing a probe spec")?;
+    }
+    Ok(())
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    let program = ebpf.program_mut(name).with_context(|| format!("the kernel object has no program {name}"))?;
+    Ok(program.try_into()?)
+}

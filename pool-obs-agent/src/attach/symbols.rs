@@ -1,0 +1,152 @@
+//! Finds the pool's functions in its ELF symbol table by demangled Rust path.
+
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+/// A function that can be probed.
+#[derive(Clone, Debug)]
+pub struct Symbol {
+    /// Demangled path without the hash, e.g. `demo_pool::pool::Pool::serve`.
+    pub name: String,
+    pub address: u64,
+    /// Where the function's first instruction sits in the file: what uprobes attach to.
+    pub file_offset: u64,
+}
+
+pub struct SymbolTable {
+    symbols: Vec<Symbol>,
+}
+
+#[derive(Debug)]
+pub enum SymbolError {
+    Unreadable { path: String, reason: String },
+    Stripped { path: String },
+    NotFound { pattern: String, nearest: Vec<String> },
+    Ambiguous { pattern: String, matches: Vec<String> },
+}
+
+impl fmt::Display for SymbolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SymbolError::Unreadable { path, reason } => write!(f, "cannot read {path}: {reason}"),
+            SymbolError::Stripped { path } => write!(
+                f,
+                "{path} has no symbol table (stripped): rebuild the pool without `strip` to profile it"
+            ),
+            SymbolError::NotFound { pattern, nearest } if nearest.is_empty() => {
+                write!(f, "no function matches `{pattern}`: list candidates with `pool-obs-agent symbols`")
+            }
+            SymbolError::NotFound { pattern, nearest } => {
+                write!(f, "no function matches `{pattern}`; nearest: {}", nearest.join(", "))
+            }
+            SymbolError::Ambiguous { pattern, matches } => write!(
+                f,
+                "`{pattern}` matches {} functions, name one: {}",
+                matches.len(),
+                matches.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SymbolError {}
+
+impl SymbolTable {
+    pub fn read(path: &Path) -> Result<Self, SymbolError> {
+        let shown = path.display().to_string();
+        let unreadable = |reason: String| SymbolError::Unreadable { path: shown.clone(), reason };
+        let data = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
+        let file = object::File::parse(&*data).map_err(|error| unreadable(error.to_string()))?;
+        if file.symbol_table().is_none() {
+            return Err(SymbolError::Stripped { path: shown });
+        }
+        let symbols = file
+            .symbols()
+            .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.is_definition() && symbol.size() > 0)
+            .filter_map(|symbol| {
+                let mangled = symbol.name().ok()?;
+                let section = file.section_by_index(symbol.section_index()?).ok()?;
+                let (section_offset, _) = section.file_range()?;
+                let file_offset = symbol.address().checked_sub(section.address())? + section_offset;
+                Some(Symbol {
+                    name: format!("{:#}", rustc_demangle::demangle(mangled)),
+                    address: symbol.address(),
+                    file_offset,
+                })
+            })
+            .collect();
+        Ok(Self { symbols })
+    }
+
+    /// The one function whose demangled name matches `pattern` (`*` matches any run of
+    /// characters). Aliases at the same address count once.
+    pub fn resolve(&self, pattern: &str) -> Result<&Symbol, SymbolError> {
+        let by_address: BTreeMap<u64, &Symbol> = self
+            .symbols
+            .iter()
+            .filter(|symbol| glob_match(pattern, &symbol.name))
+            .map(|symbol| (symbol.address, symbol))
+            .collect();
+        match by_address.len() {
+            1 => Ok(by_address.into_values().next().expect("one match")),
+            0 => Err(SymbolError::NotFound { pattern: pattern.to_string(), nearest: self.nearest(pattern) }),
+            _ => Err(SymbolError::Ambiguous {
+                pattern: pattern.to_string(),
+                matches: by_address.values().map(|symbol| symbol.name.clone()).collect(),
+            }),
+        }
+    }
+
+    /// Up to five functions whose name ends like the pattern's last path segment.
+    fn nearest(&self, pattern: &str) -> Vec<String> {
+        let last_segment = pattern.rsplit("::").next().unwrap_or(pattern).replace('*', "");
+        let mut names: Vec<String> = self
+            .symbols
+            .iter()
+            .filter(|symbol| !last_segment.is_empty() && symbol.name.ends_with(&format!("::{last_segment}")))
+            .map(|symbol| symbol.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names.truncate(5);
+        names
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty();
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("demo::Pool::serve", "demo::Pool::serve"));
+        assert!(!glob_match("demo::Pool::serve", "demo::Pool::serve_all"));
+        assert!(glob_match("*::Pool::serve", "demo::pool::Pool::serve"));
+        assert!(glob_match("demo::*::serve", "demo::pool::Pool::serve"));
+        assert!(!glob_match("demo::*::serve", "demo::pool::Pool::serve_all"));
+        assert!(glob_match("*serve*", "x::serve::y"));
+        assert!(glob_match("*", "anything"));
+        assert!(!glob_match("a*b*c", "acb"));
+    }
+}

@@ -1,0 +1,190 @@
+//! Every exported metric: its name, help and labels, defined here and nowhere else.
+//! Counter names get `_total` appended by the OpenMetrics encoder.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use pool_obs_common::event::EventKind;
+
+use crate::outcome::Status;
+
+pub mod name {
+    pub const REQUESTS: &str = "pool_requests";
+    pub const REQUEST_DURATION: &str = "pool_request_duration_seconds";
+    pub const REQUEST_QUEUE: &str = "pool_request_queue_seconds";
+    pub const REQUEST_SERVICE: &str = "pool_request_service_seconds";
+    pub const QUEUE_DEPTH: &str = "pool_queue_depth";
+    pub const WORKERS: &str = "pool_workers";
+    pub const WORKER_SPAWNS: &str = "pool_worker_spawns";
+    pub const WORKER_EVICTIONS: &str = "pool_worker_evictions";
+    pub const WORKER_CRASHES: &str = "pool_worker_crashes";
+    pub const WORKER_MEMORY: &str = "pool_worker_memory_bytes";
+    pub const EVENTS: &str = "pool_obs_events";
+    pub const EVENTS_LOST: &str = "pool_obs_events_lost";
+    pub const TARGET_UP: &str = "pool_obs_target_up";
+    pub const PROBES_ATTACHED: &str = "pool_obs_probes_attached";
+    pub const BUILD_INFO: &str = "pool_obs_build_info";
+}
+
+/// Request latency buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    status: Status,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lower case")]
+enum WorkerState {
+    busy,
+    idle,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    model: String,
+    state: WorkerState,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+impl EncodeLabelValue for Status {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<ModelLabels>,
+    request_queue: HistogramFamily<ModelLabels>,
+    request_service: HistogramFamily<ModelLabels>,
+    queue_depth: Family<ModelLabels, Gauge>,
+    workers: Family<WorkerLabels, Gauge>,
+    worker_spawns: Family<ModelLabels, Counter>,
+    worker_evictions: Family<ModelLabels, Counter>,
+    worker_crashes: Family<ModelLabels, Counter>,
+    worker_memory: Family<ModelLabels, Gauge>,
+    events: Family<EventLabels, Counter>,
+    pub events_lost: Counter,
+    pub target_up: Gauge,
+    pub probes_attached: Gauge,
+}
+
+/// One model's series, looked up once so that each event costs an atomic add.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    requests: [Counter; 3],
+    pub request_duration: Histogram,
+    pub request_queue: Histogram,
+    pub request_service: Histogram,
+    pub queue_depth: Gauge,
+    pub workers_busy: Gauge,
+    pub workers_idle: Gauge,
+    pub worker_spawns: Counter,
+    pub worker_evictions: Counter,
+    pub worker_crashes: Counter,
+    pub worker_memory: Gauge,
+}
+
+impl ModelMetrics {
+    pub fn requests(&self, status: Status) -> &Counter {
+        &self.requests[status as usize]
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            request_queue: Family::new_with_constructor(latency_histogram),
+            request_service: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            workers: Family::default(),
+            worker_spawns: Family::default(),
+            worker_evictions: Family::default(),
+            worker_crashes: Family::default(),
+            worker_memory: Family::default(),
+            events: Family::default(),
+            events_lost: Counter::default(),
+            target_up: Gauge::default(),
+            probes_attached: Gauge::default(),
+        };
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register(name::REQUESTS, "Requests the pool finished, by outcome", metrics.requests.clone());
+        registry.register(name::REQUEST_DURATION, "Request time from submission to end", metrics.request_duration.clone());
+        registry.register(name::REQUEST_QUEUE, "Request time from submission to a worker starting it", metrics.request_queue.clone());
+        registry.register(name::REQUEST_SERVICE, "Request time from a worker starting it to its end", metrics.request_service.clone());
+        registry.register(name::QUEUE_DEPTH, "Requests submitted and not yet started", metrics.queue_depth.clone());
+        registry.register(name::WORKERS, "Live workers, busy or idle", metrics.workers.clone());
+        registry.register(name::WORKER_SPAWNS, "Workers spawned", metrics.worker_spawns.clone());
+        registry.register(name::WORKER_EVICTIONS, "Workers evicted", metrics.worker_evictions.clone());
+        registry.register(name::WORKER_CRASHES, "Workers that crashed", metrics.worker_crashes.clone());
+        registry.register(name::WORKER_MEMORY, "Memory declared at spawn by the live workers", metrics.worker_memory.clone());
+        registry.register(name::EVENTS, "Events received from the kernel programs, by kind", metrics.events.clone());
+        registry.register(name::EVENTS_LOST, "Events the kernel could not write because the ring buffer was full", metrics.events_lost.clone());
+        registry.register(name::TARGET_UP, "1 while the target process runs", metrics.target_up.clone());
+        registry.register(name::PROBES_ATTACHED, "Uprobes attached to the target", metrics.probes_attached.clone());
+        registry.register(name::BUILD_INFO, "pool-obs agent build", build_info);
+        Self { registry, ..metrics }
+    }
+
+    pub fn for_model(&self, model: &str) -> ModelMetrics {
+        let labels = ModelLabels { model: model.to_string() };
+        let request = |status| self.requests.get_or_create(&RequestLabels { model: model.to_string(), status }).clone();
+        let workers = |state| self.workers.get_or_create(&WorkerLabels { model: model.to_string(), state }).clone();
+        ModelMetrics {
+            requests: Status::ALL.map(request),
+            request_duration: self.request_duration.get_or_create(&labels).clone(),
+            request_queue: self.request_queue.get_or_create(&labels).clone(),
+            request_service: self.request_service.get_or_create(&labels).clone(),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            workers_busy: workers(WorkerState::busy),
+            workers_idle: workers(WorkerState::idle),
+            worker_spawns: self.worker_spawns.get_or_create(&labels).clone(),
+            worker_evictions: self.worker_evictions.get_or_create(&labels).clone(),
+            worker_crashes: self.worker_crashes.get_or_create(&labels).clone(),
+            worker_memory: self.worker_memory.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn event_counter(&self, kind: EventKind) -> Counter {
+        self.events.get_or_create(&EventLabels { event: kind.name() }).clone()
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

@@ -1,0 +1,159 @@
+//! `pool-obs-agent`: attaches to a running worker pool by PID and serves its per-model metrics.
+//!
+//! The data flows: [`manifest`] + [`attach::symbols`] → [`attach::plan`] → [`attach`] (kernel
+//! programs) → [`ring`] → [`decode`] → [`aggregate`] → [`export`] (`/metrics`, `/health`).
+
+mod aggregate;
+mod attach;
+mod cli;
+mod decode;
+mod export;
+mod manifest;
+mod outcome;
+mod ring;
+mod target;
+
+use std::{
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use pool_obs_common::{counters, maps};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    aggregate::Aggregator,
+    attach::{RingSettings, plan, symbols::SymbolTable},
+    cli::{LogFormat, Options},
+    export::{health, http, metrics::Metrics},
+    ring::{EventRing, KernelCounters},
+    target::Target,
+};
+
+/// How often the health report, the lost-event count and the target's liveness are refreshed.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    init_logging(options.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&anyhow::Error::from(error).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("pool-obs-agent: error: {error:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(options: Options) -> Result<()> {
+    let manifest = manifest::load(&options.manifest)?;
+    let target = Target::open(options.pid)?;
+    let symbols = SymbolTable::read(&target.exe_link)?;
+    let plan = plan::plan(&manifest, &symbols)?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
+
+    let ring_settings =
+        RingSettings { bytes: options.ring_buffer_bytes, wakeup_bytes: u64::from(options.ring_buffer_bytes / 4) };
+    let mut ebpf = attach::attach(target.pid, &plan, &ring_settings)?;
+    let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
+    let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
+    let observing_since = SystemTime::now();
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.probes_attached.set(plan.attachments.len() as i64);
+    metrics.target_up.set(1);
+    let mut aggregator = Aggregator::new(metrics.clone(), plan.probes.clone());
+    let mut observer = Observer { target: &target, observing_since, kernel_counters, events_lost: 0 };
+    let (health_sender, health) = watch::channel(observer.refresh(&aggregator, &metrics));
+    let (stop_sender, mut stop) = watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, http::Endpoints { metrics: metrics.clone(), health }, async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }));
+    info!(pid = target.pid.get(), exe = %target.exe, probes = plan.attachments.len(), "attached; serving http://{}/metrics and /health", options.listen);
+
+    let mut drain_tick = interval(Duration::from_millis(options.drain_interval_ms.max(1)));
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refresh_tick = interval(REFRESH_INTERVAL);
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            woken = ring.woken() => {
+                woken?;
+                ring.drain(|record| apply_record(&mut aggregator, record));
+            }
+            _ = drain_tick.tick() => {
+                ring.drain(|record| apply_record(&mut aggregator, record));
+            }
+            _ = refresh_tick.tick() => {
+                ring.drain(|record| apply_record(&mut aggregator, record));
+                let _ = health_sender.send(observer.refresh(&aggregator, &metrics));
+            }
+        }
+    }
+
+    drop(ring);
+    drop(ebpf);
+    info!("probes detached");
+    let _ = stop_sender.send(true);
+    server.await?.context("serving HTTP")?;
+    Ok(())
+}
+
+fn apply_record(aggregator: &mut Aggregator, record: &[u8]) {
+    match decode::decode(record) {
+        Ok(event) => aggregator.apply(&event),
+        Err(error) => warn!(%error, "undecodable event"),
+    }
+}
+
+/// What is refreshed on a timer rather than per event.
+struct Observer<'a> {
+    target: &'a Target,
+    observing_since: SystemTime,
+    kernel_counters: KernelCounters,
+    events_lost: u64,
+}
+
+impl Observer<'_> {
+    fn refresh(&mut self, aggregator: &Aggregator, metrics: &Metrics) -> http::RenderedHealth {
+        let lost = self.kernel_counters.read(counters::EVENTS_LOST);
+        if lost > self.events_lost {
+            metrics.events_lost.inc_by(lost - self.events_lost);
+            warn!(lost = lost - self.events_lost, "ring buffer full: events lost");
+            self.events_lost = lost;
+        }
+        let up = self.target.is_alive();
+        metrics.target_up.set(i64::from(up));
+        health::render(aggregator.models(), self.target, up, self.observing_since, self.events_lost)
+    }
+}

@@ -1,0 +1,58 @@
+//! Reads the kernel's side: the `EVENTS` ring buffer and the per-CPU `COUNTERS`.
+
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result, anyhow};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use pool_obs_common::counters;
+use tokio::io::{Interest, unix::AsyncFd};
+
+pub struct EventRing {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventRing {
+    pub fn new(map: Option<Map>) -> Result<Self> {
+        let ring = RingBuf::try_from(map.context("the kernel object has no EVENTS map")?)?;
+        // SAFETY: the AsyncFd owns the RingBuf, and with it the fd, for as long as it is registered.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|error| {
+                let (ring, error) = error.into_parts();
+                anyhow!("watching the ring buffer (fd {}): {error}", ring.as_raw_fd())
+            })?;
+        Ok(Self { ring })
+    }
+
+    /// Resolves when the kernel has woken us because data piled up.
+    pub async fn woken(&mut self) -> std::io::Result<()> {
+        self.ring.readable_mut().await?.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every waiting record to `handle`; returns how many there were.
+    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
+        let ring = self.ring.get_mut();
+        let mut records = 0;
+        while let Some(record) = ring.next() {
+            handle(&record);
+            records += 1;
+        }
+        records
+    }
+}
+
+/// The counters the kernel programs keep, summed over CPUs.
+pub struct KernelCounters {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    pub fn new(map: Option<Map>) -> Result<Self> {
+        Ok(Self { array: PerCpuArray::try_from(map.context("the kernel object has no COUNTERS map")?)? })
+    }
+
+    pub fn read(&self, counter: u32) -> u64 {
+        debug_assert!(counter < counters::COUNT);
+        self.array.get(&counter, 0).map_or(0, |values| values.iter().sum())
+    }
+}

@@ -1,0 +1,135 @@
+//! The events the kernel programs write into the `EVENTS` ring buffer.
+//!
+//! Every record starts with a [`Header`] whose `kind` says which struct follows. Values the
+//! manifest did not ask for are zero. All structs are `repr(C)`, 8-byte aligned and free of
+//! padding the kernel could leave uninitialised.
+
+/// The lifecycle events a manifest can map a function to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    WorkerSpawned = 1,
+    WorkerEvicted = 2,
+    WorkerCrashed = 3,
+    RequestSubmitted = 4,
+    RequestStarted = 5,
+    RequestEnded = 6,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::WorkerSpawned,
+        EventKind::WorkerEvicted,
+        EventKind::WorkerCrashed,
+        EventKind::RequestSubmitted,
+        EventKind::RequestStarted,
+        EventKind::RequestEnded,
+    ];
+
+    pub fn from_u32(raw: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| *kind as u32 == raw)
+    }
+
+    /// The name used in manifests, logs and the `event` metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::WorkerSpawned => "worker_spawned",
+            EventKind::WorkerEvicted => "worker_evicted",
+            EventKind::WorkerCrashed => "worker_crashed",
+            EventKind::RequestSubmitted => "request_submitted",
+            EventKind::RequestStarted => "request_started",
+            EventKind::RequestEnded => "request_ended",
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Index of the probe spec (the attach cookie) that produced the event.
+    pub probe: u32,
+    /// Kernel thread id (the pool thread that ran the probed function).
+    pub tid: u32,
+    pub _reserved: u32,
+    /// `bpf_ktime_get_ns` when the probe fired.
+    pub ts_ns: u64,
+}
+
+/// How many bytes of a model key are captured; longer keys are truncated.
+pub const MODEL_KEY_CAPACITY: usize = 64;
+
+/// A model key ("registry key") as read from the target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ModelKey {
+    /// The key's length in the target, which may exceed what was captured.
+    pub len: u64,
+    /// One of the `MODEL_*` states below.
+    pub state: u32,
+    /// Bytes captured into `bytes`.
+    pub captured: u32,
+    pub bytes: [u8; MODEL_KEY_CAPACITY],
+}
+
+/// The manifest gives no model for this probe: the agent finds it from the request or worker id.
+pub const MODEL_ABSENT: u32 = 0;
+pub const MODEL_PRESENT: u32 = 1;
+/// The manifest gives a model, but its bytes could not be read.
+pub const MODEL_UNREADABLE: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerSpawned {
+    pub header: Header,
+    pub model: ModelKey,
+    pub worker_id: u64,
+    pub memory_bytes: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerEvicted {
+    pub header: Header,
+    pub model: ModelKey,
+    pub worker_id: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerCrashed {
+    pub header: Header,
+    pub model: ModelKey,
+    pub worker_id: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSubmitted {
+    pub header: Header,
+    pub model: ModelKey,
+    pub request_id: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RequestStarted {
+    pub header: Header,
+    pub model: ModelKey,
+    pub request_id: u64,
+    pub worker_id: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RequestEnded {
+    pub header: Header,
+    pub model: ModelKey,
+    pub request_id: u64,
+    pub worker_id: u64,
+    /// The raw value the manifest's outcome rule is applied to, in user space.
+    pub outcome_value: u64,
+    /// For a return probe: when the probed call was entered on this thread, else 0.
+    pub entered_ns: u64,
+}

@@ -1,0 +1,15 @@
+//! Types that cross the kernel/user boundary. Each event kind's wire struct is defined once, in
+//! [`event`]; the kernel half that fills it lives in `pool-obs-ebpf/src/emit.rs` and the user half
+//! that consumes it in `pool-obs-agent/src/decode.rs`, under the same name.
+#![no_std]
+
+pub mod counters;
+pub mod event;
+pub mod probe;
+
+/// Names of the maps in the kernel object, as the agent looks them up.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const PROBES: &str = "PROBES";
+    pub const COUNTERS: &str = "COUNTERS";
+}

@@ -1,0 +1,78 @@
+//! Fills each event's wire struct (defined in `pool_obs_common::event`) and writes it into the
+//! `EVENTS` ring buffer.
+
+use pool_obs_common::{
+    counters,
+    event::{
+        EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
+        WorkerEvicted, WorkerSpawned,
+    },
+    probe::ProbeSpec,
+};
+
+use crate::{EVENTS, count, read, registers::Registers, thread_id, wakeup_flags};
+
+/// Writes the event `spec` asks for, if any. `entered_ns` is the entry time of a return
+/// probe's call, 0 at an entry probe.
+pub fn event(spec: &ProbeSpec, probe: u32, now: u64, registers: &Registers, entered_ns: u64) {
+    let Some(kind) = EventKind::from_u32(spec.kind) else {
+        return;
+    };
+    let header = Header {
+        kind: spec.kind,
+        probe,
+        tid: thread_id(),
+        _reserved: 0,
+        ts_ns: now,
+    };
+    let model = read::model(spec, registers);
+    let value = |source| read::value(source, registers);
+    match kind {
+        EventKind::WorkerSpawned => submit(WorkerSpawned {
+            header,
+            model,
+            worker_id: value(&spec.worker_id),
+            memory_bytes: value(&spec.memory_bytes),
+        }),
+        EventKind::WorkerEvicted => submit(WorkerEvicted {
+            header,
+            model,
+            worker_id: value(&spec.worker_id),
+        }),
+        EventKind::WorkerCrashed => submit(WorkerCrashed {
+            header,
+            model,
+            worker_id: value(&spec.worker_id),
+        }),
+        EventKind::RequestSubmitted => submit(RequestSubmitted {
+            header,
+            model,
+            request_id: value(&spec.request_id),
+        }),
+        EventKind::RequestStarted => submit(RequestStarted {
+            header,
+            model,
+            request_id: value(&spec.request_id),
+            worker_id: value(&spec.worker_id),
+        }),
+        EventKind::RequestEnded => submit(RequestEnded {
+            header,
+            model,
+            request_id: value(&spec.request_id),
+            worker_id: value(&spec.worker_id),
+            outcome_value: value(&spec.outcome),
+            entered_ns,
+        }),
+    }
+}
+
+fn submit<T: 'static>(event: T) {
+    let flags = wakeup_flags();
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(flags);
+        }
+        None => count(counters::EVENTS_LOST),
+    }
+}

@@ -1,0 +1,65 @@
+//! The built-in client: offers requests at a fixed rate and records how each one ended.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    Options,
+    pool::Pool,
+    summary::{Outcome, Report},
+};
+
+pub fn run(pool: &Arc<Pool>, options: &Options, report: &Report) {
+    let (pending, replies) = mpsc::channel::<(usize, mpsc::Receiver<Outcome>)>();
+    let models = options.models.clone();
+    let collector_report = report.clone();
+    let collector = thread::spawn(move || {
+        for (model, reply) in replies {
+            let outcome = reply.recv().unwrap_or(Outcome::Failed);
+            collector_report.record(&models[model], outcome);
+        }
+    });
+
+    let interval = Duration::from_secs_f64(1.0 / options.rate.max(0.001));
+    let mut next = Instant::now();
+    for request_id in 1.. {
+        if options.requests != 0 && request_id > options.requests {
+            break;
+        }
+        let model = pick(options.seed, request_id, options.models.len());
+        let work_us = service_time(options.seed, request_id, options.work_us);
+        let reply = pool.submit(&options.models[model], request_id, work_us);
+        pending.send((model, reply)).expect("the collector outlives the load");
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+    }
+    drop(pending);
+    collector.join().expect("the collector does not panic");
+}
+
+fn pick(seed: u64, request_id: u64, models: usize) -> usize {
+    (unit_interval(seed, request_id, 3) * models as f64) as usize % models
+}
+
+/// Exponentially distributed around the mean, capped at ten times it.
+fn service_time(seed: u64, request_id: u64, mean_us: u64) -> u64 {
+    let u = unit_interval(seed, request_id, 4).max(1e-9);
+    ((-u.ln()).min(10.0) * mean_us as f64) as u64
+}
+
+/// A repeatable number in [0, 1) for this seed, request and purpose (splitmix64).
+pub fn unit_interval(seed: u64, request_id: u64, salt: u64) -> f64 {
+    let mut z = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(request_id.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .wrapping_add(salt.wrapping_mul(0x94d0_49bb_1331_11eb));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,110 @@
+//! `demo-pool`: the reference worker pool pool-obs is tested against.
+//!
+//! A pool keyed by model name. Workers are threads that each hold real, touched memory; they are
+//! spawned on demand, evicted least-recently-used when the memory budget is exceeded, and
+//! sometimes crash (panic) and are replaced. Requests wait in per-model queues; each ends ok,
+//! failed, or timed out in the queue. The pool knows nothing of pool-obs: its only output is the
+//! ground-truth summary it prints as JSON on exit and on SIGUSR1.
+
+mod load;
+mod pool;
+mod summary;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "A reference worker pool keyed by model name")]
+pub struct Options {
+    /// Model names (registry keys), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "llama-7b,mistral-7b,phi-3,gemma-2b")]
+    pub models: Vec<String>,
+    /// Requests per second offered by the built-in load generator.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Requests to send before exiting; 0 runs until killed.
+    #[arg(long, default_value_t = 0)]
+    pub requests: u64,
+    /// Mean service time of a request, in microseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub work_us: u64,
+    /// A request still queued after this long times out.
+    #[arg(long, default_value_t = 200)]
+    pub timeout_ms: u64,
+    /// Probability that a request fails.
+    #[arg(long, default_value_t = 0.05)]
+    pub fail_rate: f64,
+    /// Probability that serving a request crashes its worker.
+    #[arg(long, default_value_t = 0.002)]
+    pub crash_rate: f64,
+    /// Workers a model may have at most.
+    #[arg(long, default_value_t = 2)]
+    pub max_workers: usize,
+    /// Memory each worker allocates and touches, in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub worker_memory_mb: u64,
+    /// Memory budget for all workers, in MiB; past it the least recently used are evicted.
+    #[arg(long, default_value_t = 64)]
+    pub memory_budget_mb: u64,
+    /// Seed for every random choice, so runs repeat.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Wait until this file exists before sending load.
+    #[arg(long)]
+    pub start_file: Option<PathBuf>,
+}
+
+static SUMMARY_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_summary(_signal: libc::c_int) {
+    SUMMARY_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+fn main() {
+    let options = Options::parse();
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGUSR1, request_summary as *const () as libc::sighandler_t) };
+    quiet_worker_panics();
+
+    let pool = Arc::new(pool::Pool::new(&options));
+    pool::Pool::supervise(&pool);
+    let report = summary::Report::default();
+    print_summaries_on_request(pool.clone(), report.clone());
+    eprintln!("demo-pool: ready, pid {}", std::process::id());
+
+    if let Some(start_file) = &options.start_file {
+        while !start_file.exists() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    load::run(&pool, &options, &report);
+    summary::print(&pool, &report);
+}
+
+/// A crashing worker is an expected event here: one line, not a backtrace.
+fn quiet_worker_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = thread::current();
+        eprintln!("demo-pool: {} crashed: {info}", thread.name().unwrap_or("thread"));
+    }));
+}
+
+fn print_summaries_on_request(pool: Arc<pool::Pool>, report: summary::Report) {
+    thread::spawn(move || {
+        loop {
+            thread::sleep(Duration::from_millis(10));
+            if SUMMARY_REQUESTED.swap(false, Ordering::Relaxed) {
+                summary::print(&pool, &report);
+            }
+        }
+    });
+}

@@ -1,0 +1,365 @@
+//! The pool itself: per-model queues served by worker threads under a memory budget.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    hint::black_box,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{Receiver, Sender, channel},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{Options, load::unit_interval, summary::Outcome};
+
+const PAGE: usize = 4096;
+
+pub struct Pool {
+    config: Config,
+    state: Mutex<State>,
+    next_worker_id: AtomicU64,
+}
+
+struct Config {
+    timeout: Duration,
+    fail_rate: f64,
+    crash_rate: f64,
+    max_workers: usize,
+    worker_memory: u64,
+    memory_budget: u64,
+    seed: u64,
+}
+
+#[derive(Default)]
+struct State {
+    models: HashMap<String, Model>,
+    workers: HashMap<u64, Worker>,
+    /// Clients waiting for their request's outcome, by request id.
+    pending: HashMap<u64, Sender<Outcome>>,
+    memory_in_use: u64,
+    lifecycle: BTreeMap<String, Lifecycle>,
+    clock: u64,
+}
+
+/// What happened to a model's workers: the summary's ground truth.
+#[derive(Clone, Copy, Default)]
+pub struct Lifecycle {
+    pub spawns: u64,
+    pub evictions: u64,
+    pub crashes: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    queue: Arc<Queue>,
+    workers: Vec<u64>,
+    last_used: u64,
+    /// A request expired in the queue since the last spawn: the model needs more workers.
+    starved: bool,
+}
+
+struct Worker {
+    model: String,
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    memory: u64,
+    /// The request the worker is serving, which fails if the worker crashes.
+    serving: Option<u64>,
+}
+
+pub struct Job {
+    request_id: u64,
+    work_us: u64,
+    submitted: Instant,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn push(&self, job: Job) {
+        self.jobs.lock().unwrap().push_back(job);
+        self.ready.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.jobs.lock().unwrap().len()
+    }
+
+    /// The next job, or `None` once the worker is told to stop.
+    fn pop(&self, stop: &AtomicBool) -> Option<Job> {
+        let mut jobs = self.jobs.lock().unwrap();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(job) = jobs.pop_front() {
+                return Some(job);
+            }
+            jobs = self.ready.wait_timeout(jobs, Duration::from_millis(20)).unwrap().0;
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(options: &Options) -> Self {
+        const MIB: u64 = 1 << 20;
+        Self {
+            config: Config {
+                timeout: Duration::from_millis(options.timeout_ms),
+                fail_rate: options.fail_rate,
+                crash_rate: options.crash_rate,
+                max_workers: options.max_workers.max(1),
+                worker_memory: options.worker_memory_mb * MIB,
+                memory_budget: options.memory_budget_mb * MIB,
+                seed: options.seed,
+            },
+            state: Mutex::default(),
+            next_worker_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn lifecycle(&self) -> BTreeMap<String, Lifecycle> {
+        self.state.lock().unwrap().lifecycle.clone()
+    }
+
+    /// Queues a request for `model`, starting a worker for it if it needs one.
+    pub fn submit(self: &Arc<Self>, model: &str, request_id: u64, work_us: u64) -> Receiver<Outcome> {
+        let (client, outcome) = channel();
+        let (queue, needs_worker) = self.touch(model, request_id, client);
+        if needs_worker {
+            let worker_id = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
+            self.spawn_worker(model, worker_id, self.config.worker_memory);
+        }
+        queue.push(Job { request_id, work_us, submitted: Instant::now() });
+        outcome
+    }
+
+    /// Registers the request's client and marks `model` as just used; says whether the model
+    /// should get another worker.
+    fn touch(&self, model: &str, request_id: u64, client: Sender<Outcome>) -> (Arc<Queue>, bool) {
+        let mut state = self.state.lock().unwrap();
+        state.pending.insert(request_id, client);
+        state.clock += 1;
+        let clock = state.clock;
+        let memory_free = state.memory_in_use + self.config.worker_memory <= self.config.memory_budget;
+        let entry = state.models.entry(model.to_string()).or_default();
+        entry.last_used = clock;
+        let workers = entry.workers.len();
+        let backlog = entry.queue.len() > workers || entry.starved;
+        let needs_worker = workers == 0 || (backlog && workers < self.config.max_workers && memory_free);
+        if needs_worker {
+            entry.starved = false;
+        }
+        (entry.queue.clone(), needs_worker)
+    }
+
+    /// Starts a worker thread for `model` that holds `memory_bytes` of touched memory, evicting
+    /// least-recently-used workers first if the budget requires it.
+    pub fn spawn_worker(self: &Arc<Self>, model: &str, worker_id: u64, memory_bytes: u64) {
+        self.make_room(model, memory_bytes);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut state = self.state.lock().unwrap();
+        let entry = state.models.entry(model.to_string()).or_default();
+        let queue = entry.queue.clone();
+        entry.workers.push(worker_id);
+        let pool = self.clone();
+        let worker_stop = stop.clone();
+        let thread = thread::Builder::new()
+            .name(format!("worker-{worker_id}"))
+            .spawn(move || pool.work(worker_id, memory_bytes, &queue, &worker_stop))
+            .expect("spawn a worker thread");
+        let worker = Worker { model: model.to_string(), thread, stop, memory: memory_bytes, serving: None };
+        state.workers.insert(worker_id, worker);
+        state.memory_in_use += memory_bytes;
+        state.lifecycle.entry(model.to_string()).or_default().spawns += 1;
+    }
+
+    fn make_room(&self, model: &str, needed: u64) {
+        while let Some((victim_model, victim)) = self.eviction_candidate(model, needed) {
+            self.evict_worker(&victim_model, victim);
+        }
+    }
+
+    /// A worker of the least recently used other model with nothing queued, while the budget
+    /// cannot fit `needed` more bytes.
+    fn eviction_candidate(&self, model: &str, needed: u64) -> Option<(String, u64)> {
+        let state = self.state.lock().unwrap();
+        if state.memory_in_use + needed <= self.config.memory_budget {
+            return None;
+        }
+        state
+            .models
+            .iter()
+            .filter(|(name, entry)| *name != model && !entry.workers.is_empty() && entry.queue.len() == 0)
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(name, entry)| (name.clone(), entry.workers[0]))
+    }
+
+    /// Retires a worker: it finishes the request it is serving, then exits and frees its memory.
+    // A real pool's eviction also unloads the model and flushes caches: never inlined there.
+    #[inline(never)]
+    pub fn evict_worker(&self, model: &str, worker_id: u64) {
+        let mut state = self.state.lock().unwrap();
+        let Some(worker) = state.workers.get(&worker_id) else {
+            return;
+        };
+        worker.stop.store(true, Ordering::Relaxed);
+        let memory = worker.memory;
+        state.memory_in_use -= memory;
+        if let Some(entry) = state.models.get_mut(model) {
+            entry.workers.retain(|id| *id != worker_id);
+            entry.queue.ready.notify_all();
+        }
+        state.lifecycle.entry(model.to_string()).or_default().evictions += 1;
+    }
+
+    /// Watches worker threads: a worker that died by panicking is a crash, and is replaced.
+    pub fn supervise(pool: &Arc<Self>) {
+        let pool = pool.clone();
+        thread::spawn(move || {
+            loop {
+                thread::sleep(Duration::from_millis(5));
+                for (worker_id, worker) in pool.take_finished_workers() {
+                    let evicted = worker.stop.load(Ordering::Relaxed);
+                    if worker.thread.join().is_err() {
+                        pool.reap_crashed_worker(&worker.model, worker_id, worker.serving, evicted);
+                    }
+                }
+            }
+        });
+    }
+
+    fn take_finished_workers(&self) -> Vec<(u64, Worker)> {
+        let mut state = self.state.lock().unwrap();
+        let finished: Vec<u64> =
+            state.workers.iter().filter(|(_, worker)| worker.thread.is_finished()).map(|(id, _)| *id).collect();
+        finished.into_iter().filter_map(|id| state.workers.remove(&id).map(|worker| (id, worker))).collect()
+    }
+
+    /// Accounts for a worker that panicked, fails the request it was serving, and starts its
+    /// replacement unless it had been evicted already.
+    pub fn reap_crashed_worker(self: &Arc<Self>, model: &str, worker_id: u64, lost_request: Option<u64>, evicted: bool) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.lifecycle.entry(model.to_string()).or_default().crashes += 1;
+            if let Some(client) = lost_request.and_then(|request_id| state.pending.remove(&request_id)) {
+                let _ = client.send(Outcome::Failed);
+            }
+            if evicted {
+                return;
+            }
+            state.memory_in_use -= self.config.worker_memory;
+            if let Some(entry) = state.models.get_mut(model) {
+                entry.workers.retain(|id| *id != worker_id);
+            }
+        }
+        let replacement = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
+        self.spawn_worker(model, replacement, self.config.worker_memory);
+    }
+
+    /// A worker thread's life: hold the memory, serve the model's queue until told to stop.
+    fn work(&self, worker_id: u64, memory_bytes: u64, queue: &Queue, stop: &AtomicBool) {
+        let memory = touched_memory(memory_bytes);
+        let model = self.model_of(worker_id);
+        while let Some(job) = queue.pop(stop) {
+            let waited = job.submitted.elapsed();
+            if waited > self.config.timeout {
+                self.drop_expired(&model, job.request_id, waited.as_micros() as u64);
+            } else {
+                self.mark_serving(worker_id, Some(job.request_id));
+                let result = self.serve(&model, job.request_id, worker_id, job.work_us);
+                self.mark_serving(worker_id, None);
+                self.respond(&model, job.request_id, result);
+            }
+        }
+        black_box(&memory);
+    }
+
+    fn mark_serving(&self, worker_id: u64, request_id: Option<u64>) {
+        if let Some(worker) = self.state.lock().unwrap().workers.get_mut(&worker_id) {
+            worker.serving = request_id;
+        }
+    }
+
+    fn model_of(&self, worker_id: u64) -> String {
+        loop {
+            if let Some(worker) = self.state.lock().unwrap().workers.get(&worker_id) {
+                return worker.model.clone();
+            }
+            // The spawner registers the thread right after starting it.
+            thread::yield_now();
+        }
+    }
+
+    /// Serves one request; returns the number of tokens produced.
+    // A real pool runs a model here, far too large to inline; the sleep stands in for it.
+    #[inline(never)]
+    pub fn serve(&self, model: &str, request_id: u64, worker_id: u64, work_us: u64) -> Result<u64, String> {
+        thread::sleep(Duration::from_micros(work_us));
+        if self.roll(request_id, 1) < self.config.crash_rate {
+            panic!("worker {worker_id} of {model} crashed on request {request_id}");
+        }
+        if self.roll(request_id, 2) < self.config.fail_rate {
+            return Err(format!("{model} could not serve request {request_id}"));
+        }
+        Ok(16 + request_id % 240)
+    }
+
+    /// Sends a served request's result back to its client.
+    // A real pool serialises the response and writes it to the client's connection here.
+    #[inline(never)]
+    pub fn respond(&self, model: &str, request_id: u64, result: Result<u64, String>) {
+        let Some(client) = self.state.lock().unwrap().pending.remove(&request_id) else {
+            return;
+        };
+        let outcome = match result {
+            Ok(_) => Outcome::Ok,
+            Err(message) => {
+                if message.len() > 1024 {
+                    eprintln!("demo-pool: {model} request {request_id} failed with a long message");
+                }
+                Outcome::Failed
+            }
+        };
+        let _ = client.send(outcome);
+    }
+
+    /// Drops a request that waited in the queue past its deadline.
+    // A real pool also notifies the client and records the miss: never inlined there.
+    #[inline(never)]
+    pub fn drop_expired(&self, model: &str, request_id: u64, waited_us: u64) {
+        let client = {
+            let mut state = self.state.lock().unwrap();
+            if let Some(entry) = state.models.get_mut(model) {
+                entry.starved = true;
+            }
+            state.pending.remove(&request_id)
+        };
+        if let Some(client) = client {
+            let _ = client.send(Outcome::Timeout);
+        }
+        let deadline = self.config.timeout.as_micros() as u64;
+        let late_by = waited_us.saturating_sub(deadline);
+        if late_by > 10 * deadline {
+            eprintln!("demo-pool: {model} request {request_id} expired {late_by} µs late");
+        }
+    }
+
+    fn roll(&self, request_id: u64, salt: u64) -> f64 {
+        unit_interval(self.config.seed, request_id, salt)
+    }
+}
+
+fn touched_memory(bytes: u64) -> Vec<u8> {
+    let mut memory = vec![0u8; bytes as usize];
+    for page in memory.chunks_mut(PAGE) {
+        page[0] = 1;
+    }
+    memory
+}
