@@ -54,6 +54,8 @@ struct Worker {
     model: ModelId,
     memory_bytes: u64,
     serving: Option<u64>,
+    /// Evicted while serving: it finishes (or crashes on) its request, then leaves.
+    retiring: bool,
 }
 
 /// When a request's phases happened, as far as the events tell.
@@ -100,7 +102,8 @@ impl Aggregator {
         let model = self.model_of(&event.model, None);
         self.models[model].metrics.worker_spawns.inc();
         self.remove_worker(event.worker_id);
-        self.workers.insert(event.worker_id, Worker { model, memory_bytes: event.memory_bytes, serving: None });
+        let worker = Worker { model, memory_bytes: event.memory_bytes, serving: None, retiring: false };
+        self.workers.insert(event.worker_id, worker);
         let state = &mut self.models[model];
         state.workers += 1;
         state.memory_bytes += event.memory_bytes;
@@ -110,7 +113,10 @@ impl Aggregator {
     fn on_worker_evicted(&mut self, event: &WorkerEvicted) {
         let model = self.model_of(&event.model, self.worker_model(event.worker_id));
         self.models[model].metrics.worker_evictions.inc();
-        self.remove_worker(event.worker_id);
+        match self.workers.get_mut(&event.worker_id) {
+            Some(worker) if worker.serving.is_some() => worker.retiring = true,
+            _ => self.remove_worker(event.worker_id),
+        }
     }
 
     fn on_worker_crashed(&mut self, event: &WorkerCrashed) {
@@ -171,13 +177,18 @@ impl Aggregator {
         let correlated_by_id = probe.is_some_and(|probe| probe.has_request_id);
         let request = correlated_by_id.then(|| self.requests.remove(&event.request_id)).flatten();
         let worker_id = request.as_ref().and_then(|request| request.worker).or(Some(event.worker_id));
-        let fallback = request.as_ref().map(|request| request.model).or(worker_id.and_then(|id| self.worker_model(id)));
+        let fallback =
+            request.as_ref().map(|request| request.model).or(worker_id.and_then(|id| self.worker_model(id)));
         let model = self.model_of(&event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
         let timeline = match &request {
             Some(request) => {
                 self.unqueue(request);
-                Timeline { submitted_ns: Some(request.submitted_ns), started_ns: request.started_ns, ended_ns: event.header.ts_ns }
+                Timeline {
+                    submitted_ns: Some(request.submitted_ns),
+                    started_ns: request.started_ns,
+                    ended_ns: event.header.ts_ns,
+                }
             }
             // The call itself is the request: it was submitted and started when it was entered.
             None => Timeline { submitted_ns: entered, started_ns: entered, ended_ns: event.header.ts_ns },
@@ -218,10 +229,11 @@ impl Aggregator {
     fn worker_serves(&mut self, worker_id: u64, model: ModelId, request: Option<u64>) {
         let worker = self.workers.entry(worker_id).or_insert_with(|| {
             self.models[model].workers += 1;
-            Worker { model, memory_bytes: 0, serving: None }
+            Worker { model, memory_bytes: 0, serving: None, retiring: false }
         });
         let was_busy = worker.serving.is_some();
         worker.serving = request;
+        let retired = worker.retiring && request.is_none();
         let state = &mut self.models[worker.model];
         match (was_busy, request.is_some()) {
             (false, true) => state.busy += 1,
@@ -229,6 +241,9 @@ impl Aggregator {
             _ => {}
         }
         state.publish_workers();
+        if retired {
+            self.remove_worker(worker_id);
+        }
     }
 
     fn remove_worker(&mut self, worker_id: u64) {

@@ -79,6 +79,7 @@ fn write_specs(ebpf: &mut Ebpf, specs: &[ProbeSpec]) -> Result<()> {
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    let program = ebpf.program_mut(name).with_context(|| format!("the kernel object has no program {name}"))?;
+    let program =
+        ebpf.program_mut(name).with_context(|| format!("the kernel object has no program {name}"))?;
     Ok(program.try_into()?)
 }

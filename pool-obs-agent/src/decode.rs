@@ -83,7 +83,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let event = RequestStarted {
-            header: Header { kind: EventKind::RequestStarted as u32, probe: 3, tid: 9, _reserved: 0, ts_ns: 77 },
+            header: Header {
+                kind: EventKind::RequestStarted as u32,
+                probe: 3,
+                tid: 9,
+                _reserved: 0,
+                ts_ns: 77,
+            },
             model: ModelKey { len: 2, state: MODEL_PRESENT, captured: 2, bytes: [b'm'; MODEL_KEY_CAPACITY] },
             request_id: 42,
             worker_id: 5,

@@ -79,8 +79,10 @@ async fn run(options: Options) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
-    let ring_settings =
-        RingSettings { bytes: options.ring_buffer_bytes, wakeup_bytes: u64::from(options.ring_buffer_bytes / 4) };
+    let ring_settings = RingSettings {
+        bytes: options.ring_buffer_bytes,
+        wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
+    };
     let mut ebpf = attach::attach(target.pid, &plan, &ring_settings)?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
@@ -93,9 +95,13 @@ async fn run(options: Options) -> Result<()> {
     let mut observer = Observer { target: &target, observing_since, kernel_counters, events_lost: 0 };
     let (health_sender, health) = watch::channel(observer.refresh(&aggregator, &metrics));
     let (stop_sender, mut stop) = watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, http::Endpoints { metrics: metrics.clone(), health }, async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    }));
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::Endpoints { metrics: metrics.clone(), health },
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        },
+    ));
     info!(pid = target.pid.get(), exe = %target.exe, probes = plan.attachments.len(), "attached; serving http://{}/metrics and /health", options.listen);
 
     let mut drain_tick = interval(Duration::from_millis(options.drain_interval_ms.max(1)));

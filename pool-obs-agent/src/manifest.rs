@@ -87,7 +87,10 @@ pub fn parse(text: &str, path: &str) -> Result<Manifest, ManifestError> {
         return Err(locate(None, "the manifest has no [[probe]] tables".to_string()));
     }
     if raw.probe.len() > MAX_MANIFEST_PROBES {
-        let message = format!("the manifest has {} probes; at most {MAX_MANIFEST_PROBES} are supported", raw.probe.len());
+        let message = format!(
+            "the manifest has {} probes; at most {MAX_MANIFEST_PROBES} are supported",
+            raw.probe.len()
+        );
         return Err(locate(None, message));
     }
     let probes = raw
@@ -169,9 +172,8 @@ impl RawProbe {
             .model
             .as_ref()
             .map(|text| {
-                let parsed = value::parse_str(text.get_ref()).map_err(|error| {
-                    (text.span(), format!("`{}` {error}", text.get_ref()))
-                })?;
+                let parsed = value::parse_str(text.get_ref())
+                    .map_err(|error| (text.span(), format!("`{}` {error}", text.get_ref())))?;
                 reject_return_register_at_entry(&parsed.ptr, at, text)?;
                 reject_return_register_at_entry(&parsed.len, at, text)?;
                 Ok(parsed)
@@ -226,7 +228,8 @@ fn parse_located(
     parse: fn(&str) -> Result<Scalar, value::ValueError>,
     at: At,
 ) -> Located<Scalar> {
-    let scalar = parse(text.get_ref()).map_err(|error| (text.span(), format!("`{}` {error}", text.get_ref())))?;
+    let scalar =
+        parse(text.get_ref()).map_err(|error| (text.span(), format!("`{}` {error}", text.get_ref())))?;
     reject_return_register_at_entry(&scalar, at, text)?;
     Ok(scalar)
 }
@@ -244,11 +247,14 @@ fn reject_return_register_at_entry(scalar: &Scalar, at: At, text: &Spanned<Strin
 fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcome> {
     let span = outcome.span();
     let status = |text: &str| {
-        Status::parse(text)
-            .ok_or_else(|| (span.clone(), format!("unknown outcome `{text}`: expected ok, failed or timeout")))
+        Status::parse(text).ok_or_else(|| {
+            (span.clone(), format!("unknown outcome `{text}`: expected ok, failed or timeout"))
+        })
     };
     match outcome.get_ref() {
-        RawOutcome::Constant(text) => Ok(ProbeOutcome { value: None, rule: OutcomeRule::constant(status(text)?) }),
+        RawOutcome::Constant(text) => {
+            Ok(ProbeOutcome { value: None, rule: OutcomeRule::constant(status(text)?) })
+        }
         RawOutcome::Rule { value, ok, timeout, failed, otherwise } => {
             let spanned_value = Spanned::new(span.clone(), value.clone());
             let value = parse_located(&spanned_value, value::parse_scalar, at)?;
@@ -256,7 +262,9 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
                 .into_iter()
                 .filter_map(|(status, condition)| condition.as_ref().map(|condition| (status, condition)))
                 .map(|(status, condition)| {
-                    Condition::parse(condition).map(|condition| (status, condition)).map_err(|error| (span.clone(), error))
+                    Condition::parse(condition)
+                        .map(|condition| (status, condition))
+                        .map_err(|error| (span.clone(), error))
                 })
                 .collect::<Located<Vec<_>>>()?;
             Ok(ProbeOutcome { value: Some(value), rule: OutcomeRule { arms, otherwise: status(otherwise)? } })
@@ -301,15 +309,19 @@ mod tests {
             "m.toml:4:14: `ret` reads a return register, which only exists with `at = \"return\"`"
         );
         assert_eq!(
-            error_of("[[probe]]\nevent = \"request_started\"\nfunction = \"f\"\nrequest_id = \"arg1\"\nmemory_bytes = \"arg2\"\n"),
+            error_of(
+                "[[probe]]\nevent = \"request_started\"\nfunction = \"f\"\nrequest_id = \"arg1\"\nmemory_bytes = \"arg2\"\n"
+            ),
             "m.toml:5:16: `memory_bytes` does not apply to request_started: it takes request_id, model, worker_id"
         );
         assert_eq!(
             error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\n"),
             "m.toml:2:9: request_ended needs `outcome`"
         );
-        assert!(error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\ncolour = 1\n")
-            .starts_with("m.toml:4:1: unknown field `colour`"));
+        assert!(
+            error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\ncolour = 1\n")
+                .starts_with("m.toml:4:1: unknown field `colour`")
+        );
         assert!(error_of("[[probe]\n").starts_with("m.toml:1:"));
         assert_eq!(error_of(""), "m.toml:0:0: the manifest has no [[probe]] tables");
     }

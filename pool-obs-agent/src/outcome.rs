@@ -51,17 +51,13 @@ pub enum Op {
 impl Condition {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let (op, operand) = [
-            ("==", Op::Eq),
-            ("!=", Op::Ne),
-            ("<=", Op::Le),
-            (">=", Op::Ge),
-            ("<", Op::Lt),
-            (">", Op::Gt),
-        ]
-        .into_iter()
-        .find_map(|(symbol, op)| text.strip_prefix(symbol).map(|rest| (op, rest.trim())))
-        .ok_or_else(|| format!("`{text}` is not a condition: expected one of == != < <= > >= and a number"))?;
+        let (op, operand) =
+            [("==", Op::Eq), ("!=", Op::Ne), ("<=", Op::Le), (">=", Op::Ge), ("<", Op::Lt), (">", Op::Gt)]
+                .into_iter()
+                .find_map(|(symbol, op)| text.strip_prefix(symbol).map(|rest| (op, rest.trim())))
+                .ok_or_else(|| {
+                    format!("`{text}` is not a condition: expected one of == != < <= > >= and a number")
+                })?;
         let operand = crate::manifest::value::parse_integer(operand)
             .ok_or_else(|| format!("`{operand}` is not a number"))?;
         Ok(Self { op, operand })

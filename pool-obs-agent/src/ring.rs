@@ -15,11 +15,10 @@ impl EventRing {
     pub fn new(map: Option<Map>) -> Result<Self> {
         let ring = RingBuf::try_from(map.context("the kernel object has no EVENTS map")?)?;
         // SAFETY: the AsyncFd owns the RingBuf, and with it the fd, for as long as it is registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|error| {
-                let (ring, error) = error.into_parts();
-                anyhow!("watching the ring buffer (fd {}): {error}", ring.as_raw_fd())
-            })?;
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|error| {
+            let (ring, error) = error.into_parts();
+            anyhow!("watching the ring buffer (fd {}): {error}", ring.as_raw_fd())
+        })?;
         Ok(Self { ring })
     }
 

@@ -20,12 +20,15 @@ impl Target {
         let Some(nonzero) = NonZeroU32::new(pid) else {
             bail!("--pid 0 is not a process: give the PID of the running pool");
         };
-        let process = Process::new(pid as i32)
-            .map_err(|_| anyhow::anyhow!("no process with PID {pid}: is the pool running? (check with `ps -p {pid}`)"))?;
+        let process = Process::new(pid as i32).map_err(|_| {
+            anyhow::anyhow!("no process with PID {pid}: is the pool running? (check with `ps -p {pid}`)")
+        })?;
         let start_time = process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?.starttime;
-        let exe = process
-            .exe()
-            .with_context(|| format!("reading /proc/{pid}/exe: the agent needs root or CAP_SYS_PTRACE to see the pool's binary"))?;
+        let exe = process.exe().with_context(|| {
+            format!(
+                "reading /proc/{pid}/exe: the agent needs root or CAP_SYS_PTRACE to see the pool's binary"
+            )
+        })?;
         Ok(Self {
             pid: nonzero,
             exe_link: PathBuf::from(format!("/proc/{pid}/exe")),

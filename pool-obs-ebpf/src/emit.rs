@@ -4,8 +4,8 @@
 use pool_obs_common::{
     counters,
     event::{
-        EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
-        WorkerEvicted, WorkerSpawned,
+        EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted,
+        WorkerSpawned,
     },
     probe::ProbeSpec,
 };
@@ -18,13 +18,7 @@ pub fn event(spec: &ProbeSpec, probe: u32, now: u64, registers: &Registers, ente
     let Some(kind) = EventKind::from_u32(spec.kind) else {
         return;
     };
-    let header = Header {
-        kind: spec.kind,
-        probe,
-        tid: thread_id(),
-        _reserved: 0,
-        ts_ns: now,
-    };
+    let header = Header { kind: spec.kind, probe, tid: thread_id(), _reserved: 0, ts_ns: now };
     let model = read::model(spec, registers);
     let value = |source| read::value(source, registers);
     match kind {
@@ -34,21 +28,15 @@ pub fn event(spec: &ProbeSpec, probe: u32, now: u64, registers: &Registers, ente
             worker_id: value(&spec.worker_id),
             memory_bytes: value(&spec.memory_bytes),
         }),
-        EventKind::WorkerEvicted => submit(WorkerEvicted {
-            header,
-            model,
-            worker_id: value(&spec.worker_id),
-        }),
-        EventKind::WorkerCrashed => submit(WorkerCrashed {
-            header,
-            model,
-            worker_id: value(&spec.worker_id),
-        }),
-        EventKind::RequestSubmitted => submit(RequestSubmitted {
-            header,
-            model,
-            request_id: value(&spec.request_id),
-        }),
+        EventKind::WorkerEvicted => {
+            submit(WorkerEvicted { header, model, worker_id: value(&spec.worker_id) })
+        }
+        EventKind::WorkerCrashed => {
+            submit(WorkerCrashed { header, model, worker_id: value(&spec.worker_id) })
+        }
+        EventKind::RequestSubmitted => {
+            submit(RequestSubmitted { header, model, request_id: value(&spec.request_id) })
+        }
         EventKind::RequestStarted => submit(RequestStarted {
             header,
             model,

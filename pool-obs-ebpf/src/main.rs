@@ -51,10 +51,7 @@ pub fn probe_entry(ctx: ProbeContext) {
     let now = unsafe { bpf_ktime_get_ns() };
     let registers = Registers::at_entry(&ctx);
     if spec.saves_for != SAVES_NOTHING {
-        let saved = SavedEntry {
-            args: registers.args,
-            entered_ns: now,
-        };
+        let saved = SavedEntry { args: registers.args, entered_ns: now };
         // On failure the return probe counts the missing entry.
         let _ = ENTRIES.insert(entry_key(spec.saves_for), saved, 0);
     }

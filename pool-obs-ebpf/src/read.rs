@@ -49,20 +49,14 @@ fn truncate(value: u64, size: u8) -> u64 {
 
 /// The model key the spec points at, truncated to [`MODEL_KEY_CAPACITY`] bytes.
 pub fn model(spec: &ProbeSpec, registers: &Registers) -> ModelKey {
-    let mut key = ModelKey {
-        len: 0,
-        state: MODEL_ABSENT,
-        captured: 0,
-        bytes: [0; MODEL_KEY_CAPACITY],
-    };
+    let mut key = ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] };
     if spec.model_ptr.base == BASE_ABSENT {
         return key;
     }
     key.state = MODEL_UNREADABLE;
-    let (Some(ptr), Some(len)) = (
-        try_value(&spec.model_ptr, registers),
-        try_value(&spec.model_len, registers),
-    ) else {
+    let (Some(ptr), Some(len)) =
+        (try_value(&spec.model_ptr, registers), try_value(&spec.model_len, registers))
+    else {
         count(counters::READ_FAILURES);
         return key;
     };

@@ -23,18 +23,12 @@ pub struct Registers {
 
 impl Registers {
     pub fn at_entry(ctx: &ProbeContext) -> Self {
-        Self {
-            args: core::array::from_fn(|n| ctx.arg(n).unwrap_or(0)),
-            ret: [0; 2],
-        }
+        Self { args: core::array::from_fn(|n| ctx.arg(n).unwrap_or(0)), ret: [0; 2] }
     }
 
     pub fn at_return(ctx: &RetProbeContext, saved: &SavedEntry) -> Self {
         // On x86-64 the second return register, rdx, is also the third argument register.
         let rdx = ProbeContext::new(ctx.as_ptr()).arg(2).unwrap_or(0);
-        Self {
-            args: saved.args,
-            ret: [ctx.ret(), rdx],
-        }
+        Self { args: saved.args, ret: [ctx.ret(), rdx] }
     }
 }

@@ -1,1 +1,44 @@
-fn main() {}
+//! `cargo xtask`: everything a fresh machine needs to build, demo and test pool-obs.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "pool-obs developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, then build every binary in release mode.
+    Build,
+    /// Start the reference pool under load, attach the agent to its PID, serve until Ctrl-C.
+    Demo(demo::Options),
+    /// Set up, then run the whole suite: fmt, clippy (host and eBPF), unit and end-to-end tests.
+    Test,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup().map(drop),
+        Task::Build => setup::setup().and_then(|tools| tools.build_release()),
+        Task::Demo(options) => demo::run(&options),
+        Task::Test => test::run_suite(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

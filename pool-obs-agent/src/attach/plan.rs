@@ -1,9 +1,7 @@
 //! Turns the manifest and the pool's symbols into what gets loaded: one [`ProbeSpec`] per
 //! attach cookie, and the uprobes to attach.
 
-use pool_obs_common::{
-    probe::{AT_ENTRY, AT_RETURN, ProbeSpec, SAVES_NOTHING, Scalar},
-};
+use pool_obs_common::probe::{AT_ENTRY, AT_RETURN, ProbeSpec, SAVES_NOTHING, Scalar};
 
 use super::symbols::{SymbolError, SymbolTable};
 use crate::{

@@ -40,12 +40,9 @@ impl fmt::Display for SymbolError {
             SymbolError::NotFound { pattern, nearest } => {
                 write!(f, "no function matches `{pattern}`; nearest: {}", nearest.join(", "))
             }
-            SymbolError::Ambiguous { pattern, matches } => write!(
-                f,
-                "`{pattern}` matches {} functions, name one: {}",
-                matches.len(),
-                matches.join(", ")
-            ),
+            SymbolError::Ambiguous { pattern, matches } => {
+                write!(f, "`{pattern}` matches {} functions, name one: {}", matches.len(), matches.join(", "))
+            }
         }
     }
 }

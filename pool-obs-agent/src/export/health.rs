@@ -1,9 +1,13 @@
 //! The `/health` report, rendered from the aggregator's state each refresh so that requests
 //! only copy it.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
 use serde::Serialize;
 
-use crate::aggregate::ModelState;
+use super::http::RenderedHealth;
+use crate::{aggregate::ModelState, target::Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -69,7 +73,12 @@ pub fn model_report(model: &ModelState) -> ModelReport<'_> {
     ModelReport {
         registry_key: &model.label,
         status,
-        workers: Workers { total: model.workers, busy: model.busy, idle: model.workers - model.busy, crashed: model.crashed },
+        workers: Workers {
+            total: model.workers,
+            busy: model.busy,
+            idle: model.workers - model.busy,
+            crashed: model.crashed,
+        },
         queue_depth: model.queued,
         requests: Requests { ok, failed, timeout },
         error_rate: if finished == 0 { 0.0 } else { (failed + timeout) as f64 / finished as f64 },
@@ -85,7 +94,7 @@ pub fn overall(target_up: bool, models: &[ModelReport]) -> Status {
 }
 
 /// Seconds since the epoch as an RFC 3339 UTC timestamp with milliseconds.
-pub fn rfc3339(since_epoch: std::time::Duration) -> String {
+pub fn rfc3339(since_epoch: Duration) -> String {
     let seconds = since_epoch.as_secs();
     let (days, day_seconds) = (seconds / 86_400, seconds % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
@@ -112,10 +121,35 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The report as served: HTTP 503 when unhealthy, else 200.
+pub fn render(
+    models: &[ModelState],
+    target: &Target,
+    up: bool,
+    observing_since: SystemTime,
+    events_lost: u64,
+) -> RenderedHealth {
+    let since_epoch = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let models: Vec<ModelReport> = models.iter().map(model_report).collect();
+    let status = overall(up, &models);
+    let report = Report {
+        status,
+        timestamp: rfc3339(since_epoch(SystemTime::now())),
+        observing_since: rfc3339(since_epoch(observing_since)),
+        target: TargetReport { pid: target.pid.get(), exe: &target.exe, up },
+        events_lost,
+        models,
+    };
+    let code = match status {
+        Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        Status::Healthy | Status::Degraded => StatusCode::OK,
+    };
+    let body = serde_json::to_string(&report).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
+    RenderedHealth { code, body: body.into() }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -124,31 +158,4 @@ mod tests {
         assert_eq!(rfc3339(Duration::from_millis(1_795_744_146_123)), "2026-11-27T01:49:06.123Z");
         assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
     }
-}
-
-/// The report as served: HTTP 503 when unhealthy, else 200.
-pub fn render(
-    models: &[ModelState],
-    target: &crate::target::Target,
-    up: bool,
-    observing_since: std::time::SystemTime,
-    events_lost: u64,
-) -> super::http::RenderedHealth {
-    let since_epoch = |time: std::time::SystemTime| time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let models: Vec<ModelReport> = models.iter().map(model_report).collect();
-    let status = overall(up, &models);
-    let report = Report {
-        status,
-        timestamp: rfc3339(since_epoch(std::time::SystemTime::now())),
-        observing_since: rfc3339(since_epoch(observing_since)),
-        target: TargetReport { pid: target.pid.get(), exe: &target.exe, up },
-        events_lost,
-        models,
-    };
-    let code = match status {
-        Status::Unhealthy => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        Status::Healthy | Status::Degraded => axum::http::StatusCode::OK,
-    };
-    let body = serde_json::to_string(&report).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
-    super::http::RenderedHealth { code, body: body.into() }
 }

@@ -28,11 +28,13 @@ pub struct Endpoints {
     pub health: watch::Receiver<RenderedHealth>,
 }
 
-pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let router = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .with_state(endpoints);
+pub async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router =
+        Router::new().route("/metrics", get(metrics)).route("/health", get(health)).with_state(endpoints);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 

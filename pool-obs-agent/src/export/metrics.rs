@@ -1,12 +1,12 @@
 //! Every exported metric: its name, help and labels, defined here and nowhere else.
 //! Counter names get `_total` appended by the OpenMetrics encoder.
 
+use pool_obs_common::event::EventKind;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use pool_obs_common::event::EventKind;
 
 use crate::outcome::Status;
 
@@ -141,27 +141,61 @@ impl Metrics {
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register(name::REQUESTS, "Requests the pool finished, by outcome", metrics.requests.clone());
-        registry.register(name::REQUEST_DURATION, "Request time from submission to end", metrics.request_duration.clone());
-        registry.register(name::REQUEST_QUEUE, "Request time from submission to a worker starting it", metrics.request_queue.clone());
-        registry.register(name::REQUEST_SERVICE, "Request time from a worker starting it to its end", metrics.request_service.clone());
-        registry.register(name::QUEUE_DEPTH, "Requests submitted and not yet started", metrics.queue_depth.clone());
+        registry.register(
+            name::REQUEST_DURATION,
+            "Request time from submission to end",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            name::REQUEST_QUEUE,
+            "Request time from submission to a worker starting it",
+            metrics.request_queue.clone(),
+        );
+        registry.register(
+            name::REQUEST_SERVICE,
+            "Request time from a worker starting it to its end",
+            metrics.request_service.clone(),
+        );
+        registry.register(
+            name::QUEUE_DEPTH,
+            "Requests submitted and not yet started",
+            metrics.queue_depth.clone(),
+        );
         registry.register(name::WORKERS, "Live workers, busy or idle", metrics.workers.clone());
         registry.register(name::WORKER_SPAWNS, "Workers spawned", metrics.worker_spawns.clone());
         registry.register(name::WORKER_EVICTIONS, "Workers evicted", metrics.worker_evictions.clone());
         registry.register(name::WORKER_CRASHES, "Workers that crashed", metrics.worker_crashes.clone());
-        registry.register(name::WORKER_MEMORY, "Memory declared at spawn by the live workers", metrics.worker_memory.clone());
-        registry.register(name::EVENTS, "Events received from the kernel programs, by kind", metrics.events.clone());
-        registry.register(name::EVENTS_LOST, "Events the kernel could not write because the ring buffer was full", metrics.events_lost.clone());
+        registry.register(
+            name::WORKER_MEMORY,
+            "Memory declared at spawn by the live workers",
+            metrics.worker_memory.clone(),
+        );
+        registry.register(
+            name::EVENTS,
+            "Events received from the kernel programs, by kind",
+            metrics.events.clone(),
+        );
+        registry.register(
+            name::EVENTS_LOST,
+            "Events the kernel could not write because the ring buffer was full",
+            metrics.events_lost.clone(),
+        );
         registry.register(name::TARGET_UP, "1 while the target process runs", metrics.target_up.clone());
-        registry.register(name::PROBES_ATTACHED, "Uprobes attached to the target", metrics.probes_attached.clone());
+        registry.register(
+            name::PROBES_ATTACHED,
+            "Uprobes attached to the target",
+            metrics.probes_attached.clone(),
+        );
         registry.register(name::BUILD_INFO, "pool-obs agent build", build_info);
         Self { registry, ..metrics }
     }
 
     pub fn for_model(&self, model: &str) -> ModelMetrics {
         let labels = ModelLabels { model: model.to_string() };
-        let request = |status| self.requests.get_or_create(&RequestLabels { model: model.to_string(), status }).clone();
-        let workers = |state| self.workers.get_or_create(&WorkerLabels { model: model.to_string(), state }).clone();
+        let request =
+            |status| self.requests.get_or_create(&RequestLabels { model: model.to_string(), status }).clone();
+        let workers =
+            |state| self.workers.get_or_create(&WorkerLabels { model: model.to_string(), state }).clone();
         ModelMetrics {
             requests: Status::ALL.map(request),
             request_duration: self.request_duration.get_or_create(&labels).clone(),

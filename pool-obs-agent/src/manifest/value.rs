@@ -11,9 +11,7 @@
 
 use std::fmt;
 
-use pool_obs_common::probe::{
-    BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, Scalar,
-};
+use pool_obs_common::probe::{BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, Scalar};
 
 /// A parse error, with the byte column in the expression where it was found.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,10 +92,13 @@ impl<'a> Parser<'a> {
         match word {
             "ret" | "ret0" => Ok(scalar(BASE_RET, 0)),
             "ret1" => Ok(scalar(BASE_RET, 1)),
-            _ if word.starts_with("arg") => match word[3..].parse::<u8>() {
-                Ok(reg) if reg < 6 => Ok(scalar(BASE_ARG, reg)),
-                _ => Err(self.error_at(start, format!("`{word}` is not a register: arguments are arg0 to arg5"))),
-            },
+            _ if word.starts_with("arg") => {
+                match word[3..].parse::<u8>() {
+                    Ok(reg) if reg < 6 => Ok(scalar(BASE_ARG, reg)),
+                    _ => Err(self
+                        .error_at(start, format!("`{word}` is not a register: arguments are arg0 to arg5"))),
+                }
+            }
             _ => match parse_integer(word) {
                 Some(constant) => Ok(Scalar { constant, ..scalar(BASE_CONSTANT, 0) }),
                 None if word.is_empty() => Err(self.error_at(start, "expected a value".to_string())),
@@ -153,9 +154,7 @@ impl<'a> Parser<'a> {
 
     fn word(&mut self) -> &'a str {
         let rest = self.rest();
-        let len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
+        let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
         self.pos += len;
         &rest[..len]
     }
@@ -171,20 +170,12 @@ impl<'a> Parser<'a> {
 
     fn expect(&mut self, c: char) -> Result<(), ValueError> {
         self.skip_space();
-        if self.eat(c) {
-            Ok(())
-        } else {
-            Err(self.error(format!("expected `{c}`")))
-        }
+        if self.eat(c) { Ok(()) } else { Err(self.error(format!("expected `{c}`"))) }
     }
 
     fn end(&mut self) -> Result<(), ValueError> {
         self.skip_space();
-        if self.rest().is_empty() {
-            Ok(())
-        } else {
-            Err(self.error(format!("unexpected `{}`", self.rest())))
-        }
+        if self.rest().is_empty() { Ok(()) } else { Err(self.error(format!("unexpected `{}`", self.rest()))) }
     }
 
     fn eat(&mut self, c: char) -> bool {
@@ -250,7 +241,10 @@ mod tests {
     fn widths() {
         assert_eq!(parse_scalar("*(arg1 + 4) as u32").unwrap().size, 4);
         assert_eq!(parse_scalar("arg2 as u8").unwrap().size, 1);
-        assert_eq!(parse_scalar("arg2 as i9").unwrap_err().message, "expected u8, u16, u32 or u64, found `i9`");
+        assert_eq!(
+            parse_scalar("arg2 as i9").unwrap_err().message,
+            "expected u8, u16, u32 or u64, found `i9`"
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ pub fn run(pool: &Arc<Pool>, options: &Options, report: &Report) {
         }
         let model = pick(options.seed, request_id, options.models.len());
         let work_us = service_time(options.seed, request_id, options.work_us);
-        let reply = pool.submit(&options.models[model], request_id, work_us);
+        let impatient = unit_interval(options.seed, request_id, 5) < options.impatient_rate;
+        let deadline =
+            if impatient { Duration::from_micros(1) } else { Duration::from_millis(options.timeout_ms) };
+        let reply = pool.submit(&options.models[model], request_id, work_us, deadline);
         pending.send((model, reply)).expect("the collector outlives the load");
         next += interval;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {

@@ -40,6 +40,10 @@ pub struct Options {
     /// A request still queued after this long times out.
     #[arg(long, default_value_t = 200)]
     pub timeout_ms: u64,
+    /// Probability that a client's deadline is only a few microseconds, so that its request
+    /// times out in the queue.
+    #[arg(long, default_value_t = 0.01)]
+    pub impatient_rate: f64,
     /// Probability that a request fails.
     #[arg(long, default_value_t = 0.05)]
     pub fail_rate: f64,

@@ -23,7 +23,6 @@ pub struct Pool {
 }
 
 struct Config {
-    timeout: Duration,
     fail_rate: f64,
     crash_rate: f64,
     max_workers: usize,
@@ -73,6 +72,8 @@ pub struct Job {
     request_id: u64,
     work_us: u64,
     submitted: Instant,
+    /// How long the client is willing to wait for a worker.
+    deadline: Duration,
 }
 
 #[derive(Default)]
@@ -111,7 +112,6 @@ impl Pool {
         const MIB: u64 = 1 << 20;
         Self {
             config: Config {
-                timeout: Duration::from_millis(options.timeout_ms),
                 fail_rate: options.fail_rate,
                 crash_rate: options.crash_rate,
                 max_workers: options.max_workers.max(1),
@@ -129,14 +129,20 @@ impl Pool {
     }
 
     /// Queues a request for `model`, starting a worker for it if it needs one.
-    pub fn submit(self: &Arc<Self>, model: &str, request_id: u64, work_us: u64) -> Receiver<Outcome> {
+    pub fn submit(
+        self: &Arc<Self>,
+        model: &str,
+        request_id: u64,
+        work_us: u64,
+        deadline: Duration,
+    ) -> Receiver<Outcome> {
         let (client, outcome) = channel();
         let (queue, needs_worker) = self.touch(model, request_id, client);
         if needs_worker {
             let worker_id = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
             self.spawn_worker(model, worker_id, self.config.worker_memory);
         }
-        queue.push(Job { request_id, work_us, submitted: Instant::now() });
+        queue.push(Job { request_id, work_us, submitted: Instant::now(), deadline });
         outcome
     }
 
@@ -237,14 +243,24 @@ impl Pool {
 
     fn take_finished_workers(&self) -> Vec<(u64, Worker)> {
         let mut state = self.state.lock().unwrap();
-        let finished: Vec<u64> =
-            state.workers.iter().filter(|(_, worker)| worker.thread.is_finished()).map(|(id, _)| *id).collect();
+        let finished: Vec<u64> = state
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.thread.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
         finished.into_iter().filter_map(|id| state.workers.remove(&id).map(|worker| (id, worker))).collect()
     }
 
     /// Accounts for a worker that panicked, fails the request it was serving, and starts its
     /// replacement unless it had been evicted already.
-    pub fn reap_crashed_worker(self: &Arc<Self>, model: &str, worker_id: u64, lost_request: Option<u64>, evicted: bool) {
+    pub fn reap_crashed_worker(
+        self: &Arc<Self>,
+        model: &str,
+        worker_id: u64,
+        lost_request: Option<u64>,
+        evicted: bool,
+    ) {
         {
             let mut state = self.state.lock().unwrap();
             state.lifecycle.entry(model.to_string()).or_default().crashes += 1;
@@ -269,8 +285,13 @@ impl Pool {
         let model = self.model_of(worker_id);
         while let Some(job) = queue.pop(stop) {
             let waited = job.submitted.elapsed();
-            if waited > self.config.timeout {
-                self.drop_expired(&model, job.request_id, waited.as_micros() as u64);
+            if waited > job.deadline {
+                self.drop_expired(
+                    &model,
+                    job.request_id,
+                    job.deadline.as_micros() as u64,
+                    waited.as_micros() as u64,
+                );
             } else {
                 self.mark_serving(worker_id, Some(job.request_id));
                 let result = self.serve(&model, job.request_id, worker_id, job.work_us);
@@ -333,7 +354,7 @@ impl Pool {
     /// Drops a request that waited in the queue past its deadline.
     // A real pool also notifies the client and records the miss: never inlined there.
     #[inline(never)]
-    pub fn drop_expired(&self, model: &str, request_id: u64, waited_us: u64) {
+    pub fn drop_expired(&self, model: &str, request_id: u64, deadline_us: u64, waited_us: u64) {
         let client = {
             let mut state = self.state.lock().unwrap();
             if let Some(entry) = state.models.get_mut(model) {
@@ -344,9 +365,8 @@ impl Pool {
         if let Some(client) = client {
             let _ = client.send(Outcome::Timeout);
         }
-        let deadline = self.config.timeout.as_micros() as u64;
-        let late_by = waited_us.saturating_sub(deadline);
-        if late_by > 10 * deadline {
+        let late_by = waited_us.saturating_sub(deadline_us);
+        if late_by > 10 * deadline_us.max(1_000) {
             eprintln!("demo-pool: {model} request {request_id} expired {late_by} µs late");
         }
     }

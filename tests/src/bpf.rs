@@ -1,0 +1,48 @@
+//! What BPF objects exist: the ones a process holds (from its fdinfo) and the ones the kernel
+//! lists (from `bpftool`).
+
+use std::{collections::BTreeSet, process::Command};
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Objects {
+    pub programs: BTreeSet<u64>,
+    pub links: BTreeSet<u64>,
+}
+
+/// The programs and links whose file descriptors `pid` holds.
+pub fn held_by(pid: u32) -> Objects {
+    let mut objects = Objects::default();
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("read the process's fdinfo");
+    for entry in fdinfo.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        for line in text.lines() {
+            let id = |prefix| line.strip_prefix(prefix).and_then(|id: &str| id.trim().parse().ok());
+            if let Some(id) = id("prog_id:") {
+                objects.programs.insert(id);
+            }
+            if let Some(id) = id("link_id:") {
+                objects.links.insert(id);
+            }
+        }
+    }
+    objects
+}
+
+/// Every program and link the kernel has loaded, as `bpftool` lists them.
+pub fn listed() -> Objects {
+    Objects { programs: bpftool_ids("prog"), links: bpftool_ids("link") }
+}
+
+fn bpftool_ids(kind: &str) -> BTreeSet<u64> {
+    let output = Command::new("bpftool")
+        .args([kind, "list", "--json"])
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(
+        output.status.success(),
+        "bpftool {kind} list failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("bpftool prints JSON");
+    items.iter().filter_map(|item| item["id"].as_u64()).collect()
+}

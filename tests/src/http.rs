@@ -1,0 +1,25 @@
+//! A minimal HTTP/1.1 client for talking to the agent on loopback.
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+pub fn get(address: SocketAddr, path: &str) -> io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {text:.200}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(invalid)?;
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(invalid)?;
+    Ok(Response { status, body: body.to_string() })
+}

@@ -1,0 +1,93 @@
+//! Reads the samples of an OpenMetrics text exposition.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+pub struct Exposition {
+    pub samples: Vec<Sample>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .filter_map(parse_sample)
+            .collect();
+        Self { samples }
+    }
+
+    /// The value of the sample with this name whose labels include all of `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|sample| {
+                sample.name == name
+                    && labels
+                        .iter()
+                        .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+            })
+            .map(|sample| sample.value)
+    }
+
+    /// The sum over every sample with this name.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples.iter().filter(|sample| sample.name == name).map(|sample| sample.value).sum()
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (name, rest) = match line.find('{') {
+        Some(brace) => (&line[..brace], &line[brace + 1..]),
+        None => line.split_once(' ')?,
+    };
+    let (labels, value) = if line.contains('{') { parse_labels(rest)? } else { (BTreeMap::new(), rest) };
+    let value = value.split_whitespace().next()?.parse().ok()?;
+    Some(Sample { name: name.to_string(), labels, value })
+}
+
+/// Parses `key="value",...}` and returns the labels and what follows the closing brace.
+fn parse_labels(mut rest: &str) -> Option<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
+    loop {
+        rest = rest.trim_start_matches(',');
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((labels, after));
+        }
+        let (key, after_key) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after_key.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (at, '"') => break at,
+                (_, other) => value.push(other),
+            }
+        };
+        labels.insert(key.to_string(), value);
+        rest = &after_key[end + 1..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_labels_and_escapes() {
+        let text = "# TYPE x counter\nx_total{model=\"a\\\"b\\\\c\\nd\",status=\"ok\"} 3\nup 1\n# EOF\n";
+        let exposition = Exposition::parse(text);
+        assert_eq!(exposition.value("x_total", &[("model", "a\"b\\c\nd"), ("status", "ok")]), Some(3.0));
+        assert_eq!(exposition.value("up", &[]), Some(1.0));
+        assert_eq!(exposition.sum("x_total"), 3.0);
+    }
+}

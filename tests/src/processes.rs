@@ -1,0 +1,142 @@
+//! The processes the tests and the demo run: the reference pool and the agent.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::http;
+
+/// A release binary of this workspace, as `cargo xtask build` leaves it.
+pub fn binary(name: &str) -> PathBuf {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target_dir.join("release").join(name);
+    assert!(path.exists(), "{} is not built: run `cargo xtask test`", path.display());
+    path
+}
+
+pub fn manifest(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests").join(name)
+}
+
+/// A loopback address no one listens on right now.
+pub fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free loopback port")
+}
+
+/// The reference pool, started and waiting for its start file (if it was given one).
+pub struct Pool {
+    pub child: Child,
+    pub stdout: mpsc::Receiver<String>,
+}
+
+impl Pool {
+    pub fn start(args: &[String]) -> Self {
+        let mut child = Command::new(binary("demo-pool"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start demo-pool");
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let (ready_sender, ready) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("ready") {
+                    let _ = ready_sender.send(());
+                }
+                eprintln!("{line}");
+            }
+        });
+        let stdout = lines_of(child.stdout.take().expect("piped stdout"));
+        ready.recv_timeout(Duration::from_secs(30)).expect("demo-pool says it is ready");
+        Self { child, stdout }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The agent, attached and serving.
+pub struct Agent {
+    pub child: Child,
+    pub address: SocketAddr,
+}
+
+impl Agent {
+    pub fn attach(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str]) -> Self {
+        let child = Command::new(binary("pool-obs-agent"))
+            .args(["--pid", &pid.to_string(), "--listen", &address.to_string()])
+            .arg("--manifest")
+            .arg(manifest)
+            .args(extra)
+            .spawn()
+            .expect("start pool-obs-agent");
+        let mut agent = Self { child, address };
+        agent.wait_until_serving();
+        agent
+    }
+
+    /// The agent serves HTTP only once every probe is attached.
+    fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http::get(self.address, "/health").is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("pool-obs-agent exited before serving: {status}");
+            }
+            assert!(Instant::now() < deadline, "pool-obs-agent did not serve within 60 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> http::Response {
+        http::get(self.address, path).unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
+}
+
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Sends `signal` and waits for the process to exit.
+pub fn stop(child: &mut Child, signal: i32) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on a child we own.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    child.wait().expect("wait for the child")
+}
+
+/// A failing test must not leave a pool or an agent running.
+fn kill_if_running(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        kill_if_running(&mut self.child);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill_if_running(&mut self.child);
+    }
+}
