@@ -98,7 +98,10 @@ fn main() {
 fn quiet_worker_panics() {
     std::panic::set_hook(Box::new(|info| {
         let thread = thread::current();
-        eprintln!("demo-pool: {} crashed: {info}", thread.name().unwrap_or("thread"));
+        let payload = info.payload();
+        let message =
+            payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        eprintln!("demo-pool: {} crashed: {}", thread.name().unwrap_or("thread"), message.unwrap_or("panic"));
     }));
 }
 
