@@ -305,16 +305,13 @@ impl ModelState {
     }
 }
 
-/// A model key as a label value: UTF-8 as it is, other bytes as `\xNN`, and `…` after a key
-/// that was longer than what the probe captured.
+/// A model key as a label value: as it is when it is UTF-8, else with Rust's byte escapes
+/// (`\xff`, `\"`, `\n`); `…` ends a key longer than what the probe captured.
 pub fn model_label(key: &[u8], truncated: bool) -> String {
-    let mut label = String::with_capacity(key.len() + 3);
-    for chunk in key.utf8_chunks() {
-        label.push_str(chunk.valid());
-        for byte in chunk.invalid() {
-            label.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
+    let mut label = match std::str::from_utf8(key) {
+        Ok(text) => text.to_string(),
+        Err(_) => key.escape_ascii().to_string(),
+    };
     if truncated {
         label.push('…');
     }

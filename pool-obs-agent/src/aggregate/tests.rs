@@ -168,5 +168,7 @@ fn workers_seen_before_their_spawn_are_discovered_not_negative() {
 fn model_labels_escape_bytes_that_are_not_utf8() {
     assert_eq!(model_label(b"llama", false), "llama");
     assert_eq!(model_label(b"a\xffb", false), "a\\xffb");
+    assert_eq!(model_label(b"q\"\n\xff", false), "q\\\"\\n\\xff");
+    assert_eq!(model_label("\"quoted\"\n".as_bytes(), false), "\"quoted\"\n");
     assert_eq!(model_label(b"abc", true), "abc…");
 }

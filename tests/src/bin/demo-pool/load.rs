@@ -9,17 +9,22 @@ use std::{
 use crate::{
     Options,
     pool::Pool,
-    summary::{Outcome, Report},
+    summary::{Outcome, Reply, Report},
 };
 
-pub fn run(pool: &Arc<Pool>, options: &Options, report: &Report) {
-    let (pending, replies) = mpsc::channel::<(usize, mpsc::Receiver<Outcome>)>();
-    let models = options.models.clone();
+pub fn run(pool: &Arc<Pool>, options: &Options, models: &[Vec<u8>], report: &Report) {
+    let (pending, replies) = mpsc::channel::<(usize, u64, mpsc::Receiver<Reply>)>();
+    let collector_models = models.to_vec();
     let collector_report = report.clone();
     let collector = thread::spawn(move || {
-        for (model, reply) in replies {
-            let outcome = reply.recv().unwrap_or(Outcome::Failed);
-            collector_report.record(&models[model], outcome);
+        for (model, request_id, reply) in replies {
+            let reply = reply.recv().unwrap_or(Reply {
+                outcome: Outcome::Failed,
+                worker: None,
+                queued: None,
+                total: Duration::ZERO,
+            });
+            collector_report.record(&collector_models[model], request_id, &reply);
         }
     });
 
@@ -29,13 +34,13 @@ pub fn run(pool: &Arc<Pool>, options: &Options, report: &Report) {
         if options.requests != 0 && request_id > options.requests {
             break;
         }
-        let model = pick(options.seed, request_id, options.models.len());
+        let model = pick(options.seed, request_id, models.len());
         let work_us = service_time(options.seed, request_id, options.work_us);
         let impatient = unit_interval(options.seed, request_id, 5) < options.impatient_rate;
         let deadline =
             if impatient { Duration::from_micros(1) } else { Duration::from_millis(options.timeout_ms) };
-        let reply = pool.submit(&options.models[model], request_id, work_us, deadline);
-        pending.send((model, reply)).expect("the collector outlives the load");
+        let reply = pool.submit(&models[model], request_id, work_us, deadline);
+        pending.send((model, request_id, reply)).expect("the collector outlives the load");
         next += interval;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             thread::sleep(wait);

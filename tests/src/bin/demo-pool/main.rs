@@ -25,7 +25,8 @@ use clap::Parser;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "A reference worker pool keyed by model name")]
 pub struct Options {
-    /// Model names (registry keys), comma-separated.
+    /// Model names (registry keys), comma-separated; `\xNN`, `\n` and `\\` escapes make
+    /// any byte.
     #[arg(long, value_delimiter = ',', default_value = "llama-7b,mistral-7b,phi-3,gemma-2b")]
     pub models: Vec<String>,
     /// Requests per second offered by the built-in load generator.
@@ -62,9 +63,18 @@ pub struct Options {
     /// Seed for every random choice, so runs repeat.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Evict workers idle for longer than this, in milliseconds; 0 never does.
+    #[arg(long, default_value_t = 0)]
+    pub idle_evict_ms: u64,
     /// Wait until this file exists before sending load.
     #[arg(long)]
     pub start_file: Option<PathBuf>,
+    /// After the load, keep running this long (milliseconds) before the final summary.
+    #[arg(long, default_value_t = 0)]
+    pub linger_ms: u64,
+    /// Write one JSON line per answered request here.
+    #[arg(long)]
+    pub access_log: Option<PathBuf>,
 }
 
 static SUMMARY_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -79,9 +89,16 @@ fn main() {
     unsafe { libc::signal(libc::SIGUSR1, request_summary as *const () as libc::sighandler_t) };
     quiet_worker_panics();
 
+    let models: Vec<Vec<u8>> = options.models.iter().map(|model| unescape(model)).collect();
     let pool = Arc::new(pool::Pool::new(&options));
     pool::Pool::supervise(&pool);
-    let report = summary::Report::default();
+    let report = match summary::Report::new(options.access_log.as_deref()) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("demo-pool: cannot write the access log: {error}");
+            std::process::exit(2);
+        }
+    };
     print_summaries_on_request(pool.clone(), report.clone());
     eprintln!("demo-pool: ready, pid {}", std::process::id());
 
@@ -90,8 +107,37 @@ fn main() {
             thread::sleep(Duration::from_millis(5));
         }
     }
-    load::run(&pool, &options, &report);
+    load::run(&pool, &options, &models, &report);
     summary::print(&pool, &report);
+    if options.linger_ms > 0 {
+        thread::sleep(Duration::from_millis(options.linger_ms));
+        summary::print(&pool, &report);
+    }
+}
+
+/// Decodes `\xNN`, `\n` and `\<char>` escapes into bytes.
+fn unescape(text: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('n')) => {
+                chars.next();
+                bytes.push(b'\n');
+            }
+            ('\\', Some('x')) => {
+                chars.next();
+                let hex: String = chars.by_ref().take(2).collect();
+                bytes.push(u8::from_str_radix(&hex, 16).unwrap_or(b'?'));
+            }
+            ('\\', Some(escaped)) => {
+                chars.next();
+                bytes.extend_from_slice(escaped.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+            _ => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    bytes
 }
 
 /// A crashing worker is an expected event here: one line, not a backtrace.

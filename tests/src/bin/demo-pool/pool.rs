@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Options, load::unit_interval, summary::Outcome};
+use crate::{
+    Options,
+    load::unit_interval,
+    summary::{Outcome, Reply},
+};
 
 const PAGE: usize = 4096;
 
@@ -23,6 +27,7 @@ pub struct Pool {
 }
 
 struct Config {
+    idle_eviction: Option<Duration>,
     fail_rate: f64,
     crash_rate: f64,
     max_workers: usize,
@@ -33,12 +38,12 @@ struct Config {
 
 #[derive(Default)]
 struct State {
-    models: HashMap<String, Model>,
+    models: HashMap<Vec<u8>, Model>,
     workers: HashMap<u64, Worker>,
     /// Clients waiting for their request's outcome, by request id.
-    pending: HashMap<u64, Sender<Outcome>>,
+    pending: HashMap<u64, Pending>,
     memory_in_use: u64,
-    lifecycle: BTreeMap<String, Lifecycle>,
+    lifecycle: BTreeMap<Vec<u8>, Lifecycle>,
     clock: u64,
 }
 
@@ -48,6 +53,8 @@ pub struct Lifecycle {
     pub spawns: u64,
     pub evictions: u64,
     pub crashes: u64,
+    /// The longest the model's queue was, measured as requests are queued.
+    pub max_queue_depth: usize,
 }
 
 #[derive(Default)]
@@ -60,12 +67,21 @@ struct Model {
 }
 
 struct Worker {
-    model: String,
+    model: Vec<u8>,
     thread: JoinHandle<()>,
     stop: Arc<AtomicBool>,
     memory: u64,
     /// The request the worker is serving, which fails if the worker crashes.
     serving: Option<u64>,
+    last_active: Instant,
+}
+
+/// A client waiting for its request, and what the pool learned of the request so far.
+struct Pending {
+    client: Sender<Reply>,
+    submitted: Instant,
+    worker: Option<u64>,
+    queued: Option<Duration>,
 }
 
 pub struct Job {
@@ -83,9 +99,12 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, job: Job) {
-        self.jobs.lock().unwrap().push_back(job);
+    /// Queues the job and returns the queue's new length.
+    fn push(&self, job: Job) -> usize {
+        let mut jobs = self.jobs.lock().unwrap();
+        jobs.push_back(job);
         self.ready.notify_one();
+        jobs.len()
     }
 
     fn len(&self) -> usize {
@@ -112,6 +131,8 @@ impl Pool {
         const MIB: u64 = 1 << 20;
         Self {
             config: Config {
+                idle_eviction: (options.idle_evict_ms > 0)
+                    .then(|| Duration::from_millis(options.idle_evict_ms)),
                 fail_rate: options.fail_rate,
                 crash_rate: options.crash_rate,
                 max_workers: options.max_workers.max(1),
@@ -124,37 +145,42 @@ impl Pool {
         }
     }
 
-    pub fn lifecycle(&self) -> BTreeMap<String, Lifecycle> {
+    pub fn lifecycle(&self) -> BTreeMap<Vec<u8>, Lifecycle> {
         self.state.lock().unwrap().lifecycle.clone()
     }
 
     /// Queues a request for `model`, starting a worker for it if it needs one.
     pub fn submit(
         self: &Arc<Self>,
-        model: &str,
+        model: &[u8],
         request_id: u64,
         work_us: u64,
         deadline: Duration,
-    ) -> Receiver<Outcome> {
-        let (client, outcome) = channel();
-        let (queue, needs_worker) = self.touch(model, request_id, client);
+    ) -> Receiver<Reply> {
+        let (client, reply) = channel();
+        let submitted = Instant::now();
+        let pending = Pending { client, submitted, worker: None, queued: None };
+        let (queue, needs_worker) = self.touch(model, request_id, pending);
         if needs_worker {
             let worker_id = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
             self.spawn_worker(model, worker_id, self.config.worker_memory);
         }
-        queue.push(Job { request_id, work_us, submitted: Instant::now(), deadline });
-        outcome
+        let depth = queue.push(Job { request_id, work_us, submitted, deadline });
+        let mut state = self.state.lock().unwrap();
+        let record = state.lifecycle.entry(model.to_vec()).or_default();
+        record.max_queue_depth = record.max_queue_depth.max(depth);
+        reply
     }
 
     /// Registers the request's client and marks `model` as just used; says whether the model
     /// should get another worker.
-    fn touch(&self, model: &str, request_id: u64, client: Sender<Outcome>) -> (Arc<Queue>, bool) {
+    fn touch(&self, model: &[u8], request_id: u64, pending: Pending) -> (Arc<Queue>, bool) {
         let mut state = self.state.lock().unwrap();
-        state.pending.insert(request_id, client);
+        state.pending.insert(request_id, pending);
         state.clock += 1;
         let clock = state.clock;
         let memory_free = state.memory_in_use + self.config.worker_memory <= self.config.memory_budget;
-        let entry = state.models.entry(model.to_string()).or_default();
+        let entry = state.models.entry(model.to_vec()).or_default();
         entry.last_used = clock;
         let workers = entry.workers.len();
         let backlog = entry.queue.len() > workers || entry.starved;
@@ -167,11 +193,11 @@ impl Pool {
 
     /// Starts a worker thread for `model` that holds `memory_bytes` of touched memory, evicting
     /// least-recently-used workers first if the budget requires it.
-    pub fn spawn_worker(self: &Arc<Self>, model: &str, worker_id: u64, memory_bytes: u64) {
+    pub fn spawn_worker(self: &Arc<Self>, model: &[u8], worker_id: u64, memory_bytes: u64) {
         self.make_room(model, memory_bytes);
         let stop = Arc::new(AtomicBool::new(false));
         let mut state = self.state.lock().unwrap();
-        let entry = state.models.entry(model.to_string()).or_default();
+        let entry = state.models.entry(model.to_vec()).or_default();
         let queue = entry.queue.clone();
         entry.workers.push(worker_id);
         let pool = self.clone();
@@ -180,13 +206,20 @@ impl Pool {
             .name(format!("worker-{worker_id}"))
             .spawn(move || pool.work(worker_id, memory_bytes, &queue, &worker_stop))
             .expect("spawn a worker thread");
-        let worker = Worker { model: model.to_string(), thread, stop, memory: memory_bytes, serving: None };
+        let worker = Worker {
+            model: model.to_vec(),
+            thread,
+            stop,
+            memory: memory_bytes,
+            serving: None,
+            last_active: Instant::now(),
+        };
         state.workers.insert(worker_id, worker);
         state.memory_in_use += memory_bytes;
-        state.lifecycle.entry(model.to_string()).or_default().spawns += 1;
+        state.lifecycle.entry(model.to_vec()).or_default().spawns += 1;
     }
 
-    fn make_room(&self, model: &str, needed: u64) {
+    fn make_room(&self, model: &[u8], needed: u64) {
         while let Some((victim_model, victim)) = self.eviction_candidate(model, needed) {
             self.evict_worker(&victim_model, victim);
         }
@@ -194,7 +227,7 @@ impl Pool {
 
     /// A worker of the least recently used other model with nothing queued, while the budget
     /// cannot fit `needed` more bytes.
-    fn eviction_candidate(&self, model: &str, needed: u64) -> Option<(String, u64)> {
+    fn eviction_candidate(&self, model: &[u8], needed: u64) -> Option<(Vec<u8>, u64)> {
         let state = self.state.lock().unwrap();
         if state.memory_in_use + needed <= self.config.memory_budget {
             return None;
@@ -202,7 +235,9 @@ impl Pool {
         state
             .models
             .iter()
-            .filter(|(name, entry)| *name != model && !entry.workers.is_empty() && entry.queue.len() == 0)
+            .filter(|(name, entry)| {
+                name.as_slice() != model && !entry.workers.is_empty() && entry.queue.len() == 0
+            })
             .min_by_key(|(_, entry)| entry.last_used)
             .map(|(name, entry)| (name.clone(), entry.workers[0]))
     }
@@ -210,7 +245,7 @@ impl Pool {
     /// Retires a worker: it finishes the request it is serving, then exits and frees its memory.
     // A real pool's eviction also unloads the model and flushes caches: never inlined there.
     #[inline(never)]
-    pub fn evict_worker(&self, model: &str, worker_id: u64) {
+    pub fn evict_worker(&self, model: &[u8], worker_id: u64) {
         let mut state = self.state.lock().unwrap();
         let Some(worker) = state.workers.get(&worker_id) else {
             return;
@@ -222,15 +257,19 @@ impl Pool {
             entry.workers.retain(|id| *id != worker_id);
             entry.queue.ready.notify_all();
         }
-        state.lifecycle.entry(model.to_string()).or_default().evictions += 1;
+        state.lifecycle.entry(model.to_vec()).or_default().evictions += 1;
     }
 
-    /// Watches worker threads: a worker that died by panicking is a crash, and is replaced.
+    /// Watches worker threads: a worker that died by panicking is a crash, and is replaced; a
+    /// worker idle for longer than the idle limit is evicted.
     pub fn supervise(pool: &Arc<Self>) {
         let pool = pool.clone();
         thread::spawn(move || {
             loop {
                 thread::sleep(Duration::from_millis(5));
+                for (model, worker_id) in pool.idle_workers() {
+                    pool.evict_worker(&model, worker_id);
+                }
                 for (worker_id, worker) in pool.take_finished_workers() {
                     let evicted = worker.stop.load(Ordering::Relaxed);
                     if worker.thread.join().is_err() {
@@ -239,6 +278,24 @@ impl Pool {
                 }
             }
         });
+    }
+
+    fn idle_workers(&self) -> Vec<(Vec<u8>, u64)> {
+        let Some(limit) = self.config.idle_eviction else {
+            return Vec::new();
+        };
+        let state = self.state.lock().unwrap();
+        let idle = |worker: &Worker| {
+            worker.serving.is_none()
+                && !worker.stop.load(Ordering::Relaxed)
+                && worker.last_active.elapsed() > limit
+        };
+        state
+            .workers
+            .iter()
+            .filter(|(_, worker)| idle(worker))
+            .map(|(id, worker)| (worker.model.clone(), *id))
+            .collect()
     }
 
     fn take_finished_workers(&self) -> Vec<(u64, Worker)> {
@@ -256,16 +313,16 @@ impl Pool {
     /// replacement unless it had been evicted already.
     pub fn reap_crashed_worker(
         self: &Arc<Self>,
-        model: &str,
+        model: &[u8],
         worker_id: u64,
         lost_request: Option<u64>,
         evicted: bool,
     ) {
         {
             let mut state = self.state.lock().unwrap();
-            state.lifecycle.entry(model.to_string()).or_default().crashes += 1;
-            if let Some(client) = lost_request.and_then(|request_id| state.pending.remove(&request_id)) {
-                let _ = client.send(Outcome::Failed);
+            state.lifecycle.entry(model.to_vec()).or_default().crashes += 1;
+            if let Some(pending) = lost_request.and_then(|request_id| state.pending.remove(&request_id)) {
+                pending.reply(Outcome::Failed);
             }
             if evicted {
                 return;
@@ -293,7 +350,7 @@ impl Pool {
                     waited.as_micros() as u64,
                 );
             } else {
-                self.mark_serving(worker_id, Some(job.request_id));
+                self.mark_serving(worker_id, Some((job.request_id, waited)));
                 let result = self.serve(&model, job.request_id, worker_id, job.work_us);
                 self.mark_serving(worker_id, None);
                 self.respond(&model, job.request_id, result);
@@ -302,13 +359,23 @@ impl Pool {
         black_box(&memory);
     }
 
-    fn mark_serving(&self, worker_id: u64, request_id: Option<u64>) {
-        if let Some(worker) = self.state.lock().unwrap().workers.get_mut(&worker_id) {
-            worker.serving = request_id;
+    /// Records that the worker started serving a request after it waited `queued`, or that it
+    /// is idle again.
+    fn mark_serving(&self, worker_id: u64, request: Option<(u64, Duration)>) {
+        let mut state = self.state.lock().unwrap();
+        if let Some((request_id, queued)) = request
+            && let Some(pending) = state.pending.get_mut(&request_id)
+        {
+            pending.worker = Some(worker_id);
+            pending.queued = Some(queued);
+        }
+        if let Some(worker) = state.workers.get_mut(&worker_id) {
+            worker.serving = request.map(|(request_id, _)| request_id);
+            worker.last_active = Instant::now();
         }
     }
 
-    fn model_of(&self, worker_id: u64) -> String {
+    fn model_of(&self, worker_id: u64) -> Vec<u8> {
         loop {
             if let Some(worker) = self.state.lock().unwrap().workers.get(&worker_id) {
                 return worker.model.clone();
@@ -321,13 +388,16 @@ impl Pool {
     /// Serves one request; returns the number of tokens produced.
     // A real pool runs a model here, far too large to inline; the sleep stands in for it.
     #[inline(never)]
-    pub fn serve(&self, model: &str, request_id: u64, worker_id: u64, work_us: u64) -> Result<u64, String> {
+    pub fn serve(&self, model: &[u8], request_id: u64, worker_id: u64, work_us: u64) -> Result<u64, String> {
         thread::sleep(Duration::from_micros(work_us));
         if self.roll(request_id, 1) < self.config.crash_rate {
-            panic!("worker {worker_id} of {model} crashed on request {request_id}");
+            panic!(
+                "worker {worker_id} of {} crashed on request {request_id}",
+                String::from_utf8_lossy(model)
+            );
         }
         if self.roll(request_id, 2) < self.config.fail_rate {
-            return Err(format!("{model} could not serve request {request_id}"));
+            return Err(format!("{} could not serve request {request_id}", String::from_utf8_lossy(model)));
         }
         Ok(16 + request_id % 240)
     }
@@ -335,44 +405,58 @@ impl Pool {
     /// Sends a served request's result back to its client.
     // A real pool serialises the response and writes it to the client's connection here.
     #[inline(never)]
-    pub fn respond(&self, model: &str, request_id: u64, result: Result<u64, String>) {
-        let Some(client) = self.state.lock().unwrap().pending.remove(&request_id) else {
+    pub fn respond(&self, model: &[u8], request_id: u64, result: Result<u64, String>) {
+        let Some(pending) = self.state.lock().unwrap().pending.remove(&request_id) else {
             return;
         };
         let outcome = match result {
             Ok(_) => Outcome::Ok,
             Err(message) => {
                 if message.len() > 1024 {
-                    eprintln!("demo-pool: {model} request {request_id} failed with a long message");
+                    eprintln!(
+                        "demo-pool: {} request {request_id} failed at length",
+                        String::from_utf8_lossy(model)
+                    );
                 }
                 Outcome::Failed
             }
         };
-        let _ = client.send(outcome);
+        pending.reply(outcome);
     }
 
     /// Drops a request that waited in the queue past its deadline.
     // A real pool also notifies the client and records the miss: never inlined there.
     #[inline(never)]
-    pub fn drop_expired(&self, model: &str, request_id: u64, deadline_us: u64, waited_us: u64) {
-        let client = {
+    pub fn drop_expired(&self, model: &[u8], request_id: u64, deadline_us: u64, waited_us: u64) {
+        let pending = {
             let mut state = self.state.lock().unwrap();
             if let Some(entry) = state.models.get_mut(model) {
                 entry.starved = true;
             }
             state.pending.remove(&request_id)
         };
-        if let Some(client) = client {
-            let _ = client.send(Outcome::Timeout);
+        if let Some(pending) = pending {
+            pending.reply(Outcome::Timeout);
         }
         let late_by = waited_us.saturating_sub(deadline_us);
         if late_by > 10 * deadline_us.max(1_000) {
-            eprintln!("demo-pool: {model} request {request_id} expired {late_by} µs late");
+            eprintln!(
+                "demo-pool: {} request {request_id} expired {late_by} µs late",
+                String::from_utf8_lossy(model)
+            );
         }
     }
 
     fn roll(&self, request_id: u64, salt: u64) -> f64 {
         unit_interval(self.config.seed, request_id, salt)
+    }
+}
+
+impl Pending {
+    fn reply(self, outcome: Outcome) {
+        let reply =
+            Reply { outcome, worker: self.worker, queued: self.queued, total: self.submitted.elapsed() };
+        let _ = self.client.send(reply);
     }
 }
 
