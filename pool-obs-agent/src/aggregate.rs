@@ -1,46 +1,77 @@
-//! Per-model state built from the event stream: the requests in flight, the live workers, and
-//! the metric series they feed. Events arrive in the order the kernel wrote them.
+//! Per-model state built from the event stream: the requests in flight, the live workers, the
+//! sliding-window statistics, and the metric series they feed. Events arrive in the order the
+//! kernel wrote them; each kind has its handler, `on_<event>`.
 
-use std::collections::HashMap;
+mod requests;
+pub mod window;
 
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use hdrhistogram::Histogram;
 use pool_obs_common::event::{
     EventKind, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
     WorkerEvicted, WorkerSpawned,
 };
 use prometheus_client::metrics::counter::Counter;
+use tracing::{debug, info, warn};
 
 use crate::{
     attach::plan::ProbeInfo,
+    clock::WallClock,
     decode::Event,
     export::metrics::{Metrics, ModelMetrics},
     outcome::Status,
 };
+pub use requests::Timeline;
+use requests::{RecentRequests, RequestRecord};
+use window::Window;
 
 /// The label for events whose model could not be known (no model in the manifest for that
 /// function, and no earlier event for the same request or worker).
 pub const UNKNOWN_MODEL: &str = "__unknown__";
 
+/// Where request logs go: `RUST_LOG=pool_obs::requests=debug` shows every completed request.
+pub const REQUEST_LOG: &str = "pool_obs::requests";
+const WORKER_LOG: &str = "pool_obs::workers";
+
 type ModelId = usize;
 
+pub struct Settings {
+    /// The sliding window of quantiles, maximum queue depth and error rate.
+    pub window: Duration,
+    /// Requests slower than this are logged at info.
+    pub slow_request: Duration,
+    /// How many completed requests `/requests/{id}` remembers.
+    pub recent_requests: usize,
+}
+
 pub struct Aggregator {
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     probes: Vec<ProbeInfo>,
+    settings: Settings,
     event_counters: Vec<(EventKind, Counter)>,
     model_ids: HashMap<Vec<u8>, ModelId>,
     models: Vec<ModelState>,
     requests: HashMap<u64, InFlight>,
+    recent: RecentRequests,
     workers: HashMap<u64, Worker>,
+    merged_latency: Histogram<u32>,
 }
 
 pub struct ModelState {
     pub label: String,
     metrics: ModelMetrics,
+    window: Window,
+    /// The window's statistics as of the last refresh.
+    pub recent: window::Summary,
     pub queued: u64,
     pub workers: u64,
     pub busy: u64,
     pub crashed: u64,
     pub memory_bytes: u64,
     pub requests: [u64; 3],
+    /// Consecutive refreshes at which every worker was busy.
+    pub saturated_refreshes: u32,
 }
 
 struct InFlight {
@@ -58,15 +89,8 @@ struct Worker {
     retiring: bool,
 }
 
-/// When a request's phases happened, as far as the events tell.
-struct Timeline {
-    submitted_ns: Option<u64>,
-    started_ns: Option<u64>,
-    ended_ns: u64,
-}
-
 impl Aggregator {
-    pub fn new(metrics: std::sync::Arc<Metrics>, probes: Vec<ProbeInfo>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, probes: Vec<ProbeInfo>, settings: Settings) -> Self {
         let event_counters = EventKind::ALL.map(|kind| (kind, metrics.event_counter(kind))).to_vec();
         Self {
             metrics,
@@ -75,7 +99,10 @@ impl Aggregator {
             model_ids: HashMap::new(),
             models: Vec::new(),
             requests: HashMap::new(),
+            recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
+            merged_latency: window::new_histogram(),
+            settings,
         }
     }
 
@@ -98,6 +125,37 @@ impl Aggregator {
         }
     }
 
+    /// Brings the window statistics, their gauges and the saturation counts up to `now_ns`.
+    pub fn refresh(&mut self, now_ns: u64) {
+        for model in &mut self.models {
+            model.recent = model.window.summarize(now_ns, &mut self.merged_latency);
+            let quantiles = [model.recent.p50_ms, model.recent.p95_ms, model.recent.p99_ms];
+            for (gauge, millis) in model.metrics.request_duration_quantiles.iter().zip(quantiles) {
+                gauge.set(millis / 1000.0);
+            }
+            model.metrics.queue_depth_max.set(model.recent.max_queue_depth as i64);
+            let saturated = model.workers > 0 && model.busy == model.workers;
+            model.saturated_refreshes = if saturated { model.saturated_refreshes + 1 } else { 0 };
+        }
+    }
+
+    /// A request in flight or recently completed, by the pool's own id.
+    pub fn timeline(&self, request_id: u64, wall: &WallClock) -> Option<Timeline> {
+        let label = |model: ModelId| self.models[model].label.clone();
+        if let Some(request) = self.requests.get(&request_id) {
+            let record = RequestRecord {
+                model: request.model,
+                worker: request.worker,
+                status: None,
+                submitted_ns: Some(request.submitted_ns),
+                started_ns: request.started_ns,
+                ended_ns: None,
+            };
+            return Some(record.timeline(request_id, label(request.model), wall));
+        }
+        self.recent.get(request_id).map(|record| record.timeline(request_id, label(record.model), wall))
+    }
+
     fn on_worker_spawned(&mut self, event: &WorkerSpawned) {
         let model = self.model_of(&event.model, None);
         self.models[model].metrics.worker_spawns.inc();
@@ -108,11 +166,15 @@ impl Aggregator {
         state.workers += 1;
         state.memory_bytes += event.memory_bytes;
         state.publish_workers();
+        info!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes = event.memory_bytes, "worker spawned");
     }
 
     fn on_worker_evicted(&mut self, event: &WorkerEvicted) {
         let model = self.model_of(&event.model, self.worker_model(event.worker_id));
-        self.models[model].metrics.worker_evictions.inc();
+        let state = &self.models[model];
+        state.metrics.worker_evictions.inc();
+        let memory_bytes = self.workers.get(&event.worker_id).map_or(0, |worker| worker.memory_bytes);
+        info!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker evicted");
         match self.workers.get_mut(&event.worker_id) {
             Some(worker) if worker.serving.is_some() => worker.retiring = true,
             _ => self.remove_worker(event.worker_id),
@@ -124,15 +186,23 @@ impl Aggregator {
         let state = &mut self.models[model];
         state.metrics.worker_crashes.inc();
         state.crashed += 1;
+        let worker = self.workers.get(&event.worker_id);
+        let memory_bytes = worker.map_or(0, |worker| worker.memory_bytes);
+        warn!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker crashed");
         // The request the worker was serving died with it: the pool's client sees a failure.
-        let serving = self.workers.get(&event.worker_id).and_then(|worker| worker.serving);
-        if let Some(request) = serving.and_then(|id| self.requests.remove(&id)) {
-            let timeline = Timeline {
+        let serving = worker.and_then(|worker| worker.serving);
+        if let Some((request_id, request)) =
+            serving.and_then(|id| self.requests.remove(&id).map(|request| (id, request)))
+        {
+            let record = RequestRecord {
+                model: request.model,
+                worker: Some(event.worker_id),
+                status: Some(Status::Failed),
                 submitted_ns: Some(request.submitted_ns),
                 started_ns: request.started_ns,
-                ended_ns: event.header.ts_ns,
+                ended_ns: Some(event.header.ts_ns),
             };
-            self.end_request(request.model, Status::Failed, &timeline);
+            self.end_request(Some(request_id), record);
         }
         self.remove_worker(event.worker_id);
     }
@@ -141,10 +211,11 @@ impl Aggregator {
         let model = self.model_of(&event.model, None);
         let request = InFlight { model, submitted_ns: event.header.ts_ns, started_ns: None, worker: None };
         if let Some(reused) = self.requests.insert(event.request_id, request) {
-            self.unqueue(&reused);
+            self.unqueue(&reused, event.header.ts_ns);
         }
-        self.models[model].queued += 1;
-        self.models[model].publish_queue();
+        let state = &mut self.models[model];
+        state.queued += 1;
+        state.publish_queue(event.header.ts_ns);
     }
 
     fn on_request_started(&mut self, event: &RequestStarted) {
@@ -164,7 +235,7 @@ impl Aggregator {
         if was_queued {
             let state = &mut self.models[request_model];
             state.queued = state.queued.saturating_sub(1);
-            state.publish_queue();
+            state.publish_queue(now);
         }
         self.worker_serves(event.worker_id, request_model, Some(event.request_id));
     }
@@ -174,53 +245,73 @@ impl Aggregator {
         let status = probe
             .and_then(|probe| probe.outcome.as_ref())
             .map_or(Status::Failed, |rule| rule.classify(event.outcome_value));
-        let correlated_by_id = probe.is_some_and(|probe| probe.has_request_id);
-        let request = correlated_by_id.then(|| self.requests.remove(&event.request_id)).flatten();
-        let worker_id = request.as_ref().and_then(|request| request.worker).or(Some(event.worker_id));
+        let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
+        let request = request_id.and_then(|id| self.requests.remove(&id));
+        let named_worker = probe.is_some_and(|probe| probe.has_worker_id).then_some(event.worker_id);
+        let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
-            request.as_ref().map(|request| request.model).or(worker_id.and_then(|id| self.worker_model(id)));
+            request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));
         let model = self.model_of(&event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
-        let timeline = match &request {
+        let ended_ns = Some(event.header.ts_ns);
+        let record = match &request {
             Some(request) => {
-                self.unqueue(request);
-                Timeline {
+                self.unqueue(request, event.header.ts_ns);
+                let worker = request.worker;
+                RequestRecord {
+                    model,
+                    worker,
+                    status: Some(status),
                     submitted_ns: Some(request.submitted_ns),
                     started_ns: request.started_ns,
-                    ended_ns: event.header.ts_ns,
+                    ended_ns,
                 }
             }
             // The call itself is the request: it was submitted and started when it was entered.
-            None => Timeline { submitted_ns: entered, started_ns: entered, ended_ns: event.header.ts_ns },
+            None => RequestRecord {
+                model,
+                worker: None,
+                status: Some(status),
+                submitted_ns: entered,
+                started_ns: entered,
+                ended_ns,
+            },
         };
-        self.end_request(model, status, &timeline);
-        if let Some(worker_id) = worker_id {
-            self.worker_serves(worker_id, model, None);
+        self.end_request(request_id, record);
+        if let Some(worker) = worker {
+            self.worker_serves(worker, model, None);
         }
     }
 
-    fn end_request(&mut self, model: ModelId, status: Status, timeline: &Timeline) {
-        let state = &mut self.models[model];
+    fn end_request(&mut self, request_id: Option<u64>, record: RequestRecord) {
+        let status = record.status.unwrap_or(Status::Failed);
+        let (total, queue, service) = record.durations();
+        let state = &mut self.models[record.model];
         state.requests[status as usize] += 1;
         state.metrics.requests(status).inc();
-        let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
-        if let Some(submitted) = timeline.submitted_ns {
-            state.metrics.request_duration.observe(seconds(submitted, timeline.ended_ns));
+        let seconds = |duration: Duration| duration.as_secs_f64();
+        if let Some(total) = total {
+            state.metrics.request_duration.observe(seconds(total));
         }
-        if let Some(started) = timeline.started_ns {
-            state.metrics.request_service.observe(seconds(started, timeline.ended_ns));
-            if let Some(submitted) = timeline.submitted_ns {
-                state.metrics.request_queue.observe(seconds(submitted, started));
-            }
+        if let Some(queue) = queue {
+            state.metrics.request_queue.observe(seconds(queue));
+        }
+        if let Some(service) = service {
+            state.metrics.request_service.observe(seconds(service));
+        }
+        state.window.record_request(record.ended_ns.unwrap_or_default(), status, total);
+        log_request(&state.label, request_id, &record, self.settings.slow_request);
+        if let Some(request_id) = request_id {
+            self.recent.insert(request_id, record);
         }
     }
 
     /// A request that ends or is replaced while still queued leaves the queue.
-    fn unqueue(&mut self, request: &InFlight) {
+    fn unqueue(&mut self, request: &InFlight, now_ns: u64) {
         if request.started_ns.is_none() {
             let state = &mut self.models[request.model];
             state.queued = state.queued.saturating_sub(1);
-            state.publish_queue();
+            state.publish_queue(now_ns);
         }
     }
 
@@ -281,12 +372,15 @@ impl Aggregator {
         self.models.push(ModelState {
             metrics: self.metrics.for_model(&label),
             label,
+            window: Window::new(self.settings.window),
+            recent: window::Summary::default(),
             queued: 0,
             workers: 0,
             busy: 0,
             crashed: 0,
             memory_bytes: 0,
             requests: [0; 3],
+            saturated_refreshes: 0,
         });
         self.model_ids.insert(key.to_vec(), id);
         id
@@ -294,14 +388,43 @@ impl Aggregator {
 }
 
 impl ModelState {
-    fn publish_queue(&self) {
+    fn publish_queue(&mut self, now_ns: u64) {
         self.metrics.queue_depth.set(self.queued as i64);
+        self.window.record_queue_depth(now_ns, self.queued);
     }
 
     fn publish_workers(&self) {
         self.metrics.workers_busy.set(self.busy as i64);
         self.metrics.workers_idle.set((self.workers - self.busy) as i64);
         self.metrics.worker_memory.set(self.memory_bytes as i64);
+    }
+}
+
+/// Every completed request at debug; failures, timeouts and slow requests at info.
+fn log_request(model: &str, request_id: Option<u64>, record: &RequestRecord, slow: Duration) {
+    let (total, queue, service) = record.durations();
+    let millis = |duration: Option<Duration>| duration.map(|duration| duration.as_secs_f64() * 1000.0);
+    let status = record.status.map(Status::as_str);
+    let notable = record.status != Some(Status::Ok) || total.is_some_and(|total| total > slow);
+    macro_rules! request_event {
+        ($level:ident) => {
+            $level!(
+                target: REQUEST_LOG,
+                model,
+                request_id,
+                worker = record.worker,
+                total_ms = millis(total),
+                queue_ms = millis(queue),
+                service_ms = millis(service),
+                outcome = status,
+                "request completed"
+            )
+        };
+    }
+    if notable {
+        request_event!(info);
+    } else {
+        request_event!(debug);
     }
 }
 

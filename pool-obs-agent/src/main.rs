@@ -1,14 +1,17 @@
 //! `pool-obs-agent`: attaches to a running worker pool by PID and serves its per-model metrics.
 //!
 //! The data flows: [`manifest`] + [`attach::symbols`] → [`attach::plan`] → [`attach`] (kernel
-//! programs) → [`ring`] → [`decode`] → [`aggregate`] → [`export`] (`/metrics`, `/health`).
+//! programs) → [`ring`] → [`decode`] → [`aggregate`] → [`export`] (`/metrics`, `/health`,
+//! `/requests/{id}`).
 
 mod aggregate;
 mod attach;
 mod cli;
+mod clock;
 mod decode;
 mod export;
 mod manifest;
+mod memory;
 mod outcome;
 mod ring;
 mod target;
@@ -25,22 +28,29 @@ use pool_obs_common::{counters, maps};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{mpsc, watch},
     time::{MissedTickBehavior, interval},
 };
-use tracing::{info, warn};
+use tracing::{info, level_filters::LevelFilter, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    aggregate::Aggregator,
+    aggregate::{Aggregator, REQUEST_LOG, Settings},
     attach::{RingSettings, plan, symbols::SymbolTable},
     cli::{LogFormat, Options},
-    export::{health, http, metrics::Metrics},
+    clock::{WallClock, monotonic_ns},
+    export::{
+        health::{self, Thresholds},
+        http::{self, RenderedHealth},
+        metrics::Metrics,
+    },
+    memory::MemorySampler,
     ring::{EventRing, KernelCounters},
     target::Target,
 };
 
-/// How often the health report, the lost-event count and the target's liveness are refreshed.
+/// How often the window statistics, the health report, the lost-event count and the target's
+/// liveness are refreshed.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
@@ -61,8 +71,14 @@ fn fail(error: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `RUST_LOG` filters as usual (default `info`), except that failed, timed-out and slow
+/// requests are logged at info even when the rest is filtered more strictly.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let user_chose_request_level = std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains(REQUEST_LOG));
+    if filter.max_level_hint().is_some_and(|level| level < LevelFilter::INFO) && !user_chose_request_level {
+        filter = filter.add_directive(format!("{REQUEST_LOG}=info").parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -86,27 +102,50 @@ async fn run(options: Options) -> Result<()> {
     let mut ebpf = attach::attach(target.pid, &plan, &ring_settings)?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
-    let observing_since = SystemTime::now();
+    let wall = WallClock::now();
 
     let metrics = Arc::new(Metrics::new());
     metrics.probes_attached.set(plan.attachments.len() as i64);
     metrics.target_up.set(1);
-    let mut aggregator = Aggregator::new(metrics.clone(), plan.probes.clone());
-    let mut observer = Observer { target: &target, observing_since, kernel_counters, events_lost: 0 };
-    let (health_sender, health) = watch::channel(observer.refresh(&aggregator, &metrics));
+    let settings = Settings {
+        window: Duration::from_secs(options.window_secs.max(1)),
+        slow_request: Duration::from_millis(options.slow_request_ms),
+        recent_requests: options.recent_requests,
+    };
+    let mut aggregator = Aggregator::new(metrics.clone(), plan.probes.clone(), settings);
+    let thresholds = Thresholds {
+        max_queue_depth: options.max_queue_depth,
+        max_error_rate: options.max_error_rate,
+        max_p99_ms: options.max_p99_ms,
+    };
+    let mut observer = Observer {
+        target: &target,
+        thresholds,
+        observing_since: SystemTime::now(),
+        kernel_counters,
+        events_lost: 0,
+        memory: MemorySampler::new(target.pid.get()),
+    };
+    observer.sample_memory(&metrics);
+    let (health_sender, health) = watch::channel(observer.refresh(&mut aggregator, &metrics));
+    let (query_sender, mut queries) = mpsc::channel::<http::RequestQuery>(64);
     let (stop_sender, mut stop) = watch::channel(false);
-    let server = tokio::spawn(http::serve(
-        listener,
-        http::Endpoints { metrics: metrics.clone(), health },
-        async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        },
-    ));
-    info!(pid = target.pid.get(), exe = %target.exe, probes = plan.attachments.len(), "attached; serving http://{}/metrics and /health", options.listen);
+    let endpoints = http::Endpoints { metrics: metrics.clone(), health, requests: query_sender };
+    let server = tokio::spawn(http::serve(listener, endpoints, async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }));
+    info!(
+        pid = target.pid.get(),
+        exe = %target.exe,
+        probes = plan.attachments.len(),
+        "attached; serving http://{}/metrics, /health and /requests/{{id}}",
+        options.listen
+    );
 
     let mut drain_tick = interval(Duration::from_millis(options.drain_interval_ms.max(1)));
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut refresh_tick = interval(REFRESH_INTERVAL);
+    let mut memory_tick = interval(Duration::from_millis(options.memory_interval_ms.max(10)));
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
@@ -122,7 +161,12 @@ async fn run(options: Options) -> Result<()> {
             }
             _ = refresh_tick.tick() => {
                 ring.drain(|record| apply_record(&mut aggregator, record));
-                let _ = health_sender.send(observer.refresh(&aggregator, &metrics));
+                let _ = health_sender.send(observer.refresh(&mut aggregator, &metrics));
+            }
+            _ = memory_tick.tick() => observer.sample_memory(&metrics),
+            Some(query) = queries.recv() => {
+                ring.drain(|record| apply_record(&mut aggregator, record));
+                let _ = query.reply.send(aggregator.timeline(query.request_id, &wall));
             }
         }
     }
@@ -145,21 +189,39 @@ fn apply_record(aggregator: &mut Aggregator, record: &[u8]) {
 /// What is refreshed on a timer rather than per event.
 struct Observer<'a> {
     target: &'a Target,
+    thresholds: Thresholds,
     observing_since: SystemTime,
     kernel_counters: KernelCounters,
     events_lost: u64,
+    memory: MemorySampler,
 }
 
 impl Observer<'_> {
-    fn refresh(&mut self, aggregator: &Aggregator, metrics: &Metrics) -> http::RenderedHealth {
+    fn refresh(&mut self, aggregator: &mut Aggregator, metrics: &Metrics) -> RenderedHealth {
         let lost = self.kernel_counters.read(counters::EVENTS_LOST);
         if lost > self.events_lost {
             metrics.events_lost.inc_by(lost - self.events_lost);
             warn!(lost = lost - self.events_lost, "ring buffer full: events lost");
             self.events_lost = lost;
         }
-        let up = self.target.is_alive();
-        metrics.target_up.set(i64::from(up));
-        health::render(aggregator.models(), self.target, up, self.observing_since, self.events_lost)
+        let target_up = self.target.is_alive();
+        metrics.target_up.set(i64::from(target_up));
+        aggregator.refresh(monotonic_ns());
+        health::render(&health::Inputs {
+            models: aggregator.models(),
+            thresholds: &self.thresholds,
+            target: self.target,
+            target_up,
+            observing_since: self.observing_since,
+            memory: self.memory.last(),
+            events_lost: self.events_lost,
+        })
+    }
+
+    fn sample_memory(&mut self, metrics: &Metrics) {
+        let sample = self.memory.sample();
+        metrics.process_memory.set(sample.resident_bytes as i64);
+        metrics.process_memory_peak.set(sample.peak_resident_bytes as i64);
+        metrics.system_memory.set(sample.system_bytes as i64);
     }
 }

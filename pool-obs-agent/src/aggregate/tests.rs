@@ -1,6 +1,6 @@
 //! The aggregator fed with synthetic events, for sequences that are hard to provoke on demand.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use pool_obs_common::event::{
     EventKind, Header, MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey, RequestEnded,
@@ -8,19 +8,30 @@ use pool_obs_common::event::{
 };
 
 use super::*;
-use crate::outcome::{Condition, OutcomeRule};
+use crate::{
+    clock::WallClock,
+    outcome::{Condition, OutcomeRule},
+};
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out.
 fn aggregator() -> Aggregator {
-    let ended = |outcome| ProbeInfo { function: "f".into(), outcome: Some(outcome), has_request_id: true };
+    let ended = |outcome| ProbeInfo {
+        function: "f".into(),
+        outcome: Some(outcome),
+        has_request_id: true,
+        has_worker_id: false,
+    };
     let by_rule = OutcomeRule {
         arms: vec![(Status::Ok, Condition::parse("== 0").unwrap())],
         otherwise: Status::Failed,
     };
-    Aggregator::new(
-        Arc::new(Metrics::new()),
-        vec![ended(by_rule), ended(OutcomeRule::constant(Status::Timeout))],
-    )
+    let settings = Settings {
+        window: Duration::from_secs(60),
+        slow_request: Duration::from_secs(1),
+        recent_requests: 2,
+    };
+    let probes = vec![ended(by_rule), ended(OutcomeRule::constant(Status::Timeout))];
+    Aggregator::new(Arc::new(Metrics::new()), probes, settings)
 }
 
 fn header(kind: EventKind, probe: u32, ts_ns: u64) -> Header {
@@ -171,4 +182,45 @@ fn model_labels_escape_bytes_that_are_not_utf8() {
     assert_eq!(model_label(b"q\"\n\xff", false), "q\\\"\\n\\xff");
     assert_eq!(model_label("\"quoted\"\n".as_bytes(), false), "\"quoted\"\n");
     assert_eq!(model_label(b"abc", true), "abc…");
+}
+
+#[test]
+fn timelines_cover_requests_in_flight_and_the_recently_completed() {
+    let mut aggregator = aggregator();
+    let wall = WallClock::now();
+    feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 1_000_000), started(7, 1, 3_000_000)]);
+    let running = aggregator.timeline(7, &wall).unwrap();
+    assert_eq!((running.state, running.worker, running.outcome), ("running", Some(1), None));
+    assert_eq!(running.queue_ms, Some(2.0));
+    feed(&mut aggregator, &[ended(0, 7, 5, 10_000_000)]);
+    let done = aggregator.timeline(7, &wall).unwrap();
+    assert_eq!(
+        (done.state, done.outcome, done.total_ms, done.service_ms),
+        ("completed", Some("failed"), Some(9.0), Some(7.0))
+    );
+    // Only the last two completed requests are remembered.
+    for id in [8, 9] {
+        feed(&mut aggregator, &[submitted("m", id, 20_000_000), ended(1, id, 0, 30_000_000)]);
+    }
+    assert!(aggregator.timeline(7, &wall).is_none());
+    assert_eq!(aggregator.timeline(9, &wall).unwrap().outcome, Some("timeout"));
+}
+
+#[test]
+fn refresh_publishes_window_quantiles_and_saturation() {
+    let mut aggregator = aggregator();
+    feed(&mut aggregator, &[spawned("m", 1)]);
+    for id in 1..=100 {
+        let start = id * 100_000_000;
+        feed(&mut aggregator, &[submitted("m", id, start), ended(0, id, 0, start + id * 1_000_000)]);
+    }
+    aggregator.refresh(11 * 1_000_000_000);
+    let model = state(&aggregator, "m");
+    assert!((model.recent.p99_ms - 99.0).abs() < 1.0, "{:?}", model.recent);
+    assert_eq!(model.saturated_refreshes, 0);
+    assert_eq!(model.workers, 1, "requests that timed out in the queue had no worker");
+    feed(&mut aggregator, &[submitted("m", 500, 0), started(500, 1, 0)]);
+    aggregator.refresh(100 * 1_000_000_000);
+    aggregator.refresh(100 * 1_000_000_000);
+    assert_eq!(state(&aggregator, "m").saturated_refreshes, 2);
 }

@@ -23,6 +23,8 @@ pub struct ProbeInfo {
     pub outcome: Option<OutcomeRule>,
     /// Whether the probe reads the pool's request id; without one, a request is the call itself.
     pub has_request_id: bool,
+    /// Whether the probe reads a worker id; without one, the event's worker id means nothing.
+    pub has_worker_id: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +73,7 @@ impl Plan {
                     function: self.probes[return_cookie as usize].function.clone(),
                     outcome: None,
                     has_request_id: false,
+                    has_worker_id: false,
                 };
                 self.push(spec, info, function_offset, At::Entry);
             }
@@ -102,5 +105,6 @@ fn info_of(probe: &Probe, function: &str) -> ProbeInfo {
         function: function.to_string(),
         outcome: probe.outcome.as_ref().map(|outcome| outcome.rule.clone()),
         has_request_id: probe.request_id.is_some(),
+        has_worker_id: probe.worker_id.is_some(),
     }
 }

@@ -1,13 +1,21 @@
-//! The `/health` report, rendered from the aggregator's state each refresh so that requests
-//! only copy it.
+//! The `/health` report, rendered from the aggregator's state at each refresh so that serving
+//! it only copies it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::http::RenderedHealth;
-use crate::{aggregate::ModelState, target::Target};
+use crate::{
+    aggregate::{ModelState, UNKNOWN_MODEL},
+    clock::rfc3339,
+    memory::MemorySample,
+    target::Target,
+};
+
+/// Refreshes in a row with every worker busy before a model counts as saturated.
+pub const SATURATED_REFRESHES: u32 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -17,62 +25,108 @@ pub enum Status {
     Unhealthy,
 }
 
-#[derive(Serialize)]
-pub struct Report<'a> {
-    pub status: Status,
-    pub timestamp: String,
-    pub observing_since: String,
-    pub target: TargetReport<'a>,
-    pub events_lost: u64,
-    pub models: Vec<ModelReport<'a>>,
+/// Limits past which a model is degraded; `None` checks nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Thresholds {
+    pub max_queue_depth: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
-pub struct TargetReport<'a> {
-    pub pid: u32,
-    pub exe: &'a str,
-    pub up: bool,
+struct Report<'a> {
+    status: Status,
+    timestamp: String,
+    observing_since: String,
+    target: TargetReport<'a>,
+    memory: MemoryReport,
+    events_lost: u64,
+    models: Vec<ModelReport<'a>>,
 }
 
 #[derive(Serialize)]
-pub struct ModelReport<'a> {
-    pub registry_key: &'a str,
-    pub status: Status,
-    pub workers: Workers,
-    pub queue_depth: u64,
-    pub requests: Requests,
-    pub error_rate: f64,
+struct TargetReport<'a> {
+    pid: u32,
+    exe: &'a str,
+    up: bool,
 }
 
 #[derive(Serialize)]
-pub struct Workers {
-    pub total: u64,
-    pub busy: u64,
-    pub idle: u64,
-    pub crashed: u64,
+struct MemoryReport {
+    used_mb: f64,
+    total_mb: f64,
+    percentage: f64,
+    peak_mb: f64,
 }
 
 #[derive(Serialize)]
-pub struct Requests {
-    pub ok: u64,
-    pub failed: u64,
-    pub timeout: u64,
+struct ModelReport<'a> {
+    registry_key: &'a str,
+    status: Status,
+    /// Why the model is not healthy.
+    reasons: Vec<String>,
+    workers: Workers,
+    queue_depth: u64,
+    avg_latency_ms: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    /// Failed and timed-out requests over all requests in the window.
+    error_rate: f64,
+    requests: Requests,
 }
 
-/// A model with no workers cannot serve; one whose workers are all busy is saturated.
-pub fn model_report(model: &ModelState) -> ModelReport<'_> {
-    let status = if model.workers == 0 {
-        Status::Unhealthy
-    } else if model.busy == model.workers {
-        Status::Degraded
-    } else {
-        Status::Healthy
-    };
+#[derive(Serialize)]
+struct Workers {
+    total: u64,
+    busy: u64,
+    idle: u64,
+    crashed: u64,
+}
+
+#[derive(Serialize)]
+struct Requests {
+    ok: u64,
+    failed: u64,
+    timeout: u64,
+}
+
+/// What the model's state says of its health, and why.
+fn assess(model: &ModelState, thresholds: &Thresholds) -> (Status, Vec<String>) {
+    if model.workers == 0 {
+        return (Status::Unhealthy, vec!["no workers".to_string()]);
+    }
+    let recent = &model.recent;
+    let reasons: Vec<String> = [
+        (model.saturated_refreshes >= SATURATED_REFRESHES).then(|| "all workers busy".to_string()),
+        thresholds
+            .max_queue_depth
+            .filter(|limit| model.queued > *limit)
+            .map(|limit| format!("queue depth {} over {limit}", model.queued)),
+        thresholds
+            .max_error_rate
+            .filter(|limit| recent.error_rate > *limit)
+            .map(|limit| format!("error rate {:.3} over {limit}", recent.error_rate)),
+        thresholds
+            .max_p99_ms
+            .filter(|limit| recent.p99_ms > *limit)
+            .map(|limit| format!("p99 {:.1} ms over {limit} ms", recent.p99_ms)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let status = if reasons.is_empty() { Status::Healthy } else { Status::Degraded };
+    (status, reasons)
+}
+
+fn model_report<'a>(model: &'a ModelState, thresholds: &Thresholds) -> ModelReport<'a> {
+    let (status, reasons) = assess(model, thresholds);
     let [ok, failed, timeout] = model.requests;
-    let finished = ok + failed + timeout;
+    let recent = &model.recent;
     ModelReport {
         registry_key: &model.label,
         status,
+        reasons,
         workers: Workers {
             total: model.workers,
             busy: model.busy,
@@ -80,64 +134,55 @@ pub fn model_report(model: &ModelState) -> ModelReport<'_> {
             crashed: model.crashed,
         },
         queue_depth: model.queued,
+        avg_latency_ms: recent.avg_ms,
+        p50_ms: recent.p50_ms,
+        p95_ms: recent.p95_ms,
+        p99_ms: recent.p99_ms,
+        error_rate: recent.error_rate,
         requests: Requests { ok, failed, timeout },
-        error_rate: if finished == 0 { 0.0 } else { (failed + timeout) as f64 / finished as f64 },
     }
 }
 
-/// Unhealthy when the target is gone or any model is; degraded when any model is.
-pub fn overall(target_up: bool, models: &[ModelReport]) -> Status {
-    if !target_up {
-        return Status::Unhealthy;
-    }
-    models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy)
+/// Everything the report is made of, as of one refresh.
+pub struct Inputs<'a> {
+    pub models: &'a [ModelState],
+    pub thresholds: &'a Thresholds,
+    pub target: &'a Target,
+    pub target_up: bool,
+    pub observing_since: SystemTime,
+    pub memory: MemorySample,
+    pub events_lost: u64,
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC timestamp with milliseconds.
-pub fn rfc3339(since_epoch: Duration) -> String {
-    let seconds = since_epoch.as_secs();
-    let (days, day_seconds) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_seconds / 3600,
-        day_seconds / 60 % 60,
-        day_seconds % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The report as served: HTTP 503 when unhealthy, else 200.
-pub fn render(
-    models: &[ModelState],
-    target: &Target,
-    up: bool,
-    observing_since: SystemTime,
-    events_lost: u64,
-) -> RenderedHealth {
-    let since_epoch = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let models: Vec<ModelReport> = models.iter().map(model_report).collect();
-    let status = overall(up, &models);
+/// The report as served: HTTP 503 when unhealthy, else 200. Unhealthy when the target is gone
+/// or any model is; degraded when any model is.
+pub fn render(inputs: &Inputs) -> RenderedHealth {
+    let models: Vec<ModelReport> = inputs
+        .models
+        .iter()
+        .filter(|model| model.label != UNKNOWN_MODEL)
+        .map(|model| model_report(model, inputs.thresholds))
+        .collect();
+    let worst_model = models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy);
+    let status = if inputs.target_up { worst_model } else { Status::Unhealthy };
+    const MB: f64 = 1024.0 * 1024.0;
+    let memory = &inputs.memory;
     let report = Report {
         status,
-        timestamp: rfc3339(since_epoch(SystemTime::now())),
-        observing_since: rfc3339(since_epoch(observing_since)),
-        target: TargetReport { pid: target.pid.get(), exe: &target.exe, up },
-        events_lost,
+        timestamp: rfc3339(SystemTime::now()),
+        observing_since: rfc3339(inputs.observing_since),
+        target: TargetReport { pid: inputs.target.pid.get(), exe: &inputs.target.exe, up: inputs.target_up },
+        memory: MemoryReport {
+            used_mb: memory.resident_bytes as f64 / MB,
+            total_mb: memory.system_bytes as f64 / MB,
+            percentage: if memory.system_bytes == 0 {
+                0.0
+            } else {
+                100.0 * memory.resident_bytes as f64 / memory.system_bytes as f64
+            },
+            peak_mb: memory.peak_resident_bytes as f64 / MB,
+        },
+        events_lost: inputs.events_lost,
         models,
     };
     let code = match status {
@@ -146,16 +191,4 @@ pub fn render(
     };
     let body = serde_json::to_string(&report).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
     RenderedHealth { code, body: body.into() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(Duration::from_millis(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(Duration::from_millis(1_795_744_146_123)), "2026-11-27T01:49:06.123Z");
-        assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
-    }
 }

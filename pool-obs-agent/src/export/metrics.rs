@@ -2,6 +2,8 @@
 //! Counter names get `_total` appended by the OpenMetrics encoder.
 
 use pool_obs_common::event::EventKind;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -15,12 +17,17 @@ pub mod name {
     pub const REQUEST_DURATION: &str = "pool_request_duration_seconds";
     pub const REQUEST_QUEUE: &str = "pool_request_queue_seconds";
     pub const REQUEST_SERVICE: &str = "pool_request_service_seconds";
+    pub const REQUEST_DURATION_QUANTILE: &str = "pool_request_duration_quantile_seconds";
     pub const QUEUE_DEPTH: &str = "pool_queue_depth";
+    pub const QUEUE_DEPTH_MAX: &str = "pool_queue_depth_max";
     pub const WORKERS: &str = "pool_workers";
     pub const WORKER_SPAWNS: &str = "pool_worker_spawns";
     pub const WORKER_EVICTIONS: &str = "pool_worker_evictions";
     pub const WORKER_CRASHES: &str = "pool_worker_crashes";
     pub const WORKER_MEMORY: &str = "pool_worker_memory_bytes";
+    pub const PROCESS_MEMORY: &str = "pool_process_resident_memory_bytes";
+    pub const PROCESS_MEMORY_PEAK: &str = "pool_process_resident_memory_peak_bytes";
+    pub const SYSTEM_MEMORY: &str = "pool_system_memory_bytes";
     pub const EVENTS: &str = "pool_obs_events";
     pub const EVENTS_LOST: &str = "pool_obs_events_lost";
     pub const TARGET_UP: &str = "pool_obs_target_up";
@@ -56,6 +63,17 @@ struct WorkerLabels {
     state: WorkerState,
 }
 
+/// The quantiles `pool_request_duration_quantile_seconds` reports.
+pub const QUANTILES: [&str; 3] = ["0.5", "0.95", "0.99"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabels {
+    model: String,
+    quantile: &'static str,
+}
+
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
@@ -84,13 +102,18 @@ pub struct Metrics {
     request_duration: HistogramFamily<ModelLabels>,
     request_queue: HistogramFamily<ModelLabels>,
     request_service: HistogramFamily<ModelLabels>,
+    request_duration_quantile: Family<QuantileLabels, FloatGauge>,
     queue_depth: Family<ModelLabels, Gauge>,
+    queue_depth_max: Family<ModelLabels, Gauge>,
     workers: Family<WorkerLabels, Gauge>,
     worker_spawns: Family<ModelLabels, Counter>,
     worker_evictions: Family<ModelLabels, Counter>,
     worker_crashes: Family<ModelLabels, Counter>,
     worker_memory: Family<ModelLabels, Gauge>,
     events: Family<EventLabels, Counter>,
+    pub process_memory: Gauge,
+    pub process_memory_peak: Gauge,
+    pub system_memory: Gauge,
     pub events_lost: Counter,
     pub target_up: Gauge,
     pub probes_attached: Gauge,
@@ -103,7 +126,10 @@ pub struct ModelMetrics {
     pub request_duration: Histogram,
     pub request_queue: Histogram,
     pub request_service: Histogram,
+    /// In the order of [`QUANTILES`].
+    pub request_duration_quantiles: [FloatGauge; 3],
     pub queue_depth: Gauge,
+    pub queue_depth_max: Gauge,
     pub workers_busy: Gauge,
     pub workers_idle: Gauge,
     pub worker_spawns: Counter,
@@ -127,13 +153,18 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             request_queue: Family::new_with_constructor(latency_histogram),
             request_service: Family::new_with_constructor(latency_histogram),
+            request_duration_quantile: Family::default(),
             queue_depth: Family::default(),
+            queue_depth_max: Family::default(),
             workers: Family::default(),
             worker_spawns: Family::default(),
             worker_evictions: Family::default(),
             worker_crashes: Family::default(),
             worker_memory: Family::default(),
             events: Family::default(),
+            process_memory: Gauge::default(),
+            process_memory_peak: Gauge::default(),
+            system_memory: Gauge::default(),
             events_lost: Counter::default(),
             target_up: Gauge::default(),
             probes_attached: Gauge::default(),
@@ -157,9 +188,19 @@ impl Metrics {
             metrics.request_service.clone(),
         );
         registry.register(
+            name::REQUEST_DURATION_QUANTILE,
+            "Request duration quantiles over the sliding window (HDR histogram, within 1%)",
+            metrics.request_duration_quantile.clone(),
+        );
+        registry.register(
             name::QUEUE_DEPTH,
             "Requests submitted and not yet started",
             metrics.queue_depth.clone(),
+        );
+        registry.register(
+            name::QUEUE_DEPTH_MAX,
+            "Largest queue depth over the sliding window",
+            metrics.queue_depth_max.clone(),
         );
         registry.register(name::WORKERS, "Live workers, busy or idle", metrics.workers.clone());
         registry.register(name::WORKER_SPAWNS, "Workers spawned", metrics.worker_spawns.clone());
@@ -186,6 +227,17 @@ impl Metrics {
             "Uprobes attached to the target",
             metrics.probes_attached.clone(),
         );
+        registry.register(
+            name::PROCESS_MEMORY,
+            "Resident memory of the pool process and its descendants, sampled from procfs",
+            metrics.process_memory.clone(),
+        );
+        registry.register(
+            name::PROCESS_MEMORY_PEAK,
+            "Largest sampled resident memory of the pool process and its descendants",
+            metrics.process_memory_peak.clone(),
+        );
+        registry.register(name::SYSTEM_MEMORY, "Memory of the whole machine", metrics.system_memory.clone());
         registry.register(name::BUILD_INFO, "pool-obs agent build", build_info);
         Self { registry, ..metrics }
     }
@@ -201,7 +253,12 @@ impl Metrics {
             request_duration: self.request_duration.get_or_create(&labels).clone(),
             request_queue: self.request_queue.get_or_create(&labels).clone(),
             request_service: self.request_service.get_or_create(&labels).clone(),
+            request_duration_quantiles: QUANTILES.map(|quantile| {
+                let labels = QuantileLabels { model: model.to_string(), quantile };
+                self.request_duration_quantile.get_or_create(&labels).clone()
+            }),
             queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            queue_depth_max: self.queue_depth_max.get_or_create(&labels).clone(),
             workers_busy: workers(WorkerState::busy),
             workers_idle: workers(WorkerState::idle),
             worker_spawns: self.worker_spawns.get_or_create(&labels).clone(),
