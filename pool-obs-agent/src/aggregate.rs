@@ -130,9 +130,7 @@ impl Aggregator {
         for model in &mut self.models {
             model.recent = model.window.summarize(now_ns, &mut self.merged_latency);
             let quantiles = [model.recent.p50_ms, model.recent.p95_ms, model.recent.p99_ms];
-            for (gauge, millis) in model.metrics.request_duration_quantiles.iter().zip(quantiles) {
-                gauge.set(millis / 1000.0);
-            }
+            model.metrics.request_duration_quantiles.set_quantiles(quantiles.map(|millis| millis / 1000.0));
             model.metrics.queue_depth_max.set(model.recent.max_queue_depth as i64);
             let saturated = model.workers > 0 && model.busy == model.workers;
             model.saturated_refreshes = if saturated { model.saturated_refreshes + 1 } else { 0 };
@@ -292,6 +290,7 @@ impl Aggregator {
         let seconds = |duration: Duration| duration.as_secs_f64();
         if let Some(total) = total {
             state.metrics.request_duration.observe(seconds(total));
+            state.metrics.request_duration_quantiles.observe(seconds(total));
         }
         if let Some(queue) = queue {
             state.metrics.request_queue.observe(seconds(queue));

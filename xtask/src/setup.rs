@@ -13,8 +13,9 @@ use anyhow::{Context, Result, bail};
 /// The toolchain that builds the eBPF crate.
 const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the test suite runs: bpftool checks that no program outlives the agent.
-const DEBIAN_PACKAGES: &[&str] = &["bpftool"];
+/// Debian packages the test suite runs: bpftool checks that no program outlives the agent;
+/// prometheus brings promtool, which checks the exposition.
+const DEBIAN_PACKAGES: &[&str] = &["bpftool", "prometheus"];
 
 /// What later steps need from set-up: a PATH that finds bpf-linker.
 pub struct Tools {

@@ -6,7 +6,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::{Path, State},
-    http::{StatusCode, header::CONTENT_TYPE},
+    http::{
+        HeaderMap, StatusCode,
+        header::{ACCEPT, CONTENT_TYPE},
+    },
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -15,10 +18,9 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-use super::metrics::Metrics;
+use super::metrics::{Format, Metrics};
 use crate::aggregate::Timeline;
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const JSON: &str = "application/json";
 
 /// The health report as served: rendered once per refresh, shared by every request.
@@ -54,8 +56,12 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
-async fn metrics(State(endpoints): State<Endpoints>) -> Response {
-    ([(CONTENT_TYPE, OPENMETRICS)], endpoints.metrics.encode()).into_response()
+/// OpenMetrics for scrapers that accept it (Prometheus does), the Prometheus text format for
+/// the rest (curl, promtool).
+async fn metrics(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Response {
+    let accept = headers.get(ACCEPT).and_then(|accept| accept.to_str().ok()).unwrap_or_default();
+    let format = Format::from_accept(accept);
+    ([(CONTENT_TYPE, format.content_type())], endpoints.metrics.encode(format)).into_response()
 }
 
 async fn health(State(endpoints): State<Endpoints>) -> Response {

@@ -1,9 +1,15 @@
 //! Every exported metric: its name, help and labels, defined here and nowhere else.
 //! Counter names get `_total` appended by the OpenMetrics encoder.
 
-use pool_obs_common::event::EventKind;
-use std::sync::atomic::AtomicU64;
+use std::{
+    fmt::Write,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
+use pool_obs_common::event::EventKind;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -66,13 +72,8 @@ struct WorkerLabels {
 /// The quantiles `pool_request_duration_quantile_seconds` reports.
 pub const QUANTILES: [&str; 3] = ["0.5", "0.95", "0.99"];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QuantileLabels {
-    model: String,
-    quantile: &'static str,
-}
-
-pub type FloatGauge = Gauge<f64, AtomicU64>;
+const QUANTILE_HELP: &str = "Request duration quantiles over the sliding window (HDR histogram, \
+                             within 1%), with the sum and count of every request since attaching";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
@@ -102,7 +103,8 @@ pub struct Metrics {
     request_duration: HistogramFamily<ModelLabels>,
     request_queue: HistogramFamily<ModelLabels>,
     request_service: HistogramFamily<ModelLabels>,
-    request_duration_quantile: Family<QuantileLabels, FloatGauge>,
+    /// prometheus-client has no summary type: this family is rendered by [`Metrics::encode`].
+    request_duration_quantile: RwLock<Vec<(String, Arc<DurationSummary>)>>,
     queue_depth: Family<ModelLabels, Gauge>,
     queue_depth_max: Family<ModelLabels, Gauge>,
     workers: Family<WorkerLabels, Gauge>,
@@ -127,7 +129,7 @@ pub struct ModelMetrics {
     pub request_queue: Histogram,
     pub request_service: Histogram,
     /// In the order of [`QUANTILES`].
-    pub request_duration_quantiles: [FloatGauge; 3],
+    pub request_duration_quantiles: Arc<DurationSummary>,
     pub queue_depth: Gauge,
     pub queue_depth_max: Gauge,
     pub workers_busy: Gauge,
@@ -153,7 +155,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             request_queue: Family::new_with_constructor(latency_histogram),
             request_service: Family::new_with_constructor(latency_histogram),
-            request_duration_quantile: Family::default(),
+            request_duration_quantile: RwLock::default(),
             queue_depth: Family::default(),
             queue_depth_max: Family::default(),
             workers: Family::default(),
@@ -186,11 +188,6 @@ impl Metrics {
             name::REQUEST_SERVICE,
             "Request time from a worker starting it to its end",
             metrics.request_service.clone(),
-        );
-        registry.register(
-            name::REQUEST_DURATION_QUANTILE,
-            "Request duration quantiles over the sliding window (HDR histogram, within 1%)",
-            metrics.request_duration_quantile.clone(),
         );
         registry.register(
             name::QUEUE_DEPTH,
@@ -253,10 +250,7 @@ impl Metrics {
             request_duration: self.request_duration.get_or_create(&labels).clone(),
             request_queue: self.request_queue.get_or_create(&labels).clone(),
             request_service: self.request_service.get_or_create(&labels).clone(),
-            request_duration_quantiles: QUANTILES.map(|quantile| {
-                let labels = QuantileLabels { model: model.to_string(), quantile };
-                self.request_duration_quantile.get_or_create(&labels).clone()
-            }),
+            request_duration_quantiles: self.duration_summary(model),
             queue_depth: self.queue_depth.get_or_create(&labels).clone(),
             queue_depth_max: self.queue_depth_max.get_or_create(&labels).clone(),
             workers_busy: workers(WorkerState::busy),
@@ -272,10 +266,159 @@ impl Metrics {
         self.events.get_or_create(&EventLabels { event: kind.name() }).clone()
     }
 
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+    fn duration_summary(&self, model: &str) -> Arc<DurationSummary> {
+        let summary = Arc::new(DurationSummary::default());
+        let mut summaries =
+            self.request_duration_quantile.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        summaries.push((model.to_string(), summary.clone()));
+        summary
+    }
+
+    /// The exposition in `format`.
+    pub fn encode(&self, format: Format) -> String {
+        let mut open_metrics = String::new();
+        encode(&mut open_metrics, &self.registry).expect("writing to a String cannot fail");
+        let body = open_metrics.strip_suffix("# EOF\n").unwrap_or(&open_metrics);
+        let mut text = match format {
+            Format::OpenMetrics => body.to_string(),
+            Format::PrometheusText => prometheus_text(body),
+        };
+        self.encode_duration_summaries(&mut text);
+        if format == Format::OpenMetrics {
+            text.push_str("# EOF\n");
+        }
         text
+    }
+
+    fn encode_duration_summaries(&self, text: &mut String) {
+        let name = name::REQUEST_DURATION_QUANTILE;
+        let summaries =
+            self.request_duration_quantile.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if summaries.is_empty() {
+            return;
+        }
+        let _ = writeln!(text, "# HELP {name} {QUANTILE_HELP}.\n# TYPE {name} summary");
+        for (model, summary) in summaries.iter() {
+            let model = escape_label_value(model);
+            for (quantile, value) in QUANTILES.iter().zip(&summary.quantiles) {
+                let seconds = f64::from_bits(value.load(Ordering::Relaxed));
+                let _ = writeln!(text, "{name}{{model=\"{model}\",quantile=\"{quantile}\"}} {seconds}");
+            }
+            let sum = f64::from_bits(summary.sum.load(Ordering::Relaxed));
+            let _ = writeln!(text, "{name}_sum{{model=\"{model}\"}} {sum}");
+            let _ =
+                writeln!(text, "{name}_count{{model=\"{model}\"}} {}", summary.count.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// The two text expositions: OpenMetrics for scrapers that ask for it, the Prometheus text
+/// format (0.0.4) for everything else, as Prometheus's own client libraries do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl Format {
+    pub fn from_accept(accept: &str) -> Self {
+        if accept.contains("application/openmetrics-text") {
+            Format::OpenMetrics
+        } else {
+            Format::PrometheusText
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics names a counter family without `_total` and its samples with it; the Prometheus
+/// text format names both with it, and has no `# UNIT` lines.
+fn prometheus_text(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines().filter(|line| !line.starts_with("# UNIT ")) {
+        let header = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (family, tail) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters.contains(&family).then(|| format!("{prefix}{family}_total {tail}"))
+        });
+        text.push_str(header.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+/// A label value as both text formats want it: backslash, double quote and newline escaped.
+fn escape_label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One model's `pool_request_duration_quantile_seconds`: quantiles over the window, set at each
+/// refresh; sum and count of every request since attaching. Written by the aggregator alone.
+#[derive(Default)]
+pub struct DurationSummary {
+    quantiles: [AtomicU64; 3],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl DurationSummary {
+    pub fn observe(&self, seconds: f64) {
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed)) + seconds;
+        self.sum.store(sum.to_bits(), Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Seconds, in the order of [`QUANTILES`].
+    pub fn set_quantiles(&self, seconds: [f64; 3]) {
+        for (slot, value) in self.quantiles.iter().zip(seconds) {
+            slot.store(value.to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let open_metrics = "# HELP pool_requests Requests.\n# TYPE pool_requests counter\n\
+                            pool_requests_total{model=\"m\"} 3\n# TYPE up gauge\nup 1\n";
+        assert_eq!(
+            prometheus_text(open_metrics),
+            "# HELP pool_requests_total Requests.\n# TYPE pool_requests_total counter\n\
+             pool_requests_total{model=\"m\"} 3\n# TYPE up gauge\nup 1\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn summaries_render_in_both_formats() {
+        let metrics = Metrics::new();
+        let summary = metrics.for_model("m\"x").request_duration_quantiles;
+        summary.observe(0.5);
+        summary.set_quantiles([0.1, 0.2, 0.3]);
+        let text = metrics.encode(Format::OpenMetrics);
+        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE pool_request_duration_quantile_seconds summary\n"));
+        assert!(
+            text.contains("pool_request_duration_quantile_seconds{model=\"m\\\"x\",quantile=\"0.99\"} 0.3\n")
+        );
+        assert!(text.contains("pool_request_duration_quantile_seconds_count{model=\"m\\\"x\"} 1\n"));
+        let text = metrics.encode(Format::PrometheusText);
+        assert!(!text.contains("# EOF") && text.contains("# TYPE pool_requests_total counter"));
     }
 }
