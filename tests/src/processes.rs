@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::http;
+use crate::{ground_truth::Summary, http, openmetrics::Exposition};
 
 /// A release binary of this workspace, as `cargo xtask build` leaves it.
 pub fn binary(name: &str) -> PathBuf {
@@ -63,6 +63,18 @@ impl Pool {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The next summary the pool prints: at the end of its load, then at exit.
+    pub fn summary(&mut self) -> Summary {
+        let line = self.stdout.recv_timeout(Duration::from_secs(120)).expect("the pool prints its summary");
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("summary {line:?}: {error}"))
+    }
+
+    /// Waits for the pool to exit on its own, and checks that it exited cleanly.
+    pub fn wait_for_exit(&mut self) {
+        let status = self.child.wait().expect("wait for demo-pool");
+        assert!(status.success(), "demo-pool exited with {status}");
+    }
 }
 
 /// The agent, attached and serving.
@@ -100,6 +112,59 @@ impl Agent {
     pub fn get(&self, path: &str) -> http::Response {
         http::get(self.address, path).unwrap_or_else(|error| panic!("GET {path}: {error}"))
     }
+
+    pub fn metrics(&self) -> Exposition {
+        Exposition::parse(&self.get("/metrics").body)
+    }
+
+    /// The metrics once the agent has counted `requests` finished requests, and refreshed its
+    /// window statistics since.
+    pub fn metrics_after(&self, requests: u64) -> Exposition {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (self.metrics().sum("pool_requests_total") as u64) < requests && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(500));
+        self.metrics()
+    }
+
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let response = self.get("/health");
+        let body = serde_json::from_str(&response.body).unwrap_or_else(|error| panic!("/health: {error}"));
+        (response.status, body)
+    }
+}
+
+/// A start file for the pool's `--start-file`, removed when dropped.
+pub struct StartFile {
+    pub path: PathBuf,
+}
+
+impl StartFile {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("pool-obs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Self { path }
+    }
+
+    pub fn arg(&self) -> [String; 2] {
+        ["--start-file".to_string(), self.path.display().to_string()]
+    }
+
+    pub fn start(&self) {
+        std::fs::write(&self.path, b"").expect("create the start file");
+    }
+}
+
+impl Drop for StartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Turns `["--flag", "value", …]` into owned arguments.
+pub fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
 }
 
 fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {

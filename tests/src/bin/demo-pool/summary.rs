@@ -10,17 +10,10 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+pub use pool_obs_tests::ground_truth::Outcome;
+use pool_obs_tests::ground_truth::{AccessLogLine, ModelSummary, Requests, Summary, model_text};
 
 use crate::pool::{Lifecycle, Pool};
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Ok,
-    Failed,
-    Timeout,
-}
 
 /// What a client learns of its request.
 pub struct Reply {
@@ -31,13 +24,6 @@ pub struct Reply {
     pub queued: Option<Duration>,
     /// From submission to the reply.
     pub total: Duration,
-}
-
-#[derive(Serialize, Default, Clone, Copy)]
-pub struct Requests {
-    pub ok: u64,
-    pub failed: u64,
-    pub timeout: u64,
 }
 
 #[derive(Default)]
@@ -51,16 +37,6 @@ struct ModelRequests {
 pub struct Report {
     requests: Arc<Mutex<BTreeMap<Vec<u8>, ModelRequests>>>,
     access_log: Option<Arc<Mutex<BufWriter<File>>>>,
-}
-
-#[derive(Serialize)]
-struct AccessLogLine<'a> {
-    request_id: u64,
-    model: &'a str,
-    worker: Option<u64>,
-    outcome: Outcome,
-    queue_us: Option<u64>,
-    total_us: u64,
 }
 
 impl Report {
@@ -85,7 +61,7 @@ impl Report {
         if let Some(log) = &self.access_log {
             let line = AccessLogLine {
                 request_id,
-                model: &label(model),
+                model: model_text(model),
                 worker: reply.worker,
                 outcome: reply.outcome,
                 queue_us: reply.queued.map(|queued| queued.as_micros() as u64),
@@ -102,23 +78,6 @@ impl Report {
             let _ = log.lock().unwrap().flush();
         }
     }
-}
-
-#[derive(Serialize)]
-struct ModelSummary {
-    requests: Requests,
-    spawns: u64,
-    evictions: u64,
-    crashes: u64,
-    max_queue_depth: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-#[derive(Serialize)]
-struct Summary {
-    pid: u32,
-    models: BTreeMap<String, ModelSummary>,
 }
 
 pub fn print(pool: &Pool, report: &Report) {
@@ -142,7 +101,7 @@ pub fn print(pool: &Pool, report: &Report) {
                 p50_ms: quantile_ms(&entry.latencies_us, 0.5),
                 p99_ms: quantile_ms(&entry.latencies_us, 0.99),
             };
-            (label(&key), summary)
+            (model_text(&key), summary)
         })
         .collect();
     let summary = Summary { pid: std::process::id(), models };
@@ -158,12 +117,4 @@ fn quantile_ms(sorted_us: &[u64], quantile: f64) -> f64 {
     }
     let rank = ((quantile * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
     sorted_us[rank - 1] as f64 / 1000.0
-}
-
-/// A model key as text: as it is when it is UTF-8, else with Rust's byte escapes.
-pub fn label(key: &[u8]) -> String {
-    match std::str::from_utf8(key) {
-        Ok(text) => text.to_string(),
-        Err(_) => key.escape_ascii().to_string(),
-    }
 }
