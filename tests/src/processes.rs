@@ -81,18 +81,33 @@ impl Pool {
 pub struct Agent {
     pub child: Child,
     pub address: SocketAddr,
+    /// Its log lines, when started with [`Agent::attach_logging`].
+    pub logs: Option<mpsc::Receiver<String>>,
 }
 
 impl Agent {
     pub fn attach(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str]) -> Self {
-        let child = Command::new(binary("pool-obs-agent"))
+        Self::start(pid, manifest, address, extra, None)
+    }
+
+    /// Attaches with `RUST_LOG` set to `filter`, keeping the log lines for the test.
+    pub fn attach_logging(pid: u32, manifest: &Path, extra: &[&str], filter: &str) -> Self {
+        Self::start(pid, manifest, free_address(), extra, Some(filter))
+    }
+
+    fn start(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str], filter: Option<&str>) -> Self {
+        let mut command = Command::new(binary("pool-obs-agent"));
+        command
             .args(["--pid", &pid.to_string(), "--listen", &address.to_string()])
             .arg("--manifest")
-            .arg(manifest)
-            .args(extra)
-            .spawn()
-            .expect("start pool-obs-agent");
-        let mut agent = Self { child, address };
+            .arg(manifest);
+        command.args(extra);
+        if let Some(filter) = filter {
+            command.env("RUST_LOG", filter).stderr(Stdio::piped());
+        }
+        let mut child = command.spawn().expect("start pool-obs-agent");
+        let logs = child.stderr.take().map(lines_of);
+        let mut agent = Self { child, address, logs };
         agent.wait_until_serving();
         agent
     }

@@ -376,3 +376,41 @@ fn resident_memory_follows_vmrss_as_it_grows_and_shrinks() {
     assert!(peak > baseline + 150.0 * MIB, "peak {peak}");
     stop(&mut pool.child, libc::SIGKILL);
 }
+
+#[test]
+fn logs_carry_the_request_id_and_failures_pass_a_stricter_filter() {
+    let start = StartFile::new("logs");
+    let mut pool = Pool::start(&[busy_pool("3000", &[]), start.arg().to_vec()].concat());
+    let json = ["--log-format", "json"];
+    let mut agent = Agent::attach_logging(pool.pid(), &manifest("demo-pool.toml"), &json, "warn");
+    start.start();
+    let summary = pool.summary();
+    pool.wait_for_exit();
+    agent.metrics_after(3000);
+    stop(&mut agent.child, libc::SIGTERM);
+
+    let lines: Vec<serde_json::Value> = agent
+        .logs
+        .take()
+        .expect("captured logs")
+        .into_iter()
+        .map(|line| {
+            serde_json::from_str(&line).unwrap_or_else(|error| panic!("not one JSON object: {line}: {error}"))
+        })
+        .collect();
+    let requests: Vec<&serde_json::Value> =
+        lines.iter().filter(|line| line["target"] == "pool_obs::requests").collect();
+    let failures: u64 =
+        summary.models.values().map(|model| model.requests.failed + model.requests.timeout).sum();
+    assert_eq!(requests.len() as u64, failures, "one info line per failed or timed-out request, no ok ones");
+    for line in &requests {
+        assert_eq!(line["level"], "INFO", "{line}");
+        let fields = &line["fields"];
+        assert!(fields["request_id"].as_u64().is_some() && fields["model"].is_string(), "{line}");
+        assert!(matches!(fields["outcome"].as_str(), Some("failed" | "timeout")), "{line}");
+    }
+    let crashes: u64 = summary.models.values().map(|model| model.crashes).sum();
+    let crash_lines = lines.iter().filter(|line| line["fields"]["message"] == "worker crashed").count();
+    assert_eq!(crash_lines as u64, crashes, "crashes are logged at warn, with the worker");
+    assert!(!lines.iter().any(|line| line["fields"]["message"] == "worker spawned"), "info is filtered out");
+}
