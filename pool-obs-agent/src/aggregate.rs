@@ -9,8 +9,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use hdrhistogram::Histogram;
 use pool_obs_common::event::{
-    EventKind, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
-    WorkerEvicted, WorkerSpawned,
+    EventKind, Header, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted, RequestSubmitted,
+    WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, info, warn};
@@ -155,20 +155,22 @@ impl Aggregator {
     }
 
     fn on_worker_spawned(&mut self, event: &WorkerSpawned) {
-        let model = self.model_of(&event.model, None);
+        let model = self.model_of(&event.header, &event.model, None);
+        let scale = self.probes.get(event.header.probe as usize).map_or(1.0, |probe| probe.memory_scale);
+        let memory_bytes = (event.memory_bytes as f64 * scale) as u64;
         self.models[model].metrics.worker_spawns.inc();
         self.remove_worker(event.worker_id);
-        let worker = Worker { model, memory_bytes: event.memory_bytes, serving: None, retiring: false };
+        let worker = Worker { model, memory_bytes, serving: None, retiring: false };
         self.workers.insert(event.worker_id, worker);
         let state = &mut self.models[model];
         state.workers += 1;
-        state.memory_bytes += event.memory_bytes;
+        state.memory_bytes += memory_bytes;
         state.publish_workers();
-        info!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes = event.memory_bytes, "worker spawned");
+        info!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker spawned");
     }
 
     fn on_worker_evicted(&mut self, event: &WorkerEvicted) {
-        let model = self.model_of(&event.model, self.worker_model(event.worker_id));
+        let model = self.model_of(&event.header, &event.model, self.worker_model(event.worker_id));
         let state = &self.models[model];
         state.metrics.worker_evictions.inc();
         let memory_bytes = self.workers.get(&event.worker_id).map_or(0, |worker| worker.memory_bytes);
@@ -180,7 +182,7 @@ impl Aggregator {
     }
 
     fn on_worker_crashed(&mut self, event: &WorkerCrashed) {
-        let model = self.model_of(&event.model, self.worker_model(event.worker_id));
+        let model = self.model_of(&event.header, &event.model, self.worker_model(event.worker_id));
         let state = &mut self.models[model];
         state.metrics.worker_crashes.inc();
         state.crashed += 1;
@@ -206,7 +208,7 @@ impl Aggregator {
     }
 
     fn on_request_submitted(&mut self, event: &RequestSubmitted) {
-        let model = self.model_of(&event.model, None);
+        let model = self.model_of(&event.header, &event.model, None);
         let request = InFlight { model, submitted_ns: event.header.ts_ns, started_ns: None, worker: None };
         if let Some(reused) = self.requests.insert(event.request_id, request) {
             self.unqueue(&reused, event.header.ts_ns);
@@ -219,7 +221,7 @@ impl Aggregator {
     fn on_request_started(&mut self, event: &RequestStarted) {
         let worker_model = self.worker_model(event.worker_id);
         let known = self.requests.get(&event.request_id).map(|request| request.model);
-        let model = self.model_of(&event.model, known.or(worker_model));
+        let model = self.model_of(&event.header, &event.model, known.or(worker_model));
         let now = event.header.ts_ns;
         let request = self
             .requests
@@ -249,7 +251,7 @@ impl Aggregator {
         let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
             request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));
-        let model = self.model_of(&event.model, fallback);
+        let model = self.model_of(&event.header, &event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
         let ended_ns = Some(event.header.ts_ns);
         let record = match &request {
@@ -353,8 +355,13 @@ impl Aggregator {
         self.workers.get(&worker_id).map(|worker| worker.model)
     }
 
-    /// The model an event names, else `fallback`, else the unknown model.
-    fn model_of(&mut self, key: &ModelKey, fallback: Option<ModelId>) -> ModelId {
+    /// The model the probe's manifest names, else the model the event carries, else
+    /// `fallback`, else the unknown model.
+    fn model_of(&mut self, header: &Header, key: &ModelKey, fallback: Option<ModelId>) -> ModelId {
+        let probe = self.probes.get(header.probe as usize);
+        if let Some(constant) = probe.and_then(|probe| probe.constant_model.clone()) {
+            return self.model_id(constant.as_bytes(), false);
+        }
         if key.state == MODEL_PRESENT {
             let captured = &key.bytes[..(key.captured as usize).min(key.bytes.len())];
             return self.model_id(captured, key.len > u64::from(key.captured));

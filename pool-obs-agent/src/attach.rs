@@ -1,5 +1,6 @@
 //! Loads the kernel programs and attaches them to the target's functions.
 
+pub mod dwarf;
 pub mod plan;
 pub mod symbols;
 

@@ -2,18 +2,63 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Per-model metrics and health for a running Rust worker pool, from eBPF uprobes")]
+#[command(
+    version,
+    about = "Per-model metrics and health for a running Rust worker pool, from eBPF uprobes",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Options,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the functions of a binary that can be probed, by demangled name.
+    Symbols {
+        #[command(flatten)]
+        target: Binary,
+        /// Only names matching this pattern (`*` matches any run of characters).
+        pattern: Option<String>,
+    },
+    /// Check a manifest against a binary without attaching: every function resolves once, and
+    /// with debug info, every value names the parameter its register really holds.
+    Check {
+        /// The manifest to check.
+        #[arg(long)]
+        manifest: PathBuf,
+        #[command(flatten)]
+        target: Binary,
+    },
+}
+
+/// The binary to read: a running process's, or a file.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct Binary {
+    /// A running process, whose executable is read.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// An executable file.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct Options {
     /// PID of the running pool.
-    #[arg(long)]
-    pub pid: u32,
+    #[arg(long, required = true)]
+    pub pid: Option<u32>,
     /// Probe manifest (TOML): which functions mean which events, and where their values live.
-    #[arg(long)]
-    pub manifest: PathBuf,
-    /// Address to serve /metrics and /health on.
+    #[arg(long, required = true)]
+    pub manifest: Option<PathBuf>,
+    /// Address to serve /metrics, /health and /requests/{id} on.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
     /// Ring buffer size in bytes; the kernel rounds it up to a power-of-two number of pages.
@@ -44,6 +89,9 @@ pub struct Options {
     /// Health: a model whose p99 latency in the window is higher (milliseconds) is degraded.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
+    /// Have the kernel programs log every value they fail to read (probe, field, address, error).
+    #[arg(long)]
+    pub debug_probes: bool,
     /// Log format on stderr; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

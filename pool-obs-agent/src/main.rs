@@ -9,10 +9,13 @@ mod attach;
 mod cli;
 mod clock;
 mod decode;
+mod error;
 mod export;
+mod inspect;
 mod manifest;
 mod memory;
 mod outcome;
+mod privileges;
 mod ring;
 mod target;
 
@@ -37,7 +40,7 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     aggregate::{Aggregator, REQUEST_LOG, Settings},
     attach::{RingSettings, plan, symbols::SymbolTable},
-    cli::{LogFormat, Options},
+    cli::{Cli, Command, LogFormat, Options},
     clock::{WallClock, monotonic_ns},
     export::{
         health::{self, Thresholds},
@@ -54,21 +57,25 @@ use crate::{
 const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    init_logging(options.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&anyhow::Error::from(error).context("starting the async runtime")),
+    let cli = Cli::parse();
+    init_logging(cli.run.log_format);
+    let result = match &cli.command {
+        Some(Command::Symbols { target, pattern }) => inspect::symbols(target, pattern.as_deref()),
+        Some(Command::Check { manifest, target }) => inspect::check(manifest, target),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|runtime| runtime.block_on(run(cli.run))),
     };
-    match runtime.block_on(run(options)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&error),
+        Err(error) => {
+            eprintln!("pool-obs-agent: error: {error:#}");
+            ExitCode::from(error::exit_code(&error))
+        }
     }
-}
-
-fn fail(error: &anyhow::Error) -> ExitCode {
-    eprintln!("pool-obs-agent: error: {error:#}");
-    ExitCode::FAILURE
 }
 
 /// `RUST_LOG` filters as usual (default `info`), except that failed, timed-out and slow
@@ -87,8 +94,13 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(options: Options) -> Result<()> {
-    let manifest = manifest::load(&options.manifest)?;
-    let target = Target::open(options.pid)?;
+    let (Some(pid), Some(manifest_path)) = (options.pid, &options.manifest) else {
+        anyhow::bail!("give --pid and --manifest, or a command: see --help");
+    };
+    let manifest = manifest::load(manifest_path)?;
+    privileges::require_capabilities()?;
+    privileges::require_uprobes()?;
+    let target = Target::open(pid)?;
     let symbols = SymbolTable::read(&target.exe_link)?;
     let plan = plan::plan(&manifest, &symbols)?;
     let listener = TcpListener::bind(options.listen)

@@ -9,7 +9,10 @@ use pool_obs_common::{event::EventKind, probe::Scalar};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::outcome::{Condition, OutcomeRule, Status};
+use crate::{
+    error::Class,
+    outcome::{Condition, OutcomeRule, Status},
+};
 use value::StrValue;
 
 /// Each probe takes one kernel table slot, and a return probe may need a second to save its
@@ -27,17 +30,33 @@ pub enum At {
     Return,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Probe {
     pub event: EventKind,
     /// A demangled Rust path without the hash; `*` matches any run of characters.
     pub function: String,
     pub at: At,
-    pub model: Option<StrValue>,
+    pub model: Option<Model>,
     pub worker_id: Option<Scalar>,
     pub request_id: Option<Scalar>,
-    pub memory_bytes: Option<Scalar>,
+    pub memory_bytes: Option<Scaled>,
     pub outcome: Option<ProbeOutcome>,
+}
+
+/// Where a probe's model key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Model {
+    /// Read from the target.
+    Read(StrValue),
+    /// Always this key: for a pool with one model, or functions that do not see it.
+    Constant(String),
+}
+
+/// A value read from the target, then multiplied by `scale` (say, MiB to bytes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scaled {
+    pub value: Scalar,
+    pub scale: f64,
 }
 
 /// The raw value a request's outcome is decided from (absent for a constant outcome) and the
@@ -55,6 +74,8 @@ pub struct ManifestError {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// [`Class::ManifestSyntax`] or [`Class::ManifestNames`].
+    pub class: Class,
 }
 
 impl fmt::Display for ManifestError {
@@ -72,32 +93,38 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         line: 0,
         column: 0,
         message: format!("cannot read the manifest: {error}"),
+        class: Class::Other,
     })?;
     parse(&text, &shown)
 }
 
 pub fn parse(text: &str, path: &str) -> Result<Manifest, ManifestError> {
-    let locate = |span: Option<Range<usize>>, message: String| {
+    let locate = |span: Option<Range<usize>>, class: Class, message: String| {
         let (line, column) = span.map_or((0, 0), |span| line_and_column(text, span.start));
-        ManifestError { path: path.to_string(), line, column, message }
+        ManifestError { path: path.to_string(), line, column, message, class }
     };
-    let raw: RawManifest =
-        toml::from_str(text).map_err(|error| locate(error.span(), error.message().to_string()))?;
+    let raw: RawManifest = toml::from_str(text).map_err(|error| {
+        let message = error.message().to_string();
+        // serde's words for a key or value it does not know, as opposed to broken TOML.
+        let names = message.starts_with("unknown field") || message.starts_with("unknown variant");
+        let class = if names { Class::ManifestNames } else { Class::ManifestSyntax };
+        locate(error.span(), class, message)
+    })?;
     if raw.probe.is_empty() {
-        return Err(locate(None, "the manifest has no [[probe]] tables".to_string()));
+        return Err(locate(None, Class::ManifestNames, "the manifest has no [[probe]] tables".to_string()));
     }
-    if raw.probe.len() > MAX_MANIFEST_PROBES {
-        let message = format!(
-            "the manifest has {} probes; at most {MAX_MANIFEST_PROBES} are supported",
-            raw.probe.len()
-        );
-        return Err(locate(None, message));
+    let mut probes = Vec::new();
+    for raw_probe in raw.probe {
+        let compiled = raw_probe
+            .compile()
+            .map_err(|problem| locate(Some(problem.span), problem.class, problem.message))?;
+        probes.extend(compiled);
     }
-    let probes = raw
-        .probe
-        .into_iter()
-        .map(|probe| probe.compile().map_err(|(span, message)| locate(Some(span), message)))
-        .collect::<Result<_, _>>()?;
+    if probes.len() > MAX_MANIFEST_PROBES {
+        let message =
+            format!("the manifest has {} probes; at most {MAX_MANIFEST_PROBES} are supported", probes.len());
+        return Err(locate(None, Class::ManifestNames, message));
+    }
     Ok(Manifest { probes })
 }
 
@@ -119,7 +146,22 @@ fn fields_of(event: EventKind) -> &'static [&'static str] {
     }
 }
 
-type Located<T> = Result<T, (Range<usize>, String)>;
+/// A problem found while compiling one probe table.
+struct Problem {
+    span: Range<usize>,
+    class: Class,
+    message: String,
+}
+
+type Located<T> = Result<T, Problem>;
+
+fn syntax(span: Range<usize>, message: String) -> Problem {
+    Problem { span, class: Class::ManifestSyntax, message }
+}
+
+fn names(span: Range<usize>, message: String) -> Problem {
+    Problem { span, class: Class::ManifestNames, message }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,13 +174,34 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawProbe {
     event: Spanned<String>,
-    function: Spanned<String>,
+    function: Spanned<OneOrMany>,
     at: Option<Spanned<String>>,
-    model: Option<Spanned<String>>,
+    model: Option<Spanned<RawModel>>,
     worker_id: Option<Spanned<String>>,
     request_id: Option<Spanned<String>>,
-    memory_bytes: Option<Spanned<String>>,
+    memory_bytes: Option<Spanned<RawScaled>>,
     outcome: Option<Spanned<RawOutcome>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawModel {
+    Read(String),
+    Constant { constant: String },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawScaled {
+    Plain(String),
+    Scaled { value: String, scale: f64 },
 }
 
 #[derive(Deserialize)]
@@ -155,40 +218,38 @@ enum RawOutcome {
 }
 
 impl RawProbe {
-    fn compile(self) -> Located<Probe> {
+    /// One probe per function the table names.
+    fn compile(self) -> Located<Vec<Probe>> {
         let event = parse_event(&self.event)?;
         let at = match self.at.as_ref().map(|at| (at.span(), at.get_ref().as_str())) {
             None | Some((_, "entry")) => At::Entry,
             Some((_, "return")) => At::Return,
             Some((span, other)) => {
-                return Err((span, format!("`at = \"{other}\"`: expected \"entry\" or \"return\"")));
+                return Err(names(span, format!("`at = \"{other}\"`: expected \"entry\" or \"return\"")));
             }
         };
         self.check_fields(event)?;
         let scalar = |field: &Option<Spanned<String>>| {
-            field.as_ref().map(|text| parse_located(text, value::parse_scalar, at)).transpose()
+            field.as_ref().map(|text| parse_scalar_at(text.get_ref(), text.span(), at)).transpose()
         };
-        let model = self
-            .model
-            .as_ref()
-            .map(|text| {
-                let parsed = value::parse_str(text.get_ref())
-                    .map_err(|error| (text.span(), format!("`{}` {error}", text.get_ref())))?;
-                reject_return_register_at_entry(&parsed.ptr, at, text)?;
-                reject_return_register_at_entry(&parsed.len, at, text)?;
-                Ok(parsed)
-            })
-            .transpose()?;
-        Ok(Probe {
+        let template = Probe {
             event,
-            function: self.function.get_ref().clone(),
+            function: String::new(),
             at,
-            model,
+            model: self.model.as_ref().map(|model| compile_model(model, at)).transpose()?,
             worker_id: scalar(&self.worker_id)?,
             request_id: scalar(&self.request_id)?,
-            memory_bytes: scalar(&self.memory_bytes)?,
+            memory_bytes: self.memory_bytes.as_ref().map(|memory| compile_scaled(memory, at)).transpose()?,
             outcome: self.outcome.as_ref().map(|outcome| compile_outcome(outcome, at)).transpose()?,
-        })
+        };
+        let functions = match self.function.get_ref() {
+            OneOrMany::One(function) => vec![function.clone()],
+            OneOrMany::Many(functions) if !functions.is_empty() => functions.clone(),
+            OneOrMany::Many(_) => {
+                return Err(names(self.function.span(), "`function` lists no functions".to_string()));
+            }
+        };
+        Ok(functions.into_iter().map(|function| Probe { function, ..template.clone() }).collect())
     }
 
     fn check_fields(&self, event: EventKind) -> Located<()> {
@@ -203,14 +264,13 @@ impl RawProbe {
         if let Some((name, Some(span))) =
             given.iter().find(|(name, span)| span.is_some() && !allowed.contains(name))
         {
-            return Err((
-                span.clone(),
-                format!("`{name}` does not apply to {}: it takes {}", event.name(), allowed.join(", ")),
-            ));
+            let message =
+                format!("`{name}` does not apply to {}: it takes {}", event.name(), allowed.join(", "));
+            return Err(names(span.clone(), message));
         }
         let required = allowed[0];
         if given.iter().any(|(name, span)| *name == required && span.is_none()) {
-            return Err((self.event.span(), format!("{} needs `{required}`", event.name())));
+            return Err(names(self.event.span(), format!("{} needs `{required}`", event.name())));
         }
         Ok(())
     }
@@ -218,37 +278,61 @@ impl RawProbe {
 
 fn parse_event(event: &Spanned<String>) -> Located<EventKind> {
     EventKind::ALL.into_iter().find(|kind| kind.name() == event.get_ref()).ok_or_else(|| {
-        let names: Vec<_> = EventKind::ALL.iter().map(|kind| kind.name()).collect();
-        (event.span(), format!("unknown event `{}`: expected one of {}", event.get_ref(), names.join(", ")))
+        let known: Vec<_> = EventKind::ALL.iter().map(|kind| kind.name()).collect();
+        names(
+            event.span(),
+            format!("unknown event `{}`: expected one of {}", event.get_ref(), known.join(", ")),
+        )
     })
 }
 
-fn parse_located(
-    text: &Spanned<String>,
-    parse: fn(&str) -> Result<Scalar, value::ValueError>,
-    at: At,
-) -> Located<Scalar> {
+fn parse_scalar_at(text: &str, span: Range<usize>, at: At) -> Located<Scalar> {
     let scalar =
-        parse(text.get_ref()).map_err(|error| (text.span(), format!("`{}` {error}", text.get_ref())))?;
-    reject_return_register_at_entry(&scalar, at, text)?;
+        value::parse_scalar(text).map_err(|error| syntax(span.clone(), format!("`{text}` {error}")))?;
+    reject_return_register_at_entry(&scalar, at, text, span)?;
     Ok(scalar)
 }
 
-fn reject_return_register_at_entry(scalar: &Scalar, at: At, text: &Spanned<String>) -> Located<()> {
+fn reject_return_register_at_entry(scalar: &Scalar, at: At, text: &str, span: Range<usize>) -> Located<()> {
     if at == At::Entry && value::uses_return_register(scalar) {
-        return Err((
-            text.span(),
-            format!("`{}` reads a return register, which only exists with `at = \"return\"`", text.get_ref()),
-        ));
+        let message = format!("`{text}` reads a return register, which only exists with `at = \"return\"`");
+        return Err(syntax(span, message));
     }
     Ok(())
+}
+
+fn compile_model(model: &Spanned<RawModel>, at: At) -> Located<Model> {
+    let span = model.span();
+    match model.get_ref() {
+        RawModel::Constant { constant } => Ok(Model::Constant(constant.clone())),
+        RawModel::Read(text) => {
+            let parsed =
+                value::parse_str(text).map_err(|error| syntax(span.clone(), format!("`{text}` {error}")))?;
+            reject_return_register_at_entry(&parsed.ptr, at, text, span.clone())?;
+            reject_return_register_at_entry(&parsed.len, at, text, span)?;
+            Ok(Model::Read(parsed))
+        }
+    }
+}
+
+fn compile_scaled(memory: &Spanned<RawScaled>, at: At) -> Located<Scaled> {
+    let span = memory.span();
+    match memory.get_ref() {
+        RawScaled::Plain(text) => Ok(Scaled { value: parse_scalar_at(text, span, at)?, scale: 1.0 }),
+        RawScaled::Scaled { value, scale } if scale.is_finite() && *scale > 0.0 => {
+            Ok(Scaled { value: parse_scalar_at(value, span, at)?, scale: *scale })
+        }
+        RawScaled::Scaled { scale, .. } => {
+            Err(syntax(span, format!("`scale = {scale}` must be a positive number")))
+        }
+    }
 }
 
 fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcome> {
     let span = outcome.span();
     let status = |text: &str| {
         Status::parse(text).ok_or_else(|| {
-            (span.clone(), format!("unknown outcome `{text}`: expected ok, failed or timeout"))
+            names(span.clone(), format!("unknown outcome `{text}`: expected ok, failed or timeout"))
         })
     };
     match outcome.get_ref() {
@@ -256,15 +340,14 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
             Ok(ProbeOutcome { value: None, rule: OutcomeRule::constant(status(text)?) })
         }
         RawOutcome::Rule { value, ok, timeout, failed, otherwise } => {
-            let spanned_value = Spanned::new(span.clone(), value.clone());
-            let value = parse_located(&spanned_value, value::parse_scalar, at)?;
+            let value = parse_scalar_at(value, span.clone(), at)?;
             let arms = [(Status::Ok, ok), (Status::Timeout, timeout), (Status::Failed, failed)]
                 .into_iter()
                 .filter_map(|(status, condition)| condition.as_ref().map(|condition| (status, condition)))
                 .map(|(status, condition)| {
-                    Condition::parse(condition)
-                        .map(|condition| (status, condition))
-                        .map_err(|error| (span.clone(), error))
+                    let condition =
+                        Condition::parse(condition).map_err(|error| syntax(span.clone(), error))?;
+                    Ok((status, condition))
                 })
                 .collect::<Located<Vec<_>>>()?;
             Ok(ProbeOutcome { value: Some(value), rule: OutcomeRule { arms, otherwise: status(otherwise)? } })
@@ -289,40 +372,66 @@ mod tests {
         assert_eq!(outcome.rule.classify(7), Status::Failed);
     }
 
-    fn error_of(text: &str) -> String {
-        parse(text, "m.toml").unwrap_err().to_string()
+    #[test]
+    fn several_functions_a_constant_model_and_a_scale() {
+        let text = "[[probe]]\nevent = \"worker_spawned\"\nfunction = [\"a::spawn\", \"a::respawn\"]\n\
+                    model = { constant = \"solo\" }\nmemory_bytes = { value = \"arg2\", scale = 1048576 }\n";
+        let manifest = parse(text, "m.toml").unwrap();
+        let functions: Vec<_> = manifest.probes.iter().map(|probe| probe.function.as_str()).collect();
+        assert_eq!(functions, ["a::spawn", "a::respawn"]);
+        assert_eq!(manifest.probes[1].model, Some(Model::Constant("solo".to_string())));
+        assert_eq!(manifest.probes[0].memory_bytes.unwrap().scale, 1_048_576.0);
+    }
+
+    fn error_of(text: &str) -> (String, Class) {
+        let error = parse(text, "m.toml").unwrap_err();
+        (error.to_string(), error.class)
     }
 
     #[test]
     fn errors_say_where_and_what() {
         assert_eq!(
             error_of("[[probe]]\nevent = \"worker_born\"\nfunction = \"f\"\n"),
-            "m.toml:2:9: unknown event `worker_born`: expected one of worker_spawned, worker_evicted, \
-             worker_crashed, request_submitted, request_started, request_ended"
+            (
+                "m.toml:2:9: unknown event `worker_born`: expected one of worker_spawned, worker_evicted, \
+                 worker_crashed, request_submitted, request_started, request_ended"
+                    .to_string(),
+                Class::ManifestNames
+            )
         );
         assert_eq!(
             error_of("[[probe]]\nevent = \"request_started\"\nfunction = \"f\"\nrequest_id = \"arg9\"\n"),
-            "m.toml:4:14: `arg9` at column 1: `arg9` is not a register: arguments are arg0 to arg5"
+            (
+                "m.toml:4:14: `arg9` at column 1: `arg9` is not a register: arguments are arg0 to arg5"
+                    .to_string(),
+                Class::ManifestSyntax
+            )
         );
         assert_eq!(
-            error_of("[[probe]]\nevent = \"request_submitted\"\nfunction = \"f\"\nrequest_id = \"ret\"\n"),
+            error_of("[[probe]]\nevent = \"request_submitted\"\nfunction = \"f\"\nrequest_id = \"ret\"\n").0,
             "m.toml:4:14: `ret` reads a return register, which only exists with `at = \"return\"`"
         );
         assert_eq!(
             error_of(
                 "[[probe]]\nevent = \"request_started\"\nfunction = \"f\"\nrequest_id = \"arg1\"\nmemory_bytes = \"arg2\"\n"
             ),
-            "m.toml:5:16: `memory_bytes` does not apply to request_started: it takes request_id, model, worker_id"
+            (
+                "m.toml:5:16: `memory_bytes` does not apply to request_started: it takes request_id, model, worker_id"
+                    .to_string(),
+                Class::ManifestNames
+            )
         );
         assert_eq!(
-            error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\n"),
+            error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\n").0,
             "m.toml:2:9: request_ended needs `outcome`"
         );
-        assert!(
-            error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\ncolour = 1\n")
-                .starts_with("m.toml:4:1: unknown field `colour`")
-        );
-        assert!(error_of("[[probe]\n").starts_with("m.toml:1:"));
-        assert_eq!(error_of(""), "m.toml:0:0: the manifest has no [[probe]] tables");
+        let (unknown, class) =
+            error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\ncolour = 1\n");
+        assert!(unknown.starts_with("m.toml:4:1: unknown field `colour`"), "{unknown}");
+        assert_eq!(class, Class::ManifestNames);
+        let (broken, class) = error_of("[[probe]\n");
+        assert!(broken.starts_with("m.toml:1:"), "{broken}");
+        assert_eq!(class, Class::ManifestSyntax);
+        assert_eq!(error_of("").0, "m.toml:0:0: the manifest has no [[probe]] tables");
     }
 }

@@ -1,9 +1,10 @@
 //! The process being profiled: found by PID, watched until it exits.
 
-use std::{num::NonZeroU32, path::PathBuf};
+use std::{io::ErrorKind, num::NonZeroU32, path::PathBuf};
 
-use anyhow::{Context, Result, bail};
-use procfs::process::Process;
+use procfs::{ProcError, process::Process};
+
+use crate::error::{Class, Refusal};
 
 pub struct Target {
     pub pid: NonZeroU32,
@@ -16,24 +17,37 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn open(pid: u32) -> Result<Self> {
+    pub fn open(pid: u32) -> Result<Self, Refusal> {
+        let refuse = |message: String| Refusal::new(Class::Process, message);
         let Some(nonzero) = NonZeroU32::new(pid) else {
-            bail!("--pid 0 is not a process: give the PID of the running pool");
+            return Err(refuse("--pid 0 is not a process: give the PID of the running pool".to_string()));
         };
-        let process = Process::new(pid as i32).map_err(|_| {
-            anyhow::anyhow!("no process with PID {pid}: is the pool running? (check with `ps -p {pid}`)")
-        })?;
-        let start_time = process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?.starttime;
-        let exe = process.exe().with_context(|| {
-            format!(
-                "reading /proc/{pid}/exe: the agent needs root or CAP_SYS_PTRACE to see the pool's binary"
-            )
+        let not_running =
+            || refuse(format!("no process with PID {pid}: is the pool running? (check with `ps -p {pid}`)"));
+        let process = Process::new(pid as i32).map_err(|_| not_running())?;
+        let stat = process.stat().map_err(|_| not_running())?;
+        if stat.state == 'Z' {
+            return Err(refuse(format!(
+                "process {pid} has exited: start the pool again and give its new PID"
+            )));
+        }
+        let exe = process.exe().map_err(|error| match error {
+            ProcError::PermissionDenied(_) => refuse(format!(
+                "not permitted to read /proc/{pid}/exe: run the agent as root or grant it CAP_SYS_PTRACE"
+            )),
+            ProcError::NotFound(_) => {
+                refuse(format!("process {pid} has no executable (is it a kernel thread?)"))
+            }
+            ProcError::Io(error, _) if error.kind() == ErrorKind::PermissionDenied => refuse(format!(
+                "not permitted to read /proc/{pid}/exe: run the agent as root or grant it CAP_SYS_PTRACE"
+            )),
+            other => refuse(format!("cannot read /proc/{pid}/exe: {other}")),
         })?;
         Ok(Self {
             pid: nonzero,
             exe_link: PathBuf::from(format!("/proc/{pid}/exe")),
             exe: exe.display().to_string(),
-            start_time,
+            start_time: stat.starttime,
         })
     }
 

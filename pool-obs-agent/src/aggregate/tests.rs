@@ -20,6 +20,8 @@ fn aggregator() -> Aggregator {
         outcome: Some(outcome),
         has_request_id: true,
         has_worker_id: false,
+        constant_model: None,
+        memory_scale: 1.0,
     };
     let by_rule = OutcomeRule {
         arms: vec![(Status::Ok, Condition::parse("== 0").unwrap())],

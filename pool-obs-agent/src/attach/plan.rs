@@ -3,9 +3,9 @@
 
 use pool_obs_common::probe::{AT_ENTRY, AT_RETURN, ProbeSpec, SAVES_NOTHING, Scalar};
 
-use super::symbols::{SymbolError, SymbolTable};
+use super::symbols::SymbolTable;
 use crate::{
-    manifest::{At, Manifest, Probe},
+    manifest::{At, Manifest, Model, Probe},
     outcome::OutcomeRule,
 };
 
@@ -25,6 +25,10 @@ pub struct ProbeInfo {
     pub has_request_id: bool,
     /// Whether the probe reads a worker id; without one, the event's worker id means nothing.
     pub has_worker_id: bool,
+    /// The manifest's constant model key for this probe's events.
+    pub constant_model: Option<String>,
+    /// What the memory value read is multiplied by to make bytes.
+    pub memory_scale: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -35,10 +39,10 @@ pub struct Attachment {
     pub cookie: u32,
 }
 
-pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> Result<Plan, SymbolError> {
+pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> {
     let mut plan = Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new() };
     for probe in &manifest.probes {
-        let symbol = symbols.resolve(&probe.function)?;
+        let symbol = symbols.locate(&probe.function)?;
         let cookie = plan.push(spec_of(probe), info_of(probe, &symbol.name), symbol.file_offset, probe.at);
         if probe.at == At::Return {
             plan.save_entry_for(cookie);
@@ -74,6 +78,8 @@ impl Plan {
                     outcome: None,
                     has_request_id: false,
                     has_worker_id: false,
+                    constant_model: None,
+                    memory_scale: 1.0,
                 };
                 self.push(spec, info, function_offset, At::Entry);
             }
@@ -83,6 +89,10 @@ impl Plan {
 
 fn spec_of(probe: &Probe) -> ProbeSpec {
     let or_absent = |scalar: Option<Scalar>| scalar.unwrap_or_default();
+    let read_model = match &probe.model {
+        Some(Model::Read(model)) => Some(*model),
+        Some(Model::Constant(_)) | None => None,
+    };
     ProbeSpec {
         kind: probe.event as u32,
         at: match probe.at {
@@ -91,11 +101,11 @@ fn spec_of(probe: &Probe) -> ProbeSpec {
         },
         saves_for: SAVES_NOTHING,
         _reserved: 0,
-        model_ptr: or_absent(probe.model.map(|model| model.ptr)),
-        model_len: or_absent(probe.model.map(|model| model.len)),
+        model_ptr: or_absent(read_model.map(|model| model.ptr)),
+        model_len: or_absent(read_model.map(|model| model.len)),
         worker_id: or_absent(probe.worker_id),
         request_id: or_absent(probe.request_id),
-        memory_bytes: or_absent(probe.memory_bytes),
+        memory_bytes: or_absent(probe.memory_bytes.map(|memory| memory.value)),
         outcome: or_absent(probe.outcome.as_ref().and_then(|outcome| outcome.value)),
     }
 }
@@ -106,5 +116,10 @@ fn info_of(probe: &Probe, function: &str) -> ProbeInfo {
         outcome: probe.outcome.as_ref().map(|outcome| outcome.rule.clone()),
         has_request_id: probe.request_id.is_some(),
         has_worker_id: probe.worker_id.is_some(),
+        constant_model: match &probe.model {
+            Some(Model::Constant(model)) => Some(model.clone()),
+            _ => None,
+        },
+        memory_scale: probe.memory_bytes.map_or(1.0, |memory| memory.scale),
     }
 }

@@ -1,20 +1,30 @@
 //! Finds the pool's functions in its ELF symbol table by demangled Rust path.
 
-use std::{collections::BTreeMap, fmt, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+use super::dwarf::DebugInfo;
+use crate::error::{Class, Refusal};
 
 /// A function that can be probed.
 #[derive(Clone, Debug)]
 pub struct Symbol {
     /// Demangled path without the hash, e.g. `demo_pool::pool::Pool::serve`.
     pub name: String,
+    pub mangled: String,
     pub address: u64,
+    pub size: u64,
     /// Where the function's first instruction sits in the file: what uprobes attach to.
     pub file_offset: u64,
 }
 
 pub struct SymbolTable {
+    path: PathBuf,
     symbols: Vec<Symbol>,
 }
 
@@ -49,6 +59,17 @@ impl fmt::Display for SymbolError {
 
 impl std::error::Error for SymbolError {}
 
+impl SymbolError {
+    pub fn class(&self) -> Class {
+        match self {
+            SymbolError::Unreadable { .. } => Class::Process,
+            SymbolError::Stripped { .. } => Class::StrippedBinary,
+            SymbolError::NotFound { .. } => Class::FunctionNotFound,
+            SymbolError::Ambiguous { .. } => Class::AmbiguousFunction,
+        }
+    }
+}
+
 impl SymbolTable {
     pub fn read(path: &Path) -> Result<Self, SymbolError> {
         let shown = path.display().to_string();
@@ -68,12 +89,43 @@ impl SymbolTable {
                 let file_offset = symbol.address().checked_sub(section.address())? + section_offset;
                 Some(Symbol {
                     name: format!("{:#}", rustc_demangle::demangle(mangled)),
+                    mangled: mangled.to_string(),
                     address: symbol.address(),
+                    size: symbol.size(),
                     file_offset,
                 })
             })
             .collect();
-        Ok(Self { symbols })
+        Ok(Self { path: path.to_path_buf(), symbols })
+    }
+
+    /// Every function matching `pattern`, by name then address.
+    pub fn matching(&self, pattern: &str) -> Vec<&Symbol> {
+        let mut found: Vec<&Symbol> =
+            self.symbols.iter().filter(|symbol| glob_match(pattern, &symbol.name)).collect();
+        found.sort_by(|a, b| (&a.name, a.address).cmp(&(&b.name, b.address)));
+        found
+    }
+
+    /// Like [`SymbolTable::resolve`], but a function that is missing because the compiler
+    /// inlined it everywhere is reported as such when the binary's debug info shows it.
+    pub fn locate(&self, pattern: &str) -> anyhow::Result<&Symbol> {
+        match self.resolve(pattern) {
+            Err(SymbolError::NotFound { .. }) if let Some(name) = self.inlined(pattern) => Err(Refusal::new(
+                Class::InlinedFunction,
+                format!(
+                    "`{name}` was inlined into its callers and has no symbol of its own: \
+                     mark it #[inline(never)] or probe a function that calls it"
+                ),
+            )
+            .into()),
+            other => Ok(other?),
+        }
+    }
+
+    fn inlined(&self, pattern: &str) -> Option<String> {
+        let debug = DebugInfo::read(&self.path).ok()??;
+        debug.inlined(pattern).map(str::to_string)
     }
 
     /// The one function whose demangled name matches `pattern` (`*` matches any run of

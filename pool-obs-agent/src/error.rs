@@ -1,0 +1,58 @@
+//! Every way the agent can refuse to run, each with its own exit code, so that scripts can tell
+//! them apart. Messages are one line and say how to fix the problem.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Anything not classified below.
+    Other = 1,
+    FunctionNotFound = 10,
+    AmbiguousFunction = 11,
+    StrippedBinary = 12,
+    InlinedFunction = 13,
+    Process = 14,
+    Privilege = 15,
+    NoUprobes = 16,
+    ManifestSyntax = 17,
+    ManifestNames = 18,
+    /// `check` found a problem in the manifest.
+    CheckFailed = 19,
+}
+
+/// An error of a known class.
+#[derive(Debug)]
+pub struct Refusal {
+    pub class: Class,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(class: Class, message: impl Into<String>) -> Self {
+        Self { class, message: message.into() }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// The exit code for an error: that of the first classified error in its chain.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let class = error.chain().find_map(|cause| {
+        if let Some(refusal) = cause.downcast_ref::<Refusal>() {
+            return Some(refusal.class);
+        }
+        if let Some(manifest) = cause.downcast_ref::<crate::manifest::ManifestError>() {
+            return Some(manifest.class);
+        }
+        cause
+            .downcast_ref::<crate::attach::symbols::SymbolError>()
+            .map(crate::attach::symbols::SymbolError::class)
+    });
+    class.unwrap_or(Class::Other) as u8
+}
