@@ -26,19 +26,23 @@ static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 const ENTRY_PROGRAM: &str = "probe_entry";
 const RETURN_PROGRAM: &str = "probe_return";
 
-pub struct RingSettings {
+pub struct LoadSettings {
     /// Ring buffer size; the kernel rounds it up to a power-of-two number of pages.
-    pub bytes: u32,
+    pub ring_bytes: u32,
     /// Wake the reader when this much data waits (0: on every event).
     pub wakeup_bytes: u64,
+    /// Have the programs log every value they fail to read.
+    pub debug_probes: bool,
 }
 
 /// Loads the programs, fills `PROBES` from the plan and attaches every probe to `pid` only.
 /// Dropping the returned [`Ebpf`] detaches everything.
-pub fn attach(pid: NonZeroU32, plan: &Plan, ring: &RingSettings) -> Result<Ebpf> {
+pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
+    let debug_probes = u8::from(settings.debug_probes);
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(maps::EVENTS, ring.bytes)
-        .override_global("WAKEUP_BYTES", &ring.wakeup_bytes, true)
+        .map_max_entries(maps::EVENTS, settings.ring_bytes)
+        .override_global("WAKEUP_BYTES", &settings.wakeup_bytes, true)
+        .override_global("DEBUG_PROBES", &debug_probes, true)
         .load(KERNEL_OBJECT)
         .context("loading the kernel programs")?;
     write_specs(&mut ebpf, &plan.specs)?;

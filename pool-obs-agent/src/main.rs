@@ -39,7 +39,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     aggregate::{Aggregator, REQUEST_LOG, Settings},
-    attach::{RingSettings, plan, symbols::SymbolTable},
+    attach::{LoadSettings, plan, symbols::SymbolTable},
     cli::{Cli, Command, LogFormat, Options},
     clock::{WallClock, monotonic_ns},
     export::{
@@ -48,7 +48,7 @@ use crate::{
         metrics::Metrics,
     },
     memory::MemorySampler,
-    ring::{EventRing, KernelCounters},
+    ring::{EventRing, KernelCounters, KernelLogs},
     target::Target,
 };
 
@@ -107,11 +107,13 @@ async fn run(options: Options) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
-    let ring_settings = RingSettings {
-        bytes: options.ring_buffer_bytes,
+    let settings = LoadSettings {
+        ring_bytes: options.ring_buffer_bytes,
         wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
+        debug_probes: options.debug_probes,
     };
-    let mut ebpf = attach::attach(target.pid, &plan, &ring_settings)?;
+    let mut ebpf = attach::attach(target.pid, &plan, &settings)?;
+    let mut kernel_logs = options.debug_probes.then(|| KernelLogs::new(&mut ebpf)).transpose()?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
     let wall = WallClock::now();
@@ -176,6 +178,7 @@ async fn run(options: Options) -> Result<()> {
                 let _ = health_sender.send(observer.refresh(&mut aggregator, &metrics));
             }
             _ = memory_tick.tick() => observer.sample_memory(&metrics),
+            forwarded = forward_kernel_logs(&mut kernel_logs) => forwarded?,
             Some(query) = queries.recv() => {
                 ring.drain(|record| apply_record(&mut aggregator, record));
                 let _ = query.reply.send(aggregator.timeline(query.request_id, &wall));
@@ -183,12 +186,21 @@ async fn run(options: Options) -> Result<()> {
         }
     }
 
+    drop(kernel_logs);
     drop(ring);
     drop(ebpf);
     info!("probes detached");
     let _ = stop_sender.send(true);
     server.await?.context("serving HTTP")?;
     Ok(())
+}
+
+/// Forwards the kernel's log records, if it was asked for them; else never resolves.
+async fn forward_kernel_logs(logs: &mut Option<KernelLogs>) -> std::io::Result<()> {
+    match logs {
+        Some(logs) => logs.forward().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn apply_record(aggregator: &mut Aggregator, record: &[u8]) {

@@ -3,7 +3,11 @@
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result, anyhow};
-use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, PerCpuArray, RingBuf},
+};
+use aya_log::EbpfLogger;
 use pool_obs_common::counters;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -53,5 +57,28 @@ impl KernelCounters {
     pub fn read(&self, counter: u32) -> u64 {
         debug_assert!(counter < counters::COUNT);
         self.array.get(&counter, 0).map_or(0, |values| values.iter().sum())
+    }
+}
+
+/// The kernel programs' own log records (`--debug-probes`), handed to `tracing`.
+pub struct KernelLogs {
+    logger: AsyncFd<EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl KernelLogs {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        let logger = EbpfLogger::init(ebpf).context("reading the kernel programs' logs")?;
+        // SAFETY: the AsyncFd owns the logger, and with it the fd, for as long as it is registered.
+        let logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+            .map_err(|error| anyhow!("watching the kernel programs' logs: {}", error.into_parts().1))?;
+        Ok(Self { logger })
+    }
+
+    /// Waits for records and logs them.
+    pub async fn forward(&mut self) -> std::io::Result<()> {
+        let mut ready = self.logger.readable_mut().await?;
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+        Ok(())
     }
 }

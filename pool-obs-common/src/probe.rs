@@ -40,8 +40,11 @@ pub const AT_RETURN: u32 = 1;
 /// `ProbeSpec::saves_for` when the entry probe saves nothing for a return probe.
 pub const SAVES_NOTHING: u32 = u32::MAX;
 
+/// How much of the probed function's name the spec keeps, for `--debug-probes` logs.
+pub const FUNCTION_NAME_CAPACITY: usize = 64;
+
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeSpec {
     /// The [`crate::event::EventKind`] to write, or 0 for an entry probe that only saves
     /// arguments for a return probe.
@@ -59,6 +62,43 @@ pub struct ProbeSpec {
     pub request_id: Scalar,
     pub memory_bytes: Scalar,
     pub outcome: Scalar,
+    /// The end of the probed function's demangled name, UTF-8, `function_name_len` bytes.
+    pub function_name: [u8; FUNCTION_NAME_CAPACITY],
+    pub function_name_len: u32,
+    pub _reserved2: u32,
+}
+
+impl Default for ProbeSpec {
+    fn default() -> Self {
+        Self {
+            kind: 0,
+            at: AT_ENTRY,
+            saves_for: SAVES_NOTHING,
+            _reserved: 0,
+            model_ptr: Scalar::default(),
+            model_len: Scalar::default(),
+            worker_id: Scalar::default(),
+            request_id: Scalar::default(),
+            memory_bytes: Scalar::default(),
+            outcome: Scalar::default(),
+            function_name: [0; FUNCTION_NAME_CAPACITY],
+            function_name_len: 0,
+            _reserved2: 0,
+        }
+    }
+}
+
+impl ProbeSpec {
+    /// Keeps the end of `name` (the most telling part of a path), cut on a character boundary.
+    pub fn set_function_name(&mut self, name: &str) {
+        let mut start = name.len().saturating_sub(FUNCTION_NAME_CAPACITY);
+        while !name.is_char_boundary(start) {
+            start += 1;
+        }
+        let tail = &name.as_bytes()[start..];
+        self.function_name[..tail.len()].copy_from_slice(tail);
+        self.function_name_len = tail.len() as u32;
+    }
 }
 
 #[cfg(feature = "user")]

@@ -43,6 +43,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUN
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
+/// Non-zero under `--debug-probes`: log every failed read. Set at load time, so that when it is
+/// zero the verifier removes the logging code.
+#[unsafe(no_mangle)]
+static DEBUG_PROBES: Global<u8> = Global::new(0);
+
 #[uprobe]
 pub fn probe_entry(ctx: ProbeContext) {
     let Some((index, spec)) = probe_spec(&ctx) else {
@@ -55,7 +60,7 @@ pub fn probe_entry(ctx: ProbeContext) {
         // On failure the return probe counts the missing entry.
         let _ = ENTRIES.insert(entry_key(spec.saves_for), saved, 0);
     }
-    emit::event(spec, index, now, &registers, 0);
+    emit::event(&ctx, spec, index, now, &registers, 0);
 }
 
 #[uretprobe]
@@ -71,7 +76,7 @@ pub fn probe_return(ctx: RetProbeContext) {
     };
     let _ = ENTRIES.remove(key);
     let registers = Registers::at_return(&ctx, &saved);
-    emit::event(spec, index, now, &registers, saved.entered_ns);
+    emit::event(&ctx, spec, index, now, &registers, saved.entered_ns);
 }
 
 fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(u32, &'static ProbeSpec)> {

@@ -1,41 +1,163 @@
 //! Evaluates a probe spec's value sources against the registers and the target's memory.
 
-use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf};
+use core::cell::Cell;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+};
+use aya_log_ebpf::warn;
 use pool_obs_common::{
     counters,
     event::{MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
-    probe::{BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, ProbeSpec, Scalar},
+    probe::{
+        BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, FUNCTION_NAME_CAPACITY, MAX_DEREFS, ProbeSpec, Scalar,
+    },
 };
 
-use crate::{count, registers::Registers};
+use crate::{DEBUG_PROBES, count, registers::Registers};
 
-/// The value `source` describes, or 0 when it is absent or unreadable (counted).
-pub fn value(source: &Scalar, registers: &Registers) -> u64 {
-    match try_value(source, registers) {
-        Some(value) => value,
-        None => {
-            count(counters::READ_FAILURES);
-            0
+/// A read of the target's memory that failed: where, and the helper's error.
+#[derive(Clone, Copy)]
+struct Failure {
+    address: u64,
+    error: i64,
+}
+
+/// The values a probe reads, by index, named as in the manifest for `--debug-probes` logs.
+pub const WORKER_ID: usize = 3;
+pub const REQUEST_ID: usize = 4;
+pub const MEMORY_BYTES: usize = 5;
+pub const OUTCOME: usize = 6;
+const MODEL_POINTER: usize = 0;
+const MODEL_LENGTH: usize = 1;
+const MODEL: usize = 2;
+
+/// `EINVAL`, for a spec that names no register the program has.
+const INVALID: i64 = -22;
+
+/// Reads the values of one probe hit, remembering the first read that failed.
+pub struct Reader<'a, C: EbpfContext> {
+    ctx: &'a C,
+    registers: &'a Registers,
+    spec: &'a ProbeSpec,
+    probe: u32,
+    first_failure: Cell<Option<(usize, Failure)>>,
+}
+
+impl<'a, C: EbpfContext> Reader<'a, C> {
+    pub fn new(ctx: &'a C, registers: &'a Registers, spec: &'a ProbeSpec, probe: u32) -> Self {
+        Self { ctx, registers, spec, probe, first_failure: Cell::new(None) }
+    }
+
+    /// The value `source` describes, or 0 when it is absent or unreadable (counted, and logged
+    /// under `--debug-probes`).
+    pub fn value(&self, source: &Scalar, field: usize) -> u64 {
+        match try_value(source, self.registers) {
+            Ok(value) => value,
+            Err(failure) => {
+                self.record(field, failure);
+                0
+            }
+        }
+    }
+
+    /// The model key the spec points at, truncated to [`MODEL_KEY_CAPACITY`] bytes.
+    pub fn model(&self) -> ModelKey {
+        let spec = self.spec;
+        let mut key = ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] };
+        if spec.model_ptr.base == BASE_ABSENT {
+            return key;
+        }
+        key.state = MODEL_UNREADABLE;
+        let ptr = match try_value(&spec.model_ptr, self.registers) {
+            Ok(ptr) => ptr,
+            Err(failure) => return self.unreadable(key, MODEL_POINTER, failure),
+        };
+        let len = match try_value(&spec.model_len, self.registers) {
+            Ok(len) => len,
+            Err(failure) => return self.unreadable(key, MODEL_LENGTH, failure),
+        };
+        let captured = core::cmp::min(len, MODEL_KEY_CAPACITY as u64) as usize;
+        if let Err(error) = unsafe { bpf_probe_read_user_buf(ptr as *const u8, &mut key.bytes[..captured]) } {
+            return self.unreadable(key, MODEL, Failure { address: ptr, error: error.into() });
+        }
+        key.len = len;
+        key.captured = captured as u32;
+        key.state = MODEL_PRESENT;
+        key
+    }
+
+    fn unreadable(&self, key: ModelKey, field: usize, failure: Failure) -> ModelKey {
+        self.record(field, failure);
+        key
+    }
+
+    fn record(&self, field: usize, failure: Failure) {
+        count(counters::READ_FAILURES);
+        if self.first_failure.get().is_none() {
+            self.first_failure.set(Some((field, failure)));
+        }
+    }
+
+    /// Under `--debug-probes`, logs the first read that failed. One log call per probe hit,
+    /// after all the reads, keeps the verifier's work linear in the number of reads.
+    pub fn report_failure(&self) {
+        if DEBUG_PROBES.load() == 0 {
+            return;
+        }
+        if let Some((field, failure)) = self.first_failure.get() {
+            let spec = self.spec;
+            let field = field_name(field);
+            let len = core::cmp::min(spec.function_name_len as usize, FUNCTION_NAME_CAPACITY);
+            // SAFETY: the agent writes a whole UTF-8 name of `function_name_len` bytes.
+            let function = unsafe { core::str::from_utf8_unchecked(&spec.function_name[..len]) };
+            warn!(
+                self.ctx,
+                "probe {} ({}) cannot read {} at 0x{:x}: error {}",
+                self.probe,
+                function,
+                field,
+                failure.address,
+                failure.error
+            );
         }
     }
 }
 
-fn try_value(source: &Scalar, registers: &Registers) -> Option<u64> {
+/// A `match`, not a table: BPF cannot relocate pointers stored inside data, but it can each
+/// literal loaded directly.
+fn field_name(field: usize) -> &'static str {
+    match field {
+        MODEL_POINTER => "model pointer",
+        MODEL_LENGTH => "model length",
+        MODEL => "model",
+        WORKER_ID => "worker_id",
+        REQUEST_ID => "request_id",
+        MEMORY_BYTES => "memory_bytes",
+        OUTCOME => "outcome",
+        _ => "?",
+    }
+}
+
+fn try_value(source: &Scalar, registers: &Registers) -> Result<u64, Failure> {
+    let invalid = Failure { address: 0, error: INVALID };
     let mut value = match source.base {
-        BASE_ABSENT => return Some(0),
-        BASE_CONSTANT => return Some(source.constant),
-        BASE_ARG => *registers.args.get(source.reg as usize)?,
-        BASE_RET => *registers.ret.get(source.reg as usize)?,
-        _ => return None,
+        BASE_ABSENT => return Ok(0),
+        BASE_CONSTANT => return Ok(source.constant),
+        BASE_ARG => *registers.args.get(source.reg as usize).ok_or(invalid)?,
+        BASE_RET => *registers.ret.get(source.reg as usize).ok_or(invalid)?,
+        _ => return Err(invalid),
     };
     for hop in 0..MAX_DEREFS {
         if hop >= source.derefs as usize {
             break;
         }
         let address = value.wrapping_add(source.offsets[hop] as u64);
-        value = unsafe { bpf_probe_read_user(address as *const u64) }.ok()?;
+        value = unsafe { bpf_probe_read_user(address as *const u64) }
+            .map_err(|error| Failure { address, error: error.into() })?;
     }
-    Some(truncate(value, source.size))
+    Ok(truncate(value, source.size))
 }
 
 fn truncate(value: u64, size: u8) -> u64 {
@@ -45,28 +167,4 @@ fn truncate(value: u64, size: u8) -> u64 {
         4 => value & 0xffff_ffff,
         _ => value,
     }
-}
-
-/// The model key the spec points at, truncated to [`MODEL_KEY_CAPACITY`] bytes.
-pub fn model(spec: &ProbeSpec, registers: &Registers) -> ModelKey {
-    let mut key = ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] };
-    if spec.model_ptr.base == BASE_ABSENT {
-        return key;
-    }
-    key.state = MODEL_UNREADABLE;
-    let (Some(ptr), Some(len)) =
-        (try_value(&spec.model_ptr, registers), try_value(&spec.model_len, registers))
-    else {
-        count(counters::READ_FAILURES);
-        return key;
-    };
-    let captured = core::cmp::min(len, MODEL_KEY_CAPACITY as u64) as usize;
-    if unsafe { bpf_probe_read_user_buf(ptr as *const u8, &mut key.bytes[..captured]) }.is_err() {
-        count(counters::READ_FAILURES);
-        return key;
-    }
-    key.len = len;
-    key.captured = captured as u32;
-    key.state = MODEL_PRESENT;
-    key
 }

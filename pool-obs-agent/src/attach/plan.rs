@@ -52,7 +52,8 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> 
 }
 
 impl Plan {
-    fn push(&mut self, spec: ProbeSpec, info: ProbeInfo, file_offset: u64, at: At) -> u32 {
+    fn push(&mut self, mut spec: ProbeSpec, info: ProbeInfo, file_offset: u64, at: At) -> u32 {
+        spec.set_function_name(&info.function);
         let cookie = self.specs.len() as u32;
         self.attachments.push(Attachment { function: info.function.clone(), file_offset, at, cookie });
         self.specs.push(spec);
@@ -99,14 +100,13 @@ fn spec_of(probe: &Probe) -> ProbeSpec {
             At::Entry => AT_ENTRY,
             At::Return => AT_RETURN,
         },
-        saves_for: SAVES_NOTHING,
-        _reserved: 0,
         model_ptr: or_absent(read_model.map(|model| model.ptr)),
         model_len: or_absent(read_model.map(|model| model.len)),
         worker_id: or_absent(probe.worker_id),
         request_id: or_absent(probe.request_id),
         memory_bytes: or_absent(probe.memory_bytes.map(|memory| memory.value)),
         outcome: or_absent(probe.outcome.as_ref().and_then(|outcome| outcome.value)),
+        ..ProbeSpec::default()
     }
 }
 
