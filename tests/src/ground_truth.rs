@@ -65,3 +65,63 @@ pub fn model_text(key: &[u8]) -> String {
         Err(_) => key.escape_ascii().to_string(),
     }
 }
+
+/// Counts and latencies of one model's answered requests, as a pool's client saw them.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub requests: Requests,
+    latencies_us: Vec<u64>,
+}
+
+impl Tally {
+    pub fn record(&mut self, outcome: Outcome, latency_us: u64) {
+        match outcome {
+            Outcome::Ok => self.requests.ok += 1,
+            Outcome::Failed => self.requests.failed += 1,
+            Outcome::Timeout => self.requests.timeout += 1,
+        }
+        self.latencies_us.push(latency_us);
+    }
+
+    pub fn summary(&mut self, lifecycle: Lifecycle) -> ModelSummary {
+        self.latencies_us.sort_unstable();
+        ModelSummary {
+            requests: self.requests,
+            spawns: lifecycle.spawns,
+            evictions: lifecycle.evictions,
+            crashes: lifecycle.crashes,
+            max_queue_depth: lifecycle.max_queue_depth,
+            p50_ms: quantile_ms(&self.latencies_us, 0.5),
+            p99_ms: quantile_ms(&self.latencies_us, 0.99),
+        }
+    }
+}
+
+/// What happened to a model's workers, and how long its queue got.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Lifecycle {
+    pub spawns: u64,
+    pub evictions: u64,
+    pub crashes: u64,
+    pub max_queue_depth: usize,
+}
+
+/// The nearest-rank quantile of sorted latencies, in milliseconds.
+fn quantile_ms(sorted_us: &[u64], quantile: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((quantile * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    sorted_us[rank - 1] as f64 / 1000.0
+}
+
+impl Summary {
+    /// Prints the summary as one JSON line on stdout, where the tests read it.
+    pub fn print(models: BTreeMap<String, ModelSummary>) {
+        use std::io::Write;
+        let summary = Summary { pid: std::process::id(), models };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", serde_json::to_string(&summary).expect("a summary serialises"));
+        let _ = stdout.flush();
+    }
+}

@@ -6,3 +6,4 @@ pub mod ground_truth;
 pub mod http;
 pub mod openmetrics;
 pub mod processes;
+pub mod seeded;

@@ -38,13 +38,19 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Starts the reference pool, `demo-pool`.
     pub fn start(args: &[String]) -> Self {
-        let mut child = Command::new(binary("demo-pool"))
+        Self::start_named("demo-pool", args)
+    }
+
+    /// Starts one of the reference pools and waits until it says it is ready.
+    pub fn start_named(name: &str, args: &[String]) -> Self {
+        let mut child = Command::new(binary(name))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start demo-pool");
+            .unwrap_or_else(|error| panic!("start {name}: {error}"));
         let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
         let (ready_sender, ready) = mpsc::channel();
         thread::spawn(move || {
@@ -56,7 +62,7 @@ impl Pool {
             }
         });
         let stdout = lines_of(child.stdout.take().expect("piped stdout"));
-        ready.recv_timeout(Duration::from_secs(30)).expect("demo-pool says it is ready");
+        ready.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{name} says it is ready"));
         Self { child, stdout }
     }
 

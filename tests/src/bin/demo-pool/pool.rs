@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pool_obs_tests::ground_truth::Lifecycle;
+
 use crate::{
     Options,
     load::unit_interval,
@@ -45,16 +47,6 @@ struct State {
     memory_in_use: u64,
     lifecycle: BTreeMap<Vec<u8>, Lifecycle>,
     clock: u64,
-}
-
-/// What happened to a model's workers: the summary's ground truth.
-#[derive(Clone, Copy, Default)]
-pub struct Lifecycle {
-    pub spawns: u64,
-    pub evictions: u64,
-    pub crashes: u64,
-    /// The longest the model's queue was, measured as requests are queued.
-    pub max_queue_depth: usize,
 }
 
 #[derive(Default)]

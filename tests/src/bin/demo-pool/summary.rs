@@ -11,9 +11,9 @@ use std::{
 };
 
 pub use pool_obs_tests::ground_truth::Outcome;
-use pool_obs_tests::ground_truth::{AccessLogLine, ModelSummary, Requests, Summary, model_text};
+use pool_obs_tests::ground_truth::{AccessLogLine, Summary, Tally, model_text};
 
-use crate::pool::{Lifecycle, Pool};
+use crate::pool::Pool;
 
 /// What a client learns of its request.
 pub struct Reply {
@@ -26,16 +26,10 @@ pub struct Reply {
     pub total: Duration,
 }
 
-#[derive(Default)]
-struct ModelRequests {
-    counts: Requests,
-    latencies_us: Vec<u64>,
-}
-
 /// The requests the clients saw answered.
 #[derive(Clone)]
 pub struct Report {
-    requests: Arc<Mutex<BTreeMap<Vec<u8>, ModelRequests>>>,
+    requests: Arc<Mutex<BTreeMap<Vec<u8>, Tally>>>,
     access_log: Option<Arc<Mutex<BufWriter<File>>>>,
 }
 
@@ -50,13 +44,7 @@ impl Report {
         let total_us = reply.total.as_micros() as u64;
         {
             let mut requests = self.requests.lock().unwrap();
-            let entry = requests.entry(model.to_vec()).or_default();
-            match reply.outcome {
-                Outcome::Ok => entry.counts.ok += 1,
-                Outcome::Failed => entry.counts.failed += 1,
-                Outcome::Timeout => entry.counts.timeout += 1,
-            }
-            entry.latencies_us.push(total_us);
+            requests.entry(model.to_vec()).or_default().record(reply.outcome, total_us);
         }
         if let Some(log) = &self.access_log {
             let line = AccessLogLine {
@@ -88,33 +76,10 @@ pub fn print(pool: &Pool, report: &Report) {
     let models = keys
         .into_iter()
         .map(|key| {
-            let Lifecycle { spawns, evictions, crashes, max_queue_depth } =
-                lifecycle.get(&key).copied().unwrap_or_default();
-            let entry = requests.entry(key.clone()).or_default();
-            entry.latencies_us.sort_unstable();
-            let summary = ModelSummary {
-                requests: entry.counts,
-                spawns,
-                evictions,
-                crashes,
-                max_queue_depth,
-                p50_ms: quantile_ms(&entry.latencies_us, 0.5),
-                p99_ms: quantile_ms(&entry.latencies_us, 0.99),
-            };
+            let record = lifecycle.get(&key).copied().unwrap_or_default();
+            let summary = requests.entry(key.clone()).or_default().summary(record);
             (model_text(&key), summary)
         })
         .collect();
-    let summary = Summary { pid: std::process::id(), models };
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", serde_json::to_string(&summary).unwrap());
-    let _ = stdout.flush();
-}
-
-/// The nearest-rank quantile of sorted latencies, in milliseconds.
-fn quantile_ms(sorted_us: &[u64], quantile: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let rank = ((quantile * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
-    sorted_us[rank - 1] as f64 / 1000.0
+    Summary::print(models);
 }

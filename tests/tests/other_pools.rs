@@ -1,0 +1,130 @@
+//! Pools we did not write the agent for: two more reference pools, shaped unlike `demo-pool`,
+//! each profiled to exact counts from a manifest alone; and `check` telling a right manifest
+//! from wrong ones on a binary with debug info.
+
+use std::process::Command;
+
+use pool_obs_tests::{
+    ground_truth::Summary,
+    openmetrics::Exposition,
+    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+};
+
+/// Runs `pool` under load with the agent attached by PID; returns what each side counted.
+fn profile(pool_name: &str, load: &[&str]) -> (Summary, Exposition) {
+    let start = StartFile::new(pool_name);
+    let mut pool = Pool::start_named(pool_name, &[args(load), start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), &manifest(&format!("{pool_name}.toml")), free_address(), &[]);
+    start.start();
+    let summary = pool.summary();
+    pool.wait_for_exit();
+    let requests = summary.models.values().map(|model| model.requests.total()).sum();
+    (summary, agent.metrics_after(requests))
+}
+
+fn assert_counts_equal(summary: &Summary, metrics: &Exposition) {
+    for (model, truth) in &summary.models {
+        let value = |name: &str, extra: &[(&str, &str)]| {
+            let labels: Vec<_> =
+                [("model", model.as_str())].into_iter().chain(extra.iter().copied()).collect();
+            metrics.value(name, &labels).unwrap_or(0.0) as u64
+        };
+        let requests = [
+            ("ok", truth.requests.ok),
+            ("failed", truth.requests.failed),
+            ("timeout", truth.requests.timeout),
+        ];
+        for (status, count) in requests {
+            assert!(count > 0, "{model}: the load has {status} requests");
+            assert_eq!(value("pool_requests_total", &[("status", status)]), count, "{model} {status}");
+        }
+        assert!(truth.spawns > 1 && truth.evictions > 0, "{model}: workers come and go: {truth:?}");
+        assert_eq!(value("pool_worker_spawns_total", &[]), truth.spawns, "{model} spawns");
+        assert_eq!(value("pool_worker_evictions_total", &[]), truth.evictions, "{model} evictions");
+    }
+    assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
+}
+
+#[test]
+fn a_pool_passing_structs_and_returning_results_is_counted_exactly() {
+    let (summary, metrics) = profile("kv-pool", &["--requests", "6000", "--rate", "3000"]);
+    assert_eq!(summary.models.len(), 2);
+    assert_counts_equal(&summary, &metrics);
+    for (model, truth) in &summary.models {
+        // No function of this pool sees a request arrive: a request is timed from the moment a
+        // worker starts it, and one that expired before any worker started it has no duration.
+        let timed = metrics.value("pool_request_duration_seconds_count", &[("model", model)]);
+        assert_eq!(timed, Some((truth.requests.ok + truth.requests.failed) as f64), "{model}");
+    }
+    // Memory is declared in MiB and scaled: every live worker holds 4 MiB, and by the end
+    // every worker was retired.
+    for model in summary.models.keys() {
+        assert_eq!(metrics.value("pool_worker_memory_bytes", &[("model", model)]), Some(0.0));
+    }
+}
+
+#[test]
+fn a_pool_with_one_model_and_no_keys_is_counted_exactly() {
+    let (summary, metrics) = profile("solo-pool", &["--requests", "6000", "--rate", "3000"]);
+    assert_eq!(summary.models.keys().collect::<Vec<_>>(), ["solo"]);
+    assert_counts_equal(&summary, &metrics);
+    // Each call of `handle` is a request, timed from entry to return.
+    let timed = metrics.value("pool_request_duration_seconds_count", &[("model", "solo")]);
+    assert_eq!(timed, Some(summary.models["solo"].requests.total() as f64));
+}
+
+/// Runs `check` on the demo pool with a manifest edited by `edit`; returns its exit code and
+/// what it printed.
+fn check_demo_manifest(edit: impl Fn(String) -> String) -> (i32, String) {
+    let text = edit(std::fs::read_to_string(manifest("demo-pool.toml")).expect("the demo manifest"));
+    let path =
+        std::env::temp_dir().join(format!("pool-obs-check-{}-{}.toml", std::process::id(), text.len()));
+    std::fs::write(&path, text).expect("write the edited manifest");
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["check", "--binary"])
+        .arg(binary("demo-pool"))
+        .arg("--manifest")
+        .arg(&path)
+        .output()
+        .expect("run pool-obs-agent check");
+    let _ = std::fs::remove_file(&path);
+    let printed =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), printed)
+}
+
+#[test]
+fn check_catches_a_wrong_register_and_a_missing_hidden_pointer_shift() {
+    let (code, printed) = check_demo_manifest(|text| text);
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.contains("ok: 7 probes check out"), "{printed}");
+
+    // `worker_id` one register too early: that is the model's length.
+    let (code, printed) = check_demo_manifest(|text| {
+        text.replacen(
+            "worker_id = \"arg3\"\nmemory_bytes = \"arg4\"",
+            "worker_id = \"arg2\"\nmemory_bytes = \"arg4\"",
+            1,
+        )
+    });
+    assert_eq!(code, 19, "{printed}");
+    assert!(
+        printed.contains("✗ worker_id: arg2 is the length of `model: &[u8]`, not a whole integer"),
+        "{printed}"
+    );
+
+    // `serve` read as if its 24-byte result did not take arg0.
+    let (code, printed) = check_demo_manifest(|text| {
+        text.replace(
+            "model = \"str(arg2, arg3)\"\nrequest_id = \"arg4\"\nworker_id = \"arg5\"",
+            "model = \"str(arg1, arg2)\"\nrequest_id = \"arg3\"\nworker_id = \"arg4\"",
+        )
+    });
+    assert_eq!(code, 19, "{printed}");
+    assert!(printed.contains("✗ model: str(arg1, arg2) must be the pointer and length of one value, but arg1 is `self: &demo_pool::pool::Pool`"), "{printed}");
+    assert!(
+        printed.contains("✗ request_id: arg3 is the length of `model: &[u8]`, not a whole integer"),
+        "{printed}"
+    );
+    assert!(printed.contains("2 problem(s)") || printed.contains("problem(s) in"), "{printed}");
+}
