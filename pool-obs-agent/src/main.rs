@@ -138,6 +138,7 @@ async fn run(options: Options) -> Result<()> {
         observing_since: SystemTime::now(),
         kernel_counters,
         events_lost: 0,
+        read_failures: 0,
         memory: MemorySampler::new(target.pid.get()),
     };
     observer.sample_memory(&metrics);
@@ -217,6 +218,7 @@ struct Observer<'a> {
     observing_since: SystemTime,
     kernel_counters: KernelCounters,
     events_lost: u64,
+    read_failures: u64,
     memory: MemorySampler,
 }
 
@@ -228,6 +230,9 @@ impl Observer<'_> {
             warn!(lost = lost - self.events_lost, "ring buffer full: events lost");
             self.events_lost = lost;
         }
+        let failures = self.kernel_counters.read(counters::READ_FAILURES);
+        metrics.read_failures.inc_by(failures.saturating_sub(self.read_failures));
+        self.read_failures = self.read_failures.max(failures);
         let target_up = self.target.is_alive();
         metrics.target_up.set(i64::from(target_up));
         aggregator.refresh(monotonic_ns());

@@ -139,7 +139,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 fn fields_of(event: EventKind) -> &'static [&'static str] {
     match event {
         EventKind::WorkerSpawned => &["model", "worker_id", "memory_bytes"],
-        EventKind::WorkerEvicted | EventKind::WorkerCrashed => &["model", "worker_id"],
+        EventKind::WorkerEvicted | EventKind::WorkerCrashed => &["worker_id", "model"],
         EventKind::RequestSubmitted => &["request_id", "model"],
         EventKind::RequestStarted => &["request_id", "model", "worker_id"],
         EventKind::RequestEnded => &["outcome", "request_id", "model", "worker_id"],

@@ -128,3 +128,42 @@ fn check_catches_a_wrong_register_and_a_missing_hidden_pointer_shift() {
     );
     assert!(printed.contains("2 problem(s)") || printed.contains("problem(s) in"), "{printed}");
 }
+
+#[test]
+fn debug_probes_log_a_wrong_offset_with_the_probe_and_field() {
+    // The job's id read one pointer hop too far: the id itself is taken for an address.
+    let wrong = std::fs::read_to_string(manifest("kv-pool.toml")).expect("the kv-pool manifest").replacen(
+        "request_id = \"*(arg2 + 56)\"",
+        "request_id = \"*(*(arg2 + 56))\"",
+        1,
+    );
+    let path = std::env::temp_dir().join(format!("pool-obs-wrong-offset-{}.toml", std::process::id()));
+    std::fs::write(&path, wrong).expect("write the manifest");
+    let start = StartFile::new("debug-probes");
+    let mut pool = Pool::start_named(
+        "kv-pool",
+        &[args(&["--requests", "200", "--rate", "1000"]), start.arg().to_vec()].concat(),
+    );
+    let mut agent = Agent::attach_logging(pool.pid(), &path, &["--debug-probes"], "warn");
+    start.start();
+    pool.summary();
+    pool.wait_for_exit();
+    let metrics = agent.metrics_after(200);
+    pool_obs_tests::processes::stop(&mut agent.child, libc::SIGTERM);
+    let _ = std::fs::remove_file(&path);
+
+    let logs: Vec<String> = agent.logs.take().expect("captured logs").into_iter().collect();
+    let failed_reads: Vec<&String> = logs.iter().filter(|line| line.contains("cannot read")).collect();
+    let started = metrics.value("pool_obs_events_total", &[("event", "request_started")]).unwrap();
+    assert!(
+        started > 0.0 && failed_reads.len() as f64 >= started,
+        "{} lines for {started} starts",
+        failed_reads.len()
+    );
+    for line in failed_reads {
+        assert!(line.contains("probe 2 (kv_pool::Worker::execute) cannot read request_id at 0x"), "{line}");
+        assert!(line.ends_with("error -14"), "EFAULT: {line}");
+    }
+    let counted = metrics.value("pool_obs_read_failures_total", &[]).unwrap();
+    assert!(counted >= started, "every failed read is counted: {counted} for {started} starts");
+}

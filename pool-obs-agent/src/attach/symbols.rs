@@ -140,27 +140,56 @@ impl SymbolTable {
         match by_address.len() {
             1 => Ok(by_address.into_values().next().expect("one match")),
             0 => Err(SymbolError::NotFound { pattern: pattern.to_string(), nearest: self.nearest(pattern) }),
-            _ => Err(SymbolError::Ambiguous {
-                pattern: pattern.to_string(),
-                matches: by_address.values().map(|symbol| symbol.name.clone()).collect(),
-            }),
+            _ => {
+                let mut matches: Vec<String> =
+                    by_address.values().map(|symbol| symbol.name.clone()).collect();
+                matches.sort();
+                Err(SymbolError::Ambiguous { pattern: pattern.to_string(), matches })
+            }
         }
     }
 
-    /// Up to five functions whose name ends like the pattern's last path segment.
+    /// The functions whose last path segment is closest to the pattern's (two edits at most),
+    /// those in the pattern's own module first; five at most.
     fn nearest(&self, pattern: &str) -> Vec<String> {
-        let last_segment = pattern.rsplit("::").next().unwrap_or(pattern).replace('*', "");
-        let mut names: Vec<String> = self
+        let wanted = last_segment(pattern).replace('*', "");
+        let module = pattern.rsplit_once("::").map_or("", |(module, _)| module);
+        let scored: Vec<(usize, bool, &str)> = self
             .symbols
             .iter()
-            .filter(|symbol| !last_segment.is_empty() && symbol.name.ends_with(&format!("::{last_segment}")))
-            .map(|symbol| symbol.name.clone())
+            .map(|symbol| {
+                let distance = edit_distance(&wanted, last_segment(&symbol.name));
+                (distance, !symbol.name.starts_with(module), symbol.name.as_str())
+            })
+            .filter(|(distance, _, _)| *distance <= 2)
             .collect();
-        names.sort();
-        names.dedup();
-        names.truncate(5);
-        names
+        let Some(closest) = scored.iter().map(|(distance, _, _)| *distance).min() else {
+            return Vec::new();
+        };
+        let mut near: Vec<_> = scored.into_iter().filter(|(distance, _, _)| *distance == closest).collect();
+        near.sort();
+        near.dedup_by(|a, b| a.2 == b.2);
+        near.into_iter().take(5).map(|(_, _, name)| name.to_string()).collect()
     }
+}
+
+fn last_segment(path: &str) -> &str {
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, a_char) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, b_char) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(a_char != *b_char);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of characters.
@@ -185,7 +214,15 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{edit_distance, glob_match};
+
+    #[test]
+    fn distances() {
+        assert_eq!(edit_distance("serv", "serve"), 1);
+        assert_eq!(edit_distance("spawn_wroker", "spawn_worker"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
 
     #[test]
     fn globs() {

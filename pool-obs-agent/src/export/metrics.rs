@@ -36,6 +36,7 @@ pub mod name {
     pub const SYSTEM_MEMORY: &str = "pool_system_memory_bytes";
     pub const EVENTS: &str = "pool_obs_events";
     pub const EVENTS_LOST: &str = "pool_obs_events_lost";
+    pub const READ_FAILURES: &str = "pool_obs_read_failures";
     pub const TARGET_UP: &str = "pool_obs_target_up";
     pub const PROBES_ATTACHED: &str = "pool_obs_probes_attached";
     pub const BUILD_INFO: &str = "pool_obs_build_info";
@@ -117,6 +118,7 @@ pub struct Metrics {
     pub process_memory_peak: Gauge,
     pub system_memory: Gauge,
     pub events_lost: Counter,
+    pub read_failures: Counter,
     pub target_up: Gauge,
     pub probes_attached: Gauge,
 }
@@ -168,6 +170,7 @@ impl Metrics {
             process_memory_peak: Gauge::default(),
             system_memory: Gauge::default(),
             events_lost: Counter::default(),
+            read_failures: Counter::default(),
             target_up: Gauge::default(),
             probes_attached: Gauge::default(),
         };
@@ -217,6 +220,11 @@ impl Metrics {
             name::EVENTS_LOST,
             "Events the kernel could not write because the ring buffer was full",
             metrics.events_lost.clone(),
+        );
+        registry.register(
+            name::READ_FAILURES,
+            "Values the kernel programs could not read from the target (see --debug-probes)",
+            metrics.read_failures.clone(),
         );
         registry.register(name::TARGET_UP, "1 while the target process runs", metrics.target_up.clone());
         registry.register(
