@@ -72,6 +72,9 @@ pub struct ModelState {
     pub requests: [u64; 3],
     /// Consecutive refreshes at which every worker was busy.
     pub saturated_refreshes: u32,
+    /// The window slice `recent` was computed in, and whether events came since.
+    summarized_slice: Option<u64>,
+    changed: bool,
 }
 
 struct InFlight {
@@ -128,7 +131,12 @@ impl Aggregator {
     /// Brings the window statistics, their gauges and the saturation counts up to `now_ns`.
     pub fn refresh(&mut self, now_ns: u64) {
         for model in &mut self.models {
-            model.recent = model.window.summarize(now_ns, &mut self.merged_latency);
+            let slice = model.window.slice_index(now_ns);
+            if model.changed || model.summarized_slice != Some(slice) {
+                model.recent = model.window.summarize(now_ns, &mut self.merged_latency);
+                model.summarized_slice = Some(slice);
+                model.changed = false;
+            }
             let quantiles = [model.recent.p50_ms, model.recent.p95_ms, model.recent.p99_ms];
             model.metrics.request_duration_quantiles.set_quantiles(quantiles.map(|millis| millis / 1000.0));
             model.metrics.queue_depth_max.set(model.recent.max_queue_depth as i64);
@@ -301,6 +309,7 @@ impl Aggregator {
             state.metrics.request_service.observe(seconds(service));
         }
         state.window.record_request(record.ended_ns.unwrap_or_default(), status, total);
+        state.changed = true;
         log_request(&state.label, request_id, &record, self.settings.slow_request);
         if let Some(request_id) = request_id {
             self.recent.insert(request_id, record);
@@ -387,6 +396,8 @@ impl Aggregator {
             memory_bytes: 0,
             requests: [0; 3],
             saturated_refreshes: 0,
+            summarized_slice: None,
+            changed: false,
         });
         self.model_ids.insert(key.to_vec(), id);
         id
@@ -397,6 +408,7 @@ impl ModelState {
     fn publish_queue(&mut self, now_ns: u64) {
         self.metrics.queue_depth.set(self.queued as i64);
         self.window.record_queue_depth(now_ns, self.queued);
+        self.changed = true;
     }
 
     fn publish_workers(&self) {

@@ -56,9 +56,7 @@ pub fn probe_entry(ctx: ProbeContext) {
     let now = unsafe { bpf_ktime_get_ns() };
     let registers = Registers::at_entry(&ctx);
     if spec.saves_for != SAVES_NOTHING {
-        let saved = SavedEntry { args: registers.args, entered_ns: now };
-        // On failure the return probe counts the missing entry.
-        let _ = ENTRIES.insert(entry_key(spec.saves_for), saved, 0);
+        save_entry(entry_key(spec.saves_for), SavedEntry { args: registers.args, entered_ns: now });
     }
     emit::event(&ctx, spec, index, now, &registers, 0);
 }
@@ -69,14 +67,34 @@ pub fn probe_return(ctx: RetProbeContext) {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = entry_key(index);
-    let Some(saved) = (unsafe { ENTRIES.get(key) }).copied() else {
+    let Some(saved) = take_entry(entry_key(index)) else {
         count(counters::RETURNS_WITHOUT_ENTRY);
         return;
     };
-    let _ = ENTRIES.remove(key);
     let registers = Registers::at_return(&ctx, &saved);
     emit::event(&ctx, spec, index, now, &registers, saved.entered_ns);
+}
+
+/// A thread's slot is reused call after call: overwritten in place at entry, marked empty (a
+/// zero entry time) at return. Two lookups cost less than an update and a delete.
+fn save_entry(key: u64, saved: SavedEntry) {
+    match ENTRIES.get_ptr_mut(key) {
+        Some(slot) => unsafe { *slot = saved },
+        // On failure the return probe counts the missing entry.
+        None => {
+            let _ = ENTRIES.insert(key, saved, 0);
+        }
+    }
+}
+
+fn take_entry(key: u64) -> Option<SavedEntry> {
+    let slot = ENTRIES.get_ptr_mut(key)?;
+    let saved = unsafe { *slot };
+    if saved.entered_ns == 0 {
+        return None;
+    }
+    unsafe { (*slot).entered_ns = 0 };
+    Some(saved)
 }
 
 fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(u32, &'static ProbeSpec)> {

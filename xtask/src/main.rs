@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything a fresh machine needs to build, demo and test pool-obs.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -25,6 +26,8 @@ enum Task {
     Demo(demo::Options),
     /// Set up, then run the whole suite: fmt, clippy (host and eBPF), unit and end-to-end tests.
     Test,
+    /// Measure pool-obs side by side with the kernel's floor and bpftrace; prints a markdown report.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Task::Build => setup::setup().and_then(|tools| tools.build_release()),
         Task::Demo(options) => demo::run(&options),
         Task::Test => test::run_suite(),
+        Task::Bench(options) => bench::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

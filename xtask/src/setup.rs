@@ -140,7 +140,7 @@ fn ensure_bpf_linker() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> =
         packages.iter().copied().filter(|package| !debian_package_installed(package)).collect();
     if missing.is_empty() {

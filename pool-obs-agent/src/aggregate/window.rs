@@ -90,9 +90,14 @@ impl Window {
         summary
     }
 
+    /// Which slice `now` falls in: the summary changes when it does, even without events.
+    pub fn slice_index(&self, now: u64) -> u64 {
+        now / self.slice_ns
+    }
+
     /// The slice `now` falls in, dropping slices that left the window.
     fn slice(&mut self, now: u64) -> &mut Slice {
-        let index = now / self.slice_ns;
+        let index = self.slice_index(now);
         while self.slices.front().is_some_and(|slice| slice.index + u64::from(SLICES) <= index) {
             self.slices.pop_front();
         }

@@ -1,0 +1,85 @@
+//! `bench-target`: the probed function of `cargo xtask bench`, called as fast as it goes (or at
+//! a paced rate) on one or more threads, cycling through model names. Prints one JSON line:
+//! calls, elapsed nanoseconds, and nanoseconds per call.
+
+use std::{
+    hint::black_box,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Options {
+    /// Calls in all, shared among the threads.
+    #[arg(long, default_value_t = 2_000_000)]
+    calls: u64,
+    /// Distinct model names to cycle through.
+    #[arg(long, default_value_t = 4)]
+    models: u64,
+    /// Busy work inside each call, in nanoseconds.
+    #[arg(long, default_value_t = 0)]
+    work_ns: u64,
+    /// Calls per second per thread; 0 calls as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 1)]
+    threads: u64,
+    /// Wait until this file exists before calling.
+    #[arg(long)]
+    start_file: Option<PathBuf>,
+}
+
+/// The function every configuration probes. It cannot panic, so a return probe is safe on it.
+#[inline(never)]
+pub fn handle_request(model: &str, request_id: u64, work_ns: u64) -> Result<u32, String> {
+    if work_ns > 0 {
+        let until = Instant::now() + Duration::from_nanos(work_ns);
+        while Instant::now() < until {}
+    }
+    let first = model.as_bytes().first().copied().unwrap_or_default();
+    if request_id % 1_000 == 999 {
+        return Err(format!("{model} failed request {request_id}"));
+    }
+    Ok(u32::from(first).wrapping_add(request_id as u32))
+}
+
+fn main() {
+    let options = Options::parse();
+    let models: Vec<String> = (0..options.models).map(|model| format!("model-{model}")).collect();
+    eprintln!("bench-target: ready, pid {}", std::process::id());
+    if let Some(start_file) = &options.start_file {
+        while !start_file.exists() {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let per_thread = options.calls / options.threads.max(1);
+    let started = Instant::now();
+    thread::scope(|scope| {
+        for thread_index in 0..options.threads.max(1) {
+            let models = &models;
+            let options = &options;
+            scope.spawn(move || call(options, models, thread_index * per_thread, per_thread));
+        }
+    });
+    let elapsed = started.elapsed().as_nanos() as u64;
+    let calls = per_thread * options.threads.max(1);
+    println!(r#"{{"calls":{calls},"elapsed_ns":{elapsed},"ns_per_call":{}}}"#, elapsed as f64 / calls as f64);
+}
+
+fn call(options: &Options, models: &[String], first_id: u64, calls: u64) {
+    let interval = (options.rate > 0).then(|| Duration::from_secs_f64(1.0 / options.rate as f64));
+    let mut next = Instant::now();
+    for request_id in first_id..first_id + calls {
+        let model = &models[(request_id % models.len() as u64) as usize];
+        let _ = black_box(handle_request(black_box(model), request_id, options.work_ns));
+        if let Some(interval) = interval {
+            next += interval;
+            while Instant::now() < next {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
