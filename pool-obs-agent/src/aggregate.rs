@@ -227,7 +227,8 @@ impl Aggregator {
     }
 
     fn on_request_started(&mut self, event: &RequestStarted) {
-        let worker_model = self.worker_model(event.worker_id);
+        let worker = self.named_worker(&event.header, event.worker_id);
+        let worker_model = worker.and_then(|worker| self.worker_model(worker));
         let known = self.requests.get(&event.request_id).map(|request| request.model);
         let model = self.model_of(&event.header, &event.model, known.or(worker_model));
         let now = event.header.ts_ns;
@@ -239,13 +240,21 @@ impl Aggregator {
         let was_queued = request.started_ns.is_none();
         let request_model = request.model;
         request.started_ns = Some(now);
-        request.worker = Some(event.worker_id);
+        request.worker = worker;
         if was_queued {
             let state = &mut self.models[request_model];
             state.queued = state.queued.saturating_sub(1);
             state.publish_queue(now);
         }
-        self.worker_serves(event.worker_id, request_model, Some(event.request_id));
+        if let Some(worker) = worker {
+            self.worker_serves(worker, request_model, Some(event.request_id));
+        }
+    }
+
+    /// The worker an event names, if its probe reads one: otherwise the field means nothing.
+    fn named_worker(&self, header: &Header, worker_id: u64) -> Option<u64> {
+        let probe = self.probes.get(header.probe as usize);
+        probe.is_some_and(|probe| probe.has_worker_id).then_some(worker_id)
     }
 
     fn on_request_ended(&mut self, event: &RequestEnded) {
@@ -255,7 +264,7 @@ impl Aggregator {
             .map_or(Status::Failed, |rule| rule.classify(event.outcome_value));
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
         let request = request_id.and_then(|id| self.requests.remove(&id));
-        let named_worker = probe.is_some_and(|probe| probe.has_worker_id).then_some(event.worker_id);
+        let named_worker = self.named_worker(&event.header, event.worker_id);
         let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
             request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));

@@ -226,3 +226,14 @@ impl Drop for Agent {
         kill_if_running(&mut self.child);
     }
 }
+
+/// A process's resident memory as the kernel reports it in `/proc/PID/status` (VmRSS).
+pub fn vm_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    kib * 1024
+}

@@ -312,13 +312,7 @@ fn request_timelines_match_the_pools_access_log() {
 }
 
 fn vm_rss_bytes(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the pool's status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line");
-    kib * 1024.0
+    pool_obs_tests::processes::vm_rss_bytes(pid) as f64
 }
 
 #[test]

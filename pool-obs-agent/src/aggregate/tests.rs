@@ -13,7 +13,8 @@ use crate::{
     outcome::{Condition, OutcomeRule},
 };
 
-/// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out.
+/// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them
+/// on a worker; other probes read neither request nor worker ids.
 fn aggregator() -> Aggregator {
     let ended = |outcome| ProbeInfo {
         function: "f".into(),
@@ -32,7 +33,9 @@ fn aggregator() -> Aggregator {
         slow_request: Duration::from_secs(1),
         recent_requests: 2,
     };
-    let probes = vec![ended(by_rule), ended(OutcomeRule::constant(Status::Timeout))];
+    let started =
+        ProbeInfo { outcome: None, has_worker_id: true, ..ended(OutcomeRule::constant(Status::Ok)) };
+    let probes = vec![ended(by_rule), ended(OutcomeRule::constant(Status::Timeout)), started];
     Aggregator::new(Arc::new(Metrics::new()), probes, settings)
 }
 
@@ -92,7 +95,7 @@ fn submitted(name: &str, request_id: u64, ts_ns: u64) -> Event {
 
 fn started(request_id: u64, worker_id: u64, ts_ns: u64) -> Event {
     Event::RequestStarted(RequestStarted {
-        header: header(EventKind::RequestStarted, 9, ts_ns),
+        header: header(EventKind::RequestStarted, 2, ts_ns),
         model: no_model(),
         request_id,
         worker_id,
