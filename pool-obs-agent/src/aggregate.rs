@@ -30,6 +30,9 @@ use window::Window;
 /// function, and no earlier event for the same request or worker).
 pub const UNKNOWN_MODEL: &str = "__unknown__";
 
+/// The label for models past `--max-models`: a flood of distinct keys cannot grow the agent.
+pub const OTHER_MODELS: &str = "__other__";
+
 /// Where request logs go: `RUST_LOG=pool_obs::requests=debug` shows every completed request.
 pub const REQUEST_LOG: &str = "pool_obs::requests";
 const WORKER_LOG: &str = "pool_obs::workers";
@@ -43,6 +46,8 @@ pub struct Settings {
     pub slow_request: Duration,
     /// How many completed requests `/requests/{id}` remembers.
     pub recent_requests: usize,
+    /// Distinct model keys tracked; the rest count under [`OTHER_MODELS`].
+    pub max_models: usize,
 }
 
 pub struct Aggregator {
@@ -52,6 +57,8 @@ pub struct Aggregator {
     event_counters: Vec<(EventKind, Counter)>,
     model_ids: HashMap<Vec<u8>, ModelId>,
     models: Vec<ModelState>,
+    /// Models with keys of their own, not counting the unknown and other models.
+    tracked_models: usize,
     requests: HashMap<u64, InFlight>,
     recent: RecentRequests,
     workers: HashMap<u64, Worker>,
@@ -101,6 +108,7 @@ impl Aggregator {
             event_counters,
             model_ids: HashMap::new(),
             models: Vec::new(),
+            tracked_models: 0,
             requests: HashMap::new(),
             recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
@@ -390,6 +398,13 @@ impl Aggregator {
     fn model_id(&mut self, key: &[u8], truncated: bool) -> ModelId {
         if let Some(id) = self.model_ids.get(key) {
             return *id;
+        }
+        let reserved = key == UNKNOWN_MODEL.as_bytes() || key == OTHER_MODELS.as_bytes();
+        if !reserved {
+            if self.tracked_models >= self.settings.max_models {
+                return self.model_id(OTHER_MODELS.as_bytes(), false);
+            }
+            self.tracked_models += 1;
         }
         let label = model_label(key, truncated);
         let id = self.models.len();

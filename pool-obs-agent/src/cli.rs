@@ -79,6 +79,12 @@ pub struct Options {
     /// How many completed requests `/requests/{id}` remembers.
     #[arg(long, default_value_t = 10_000)]
     pub recent_requests: usize,
+    /// Distinct model keys to track; events of further keys count under model="__other__".
+    #[arg(long, default_value_t = 1000)]
+    pub max_models: usize,
+    /// Detach and exit when the target process exits, instead of staying up to report it.
+    #[arg(long)]
+    pub exit_with_target: bool,
     /// Health: a model with more requests queued is degraded.
     #[arg(long)]
     pub max_queue_depth: Option<u64>,

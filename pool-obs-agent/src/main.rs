@@ -125,6 +125,7 @@ async fn run(options: Options) -> Result<()> {
         window: Duration::from_secs(options.window_secs.max(1)),
         slow_request: Duration::from_millis(options.slow_request_ms),
         recent_requests: options.recent_requests,
+        max_models: options.max_models,
     };
     let mut aggregator = Aggregator::new(metrics.clone(), plan.probes.clone(), settings);
     let thresholds = Thresholds {
@@ -139,6 +140,7 @@ async fn run(options: Options) -> Result<()> {
         kernel_counters,
         events_lost: 0,
         read_failures: 0,
+        target_up: true,
         memory: MemorySampler::new(target.pid.get()),
     };
     observer.sample_memory(&metrics);
@@ -177,6 +179,10 @@ async fn run(options: Options) -> Result<()> {
             _ = refresh_tick.tick() => {
                 ring.drain(|record| apply_record(&mut aggregator, record));
                 let _ = health_sender.send(observer.refresh(&mut aggregator, &metrics));
+                if options.exit_with_target && !observer.target_up {
+                    warn!(pid = target.pid.get(), "the target exited: detaching and exiting (--exit-with-target)");
+                    break;
+                }
             }
             _ = memory_tick.tick() => observer.sample_memory(&metrics),
             forwarded = forward_kernel_logs(&mut kernel_logs) => forwarded?,
@@ -219,6 +225,7 @@ struct Observer<'a> {
     kernel_counters: KernelCounters,
     events_lost: u64,
     read_failures: u64,
+    target_up: bool,
     memory: MemorySampler,
 }
 
@@ -234,6 +241,7 @@ impl Observer<'_> {
         metrics.read_failures.inc_by(failures.saturating_sub(self.read_failures));
         self.read_failures = self.read_failures.max(failures);
         let target_up = self.target.is_alive();
+        self.target_up = target_up;
         metrics.target_up.set(i64::from(target_up));
         aggregator.refresh(monotonic_ns());
         health::render(&health::Inputs {

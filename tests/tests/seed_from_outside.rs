@@ -408,3 +408,21 @@ fn logs_carry_the_request_id_and_failures_pass_a_stricter_filter() {
     assert_eq!(crash_lines as u64, crashes, "crashes are logged at warn, with the worker");
     assert!(!lines.iter().any(|line| line["fields"]["message"] == "worker spawned"), "info is filtered out");
 }
+
+#[test]
+fn with_exit_with_target_the_agent_leaves_when_the_pool_does() {
+    let start = StartFile::new("exit-with-target");
+    let mut pool =
+        Pool::start(&[args(&["--requests", "300", "--rate", "1000"]), start.arg().to_vec()].concat());
+    let mut agent =
+        Agent::attach_logging(pool.pid(), &manifest("demo-pool.toml"), &["--exit-with-target"], "warn");
+    start.start();
+    pool.summary();
+    pool.wait_for_exit();
+    let exited_at = Instant::now();
+    let status = agent.child.wait().expect("the agent exits");
+    assert!(status.success(), "{status}");
+    assert!(exited_at.elapsed() < Duration::from_secs(2), "left {:?} after the pool", exited_at.elapsed());
+    let logs: Vec<String> = agent.logs.take().expect("captured logs").into_iter().collect();
+    assert!(logs.iter().any(|line| line.contains("the target exited: detaching and exiting")), "{logs:?}");
+}

@@ -32,6 +32,7 @@ fn aggregator() -> Aggregator {
         window: Duration::from_secs(60),
         slow_request: Duration::from_secs(1),
         recent_requests: 2,
+        max_models: 3,
     };
     let started =
         ProbeInfo { outcome: None, has_worker_id: true, ..ended(OutcomeRule::constant(Status::Ok)) };
@@ -228,4 +229,16 @@ fn refresh_publishes_window_quantiles_and_saturation() {
     aggregator.refresh(100 * 1_000_000_000);
     aggregator.refresh(100 * 1_000_000_000);
     assert_eq!(state(&aggregator, "m").saturated_refreshes, 2);
+}
+
+#[test]
+fn a_flood_of_model_keys_stops_at_max_models() {
+    let mut aggregator = aggregator();
+    for id in 0..1000 {
+        feed(&mut aggregator, &[submitted(&format!("model-{id}"), id, 10), ended(0, id, 0, 20)]);
+    }
+    let labels: Vec<&str> = aggregator.models().iter().map(|model| model.label.as_str()).collect();
+    assert_eq!(labels, ["model-0", "model-1", "model-2", OTHER_MODELS]);
+    assert_eq!(state(&aggregator, OTHER_MODELS).requests, [997, 0, 0]);
+    assert_eq!(aggregator.model_ids.len(), 4, "unseen keys are not remembered");
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::http::RenderedHealth;
 use crate::{
-    aggregate::{ModelState, UNKNOWN_MODEL},
+    aggregate::{ModelState, OTHER_MODELS, UNKNOWN_MODEL},
     clock::rfc3339,
     memory::MemorySample,
     target::Target,
@@ -160,7 +160,8 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
     let models: Vec<ModelReport> = inputs
         .models
         .iter()
-        .filter(|model| model.label != UNKNOWN_MODEL)
+        // The catch-all buckets are not models with workers of their own.
+        .filter(|model| model.label != UNKNOWN_MODEL && model.label != OTHER_MODELS)
         .map(|model| model_report(model, inputs.thresholds))
         .collect();
     let worst_model = models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy);
