@@ -237,3 +237,28 @@ pub fn vm_rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0);
     kib * 1024
 }
+
+/// Arguments for a reference-pool run with every outcome in it: `requests` at 2,500 a second,
+/// 5% failing, 1% with deadlines already past, and an occasional crashing worker.
+pub fn mixed_load(requests: u64, seed: u64) -> Vec<String> {
+    let (requests, seed) = (requests.to_string(), seed.to_string());
+    let load = [
+        "--requests",
+        &requests,
+        "--rate",
+        "2500",
+        "--work-us",
+        "500",
+        "--timeout-ms",
+        "20",
+        "--impatient-rate",
+        "0.01",
+        "--fail-rate",
+        "0.05",
+        "--crash-rate",
+        "0.002",
+        "--seed",
+        &seed,
+    ];
+    args(&load)
+}

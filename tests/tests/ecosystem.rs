@@ -12,7 +12,7 @@ use std::{
 
 use pool_obs_tests::{
     http,
-    processes::{Agent, Pool, StartFile, args, free_address, manifest, stop},
+    processes::{Agent, Pool, StartFile, free_address, manifest, mixed_load, stop},
 };
 
 fn deploy(path: &str) -> PathBuf {
@@ -99,23 +99,7 @@ fn percent_encode(text: &str) -> String {
 #[test]
 fn a_real_prometheus_scrapes_the_agent_and_agrees_with_the_pool() {
     let start = StartFile::new("prometheus");
-    let load = [
-        "--requests",
-        "8000",
-        "--rate",
-        "2000",
-        "--work-us",
-        "500",
-        "--timeout-ms",
-        "20",
-        "--impatient-rate",
-        "0.01",
-        "--fail-rate",
-        "0.05",
-        "--seed",
-        "13",
-    ];
-    let mut pool = Pool::start(&[args(&load), start.arg().to_vec()].concat());
+    let mut pool = Pool::start(&[mixed_load(8000, 13), start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest("demo-pool.toml"), free_address(), &[]);
     let prometheus = Prometheus::scraping(agent.address);
     start.start();

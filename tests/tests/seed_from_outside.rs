@@ -12,7 +12,7 @@ use std::{
 
 use pool_obs_tests::{
     ground_truth::{AccessLogLine, Outcome},
-    processes::{Agent, Pool, StartFile, args, free_address, manifest, stop},
+    processes::{Agent, Pool, StartFile, args, free_address, manifest, mixed_load, stop},
 };
 
 /// Model keys as hostile as a registry can make them: a quote, a backslash and a newline in
@@ -21,32 +21,9 @@ const MODELS: &str = "llama-7b,q\"uo\\\\te\\nnl,bad\\xff\\xfekey,phi-3";
 const UTF8_KEY: &str = "q\"uo\\te\nnl";
 const BYTES_KEY: &str = "bad\\xff\\xfekey";
 
-fn busy_pool(requests: &str, extra: &[&str]) -> Vec<String> {
-    let load = [
-        "--models",
-        MODELS,
-        "--requests",
-        requests,
-        "--rate",
-        "2500",
-        "--work-us",
-        "500",
-        "--timeout-ms",
-        "20",
-        "--impatient-rate",
-        "0.01",
-        "--fail-rate",
-        "0.05",
-        "--crash-rate",
-        "0.002",
-        "--worker-memory-mb",
-        "8",
-        "--memory-budget-mb",
-        "24",
-        "--seed",
-        "11",
-    ];
-    [args(&load), args(extra)].concat()
+fn busy_pool(requests: u64, extra: &[&str]) -> Vec<String> {
+    let keys = ["--models", MODELS, "--worker-memory-mb", "8", "--memory-budget-mb", "24"];
+    [mixed_load(requests, 11), args(&keys), args(extra)].concat()
 }
 
 /// Every metric of the contract, by the sample names it is exported under.
@@ -76,7 +53,7 @@ const EXPORTED: &[&str] = &[
 #[test]
 fn every_metric_agrees_with_the_pool_and_the_exposition_passes_promtool() {
     let start = StartFile::new("metrics");
-    let mut pool = Pool::start(&[busy_pool("12000", &[]), start.arg().to_vec()].concat());
+    let mut pool = Pool::start(&[busy_pool(12000, &[]), start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest("demo-pool.toml"), free_address(), &[]);
     start.start();
     let summary = pool.summary();
@@ -263,7 +240,7 @@ fn request_timelines_match_the_pools_access_log() {
     let log_path = std::env::temp_dir().join(format!("pool-obs-access-{}.jsonl", std::process::id()));
     let log_arg = log_path.display().to_string();
     let mut pool =
-        Pool::start(&[busy_pool("4000", &["--access-log", &log_arg]), start.arg().to_vec()].concat());
+        Pool::start(&[busy_pool(4000, &["--access-log", &log_arg]), start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest("demo-pool.toml"), free_address(), &[]);
     start.start();
     pool.summary();
@@ -374,7 +351,7 @@ fn resident_memory_follows_vmrss_as_it_grows_and_shrinks() {
 #[test]
 fn logs_carry_the_request_id_and_failures_pass_a_stricter_filter() {
     let start = StartFile::new("logs");
-    let mut pool = Pool::start(&[busy_pool("3000", &[]), start.arg().to_vec()].concat());
+    let mut pool = Pool::start(&[busy_pool(3000, &[]), start.arg().to_vec()].concat());
     let json = ["--log-format", "json"];
     let mut agent = Agent::attach_logging(pool.pid(), &manifest("demo-pool.toml"), &json, "warn");
     start.start();
