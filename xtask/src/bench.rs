@@ -259,7 +259,7 @@ struct Bpftrace {
 
 impl Bpftrace {
     fn start(script: &str, target: &Path, symbol: &str) -> Result<Self> {
-        let source = workspace_root().join("..").join("shared").join("reference").join(script);
+        let source = workspace_root().join("xtask").join("bpftrace").join(script);
         let text =
             std::fs::read_to_string(&source).with_context(|| format!("reading {}", source.display()))?;
         let text = text.replace("BIN", &target.display().to_string()).replace("SYM", symbol);
