@@ -1,8 +1,10 @@
 //! Command-line options.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{aggregate, attach::LoadSettings, export::health::Thresholds};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -107,4 +109,32 @@ pub struct Options {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl Options {
+    pub fn load_settings(&self) -> LoadSettings {
+        LoadSettings {
+            ring_bytes: self.ring_buffer_bytes,
+            // Wake the reader only when a quarter of the buffer waits; the drain timer does the rest.
+            wakeup_bytes: u64::from(self.ring_buffer_bytes / 4),
+            debug_probes: self.debug_probes,
+        }
+    }
+
+    pub fn aggregation_settings(&self) -> aggregate::Settings {
+        aggregate::Settings {
+            window: Duration::from_secs(self.window_secs.max(1)),
+            slow_request: Duration::from_millis(self.slow_request_ms),
+            recent_requests: self.recent_requests,
+            max_models: self.max_models,
+        }
+    }
+
+    pub fn health_thresholds(&self) -> Thresholds {
+        Thresholds {
+            max_queue_depth: self.max_queue_depth,
+            max_error_rate: self.max_error_rate,
+            max_p99_ms: self.max_p99_ms,
+        }
+    }
 }

@@ -38,8 +38,8 @@ use tracing::{info, level_filters::LevelFilter, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    aggregate::{Aggregator, REQUEST_LOG, Settings},
-    attach::{LoadSettings, plan, symbols::SymbolTable},
+    aggregate::{Aggregator, REQUEST_LOG},
+    attach::{plan, symbols::SymbolTable},
     cli::{Cli, Command, LogFormat, Options},
     clock::{WallClock, monotonic_ns},
     export::{
@@ -107,12 +107,7 @@ async fn run(options: Options) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
-    let settings = LoadSettings {
-        ring_bytes: options.ring_buffer_bytes,
-        wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
-        debug_probes: options.debug_probes,
-    };
-    let mut ebpf = attach::attach(target.pid, &plan, &settings)?;
+    let mut ebpf = attach::attach(target.pid, &plan, &options.load_settings())?;
     let mut kernel_logs = options.debug_probes.then(|| KernelLogs::new(&mut ebpf)).transpose()?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
@@ -121,21 +116,11 @@ async fn run(options: Options) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.probes_attached.set(plan.attachments.len() as i64);
     metrics.target_up.set(1);
-    let settings = Settings {
-        window: Duration::from_secs(options.window_secs.max(1)),
-        slow_request: Duration::from_millis(options.slow_request_ms),
-        recent_requests: options.recent_requests,
-        max_models: options.max_models,
-    };
-    let mut aggregator = Aggregator::new(metrics.clone(), plan.probes.clone(), settings);
-    let thresholds = Thresholds {
-        max_queue_depth: options.max_queue_depth,
-        max_error_rate: options.max_error_rate,
-        max_p99_ms: options.max_p99_ms,
-    };
+    let mut aggregator =
+        Aggregator::new(metrics.clone(), plan.probes.clone(), options.aggregation_settings());
     let mut observer = Observer {
         target: &target,
-        thresholds,
+        thresholds: options.health_thresholds(),
         observing_since: SystemTime::now(),
         kernel_counters,
         events_lost: 0,
