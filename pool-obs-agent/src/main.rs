@@ -97,6 +97,9 @@ async fn run(options: Options) -> Result<()> {
     let (Some(pid), Some(manifest_path)) = (options.pid, &options.manifest) else {
         anyhow::bail!("give --pid and --manifest, or a command: see --help");
     };
+    // First, so that a signal arriving while we attach still detaches cleanly and exits 0.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let manifest = manifest::load(manifest_path)?;
     privileges::require_capabilities()?;
     privileges::require_uprobes()?;
@@ -148,8 +151,6 @@ async fn run(options: Options) -> Result<()> {
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut refresh_tick = interval(REFRESH_INTERVAL);
     let mut memory_tick = interval(Duration::from_millis(options.memory_interval_ms.max(10)));
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
