@@ -28,6 +28,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use pool_obs_common::{counters, maps};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -203,6 +204,14 @@ fn apply_record(aggregator: &mut Aggregator, record: &[u8]) {
     }
 }
 
+/// Brings a counter mirroring a kernel count up to `now`; returns by how much it grew.
+fn catch_up(counter: &Counter, seen: &mut u64, now: u64) -> u64 {
+    let grown = now.saturating_sub(*seen);
+    counter.inc_by(grown);
+    *seen += grown;
+    grown
+}
+
 /// What is refreshed on a timer rather than per event.
 struct Observer<'a> {
     target: &'a Target,
@@ -218,14 +227,12 @@ struct Observer<'a> {
 impl Observer<'_> {
     fn refresh(&mut self, aggregator: &mut Aggregator, metrics: &Metrics) -> RenderedHealth {
         let lost = self.kernel_counters.read(counters::EVENTS_LOST);
-        if lost > self.events_lost {
-            metrics.events_lost.inc_by(lost - self.events_lost);
-            warn!(lost = lost - self.events_lost, "ring buffer full: events lost");
-            self.events_lost = lost;
+        let newly_lost = catch_up(&metrics.events_lost, &mut self.events_lost, lost);
+        if newly_lost > 0 {
+            warn!(lost = newly_lost, "ring buffer full: events lost");
         }
         let failures = self.kernel_counters.read(counters::READ_FAILURES);
-        metrics.read_failures.inc_by(failures.saturating_sub(self.read_failures));
-        self.read_failures = self.read_failures.max(failures);
+        catch_up(&metrics.read_failures, &mut self.read_failures, failures);
         let target_up = self.target.is_alive();
         self.target_up = target_up;
         metrics.target_up.set(i64::from(target_up));

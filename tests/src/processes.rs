@@ -149,6 +149,20 @@ impl Agent {
         self.metrics()
     }
 
+    /// The metrics once every one of `events` (one per request) is counted or counted as lost.
+    pub fn metrics_accounting_for(&self, events: u64) -> Exposition {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics();
+            let seen = metrics.sum("pool_requests_total")
+                + metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
+            if seen as u64 >= events || Instant::now() > deadline {
+                return metrics;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn health(&self) -> (u16, serde_json::Value) {
         let response = self.get("/health");
         let body = serde_json::from_str(&response.body).unwrap_or_else(|error| panic!("/health: {error}"));
@@ -180,6 +194,15 @@ impl StartFile {
 impl Drop for StartFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The pool's side of [`StartFile`]: waits until the test creates the file, if there is one.
+pub fn await_start_file(start_file: Option<&Path>) {
+    if let Some(start_file) = start_file {
+        while !start_file.exists() {
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 

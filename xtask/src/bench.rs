@@ -15,7 +15,6 @@ use std::{
 use anyhow::{Context, Result, bail};
 use pool_obs_tests::{
     http,
-    openmetrics::Exposition,
     processes::{Agent, Pool, StartFile, args, binary, free_address, manifest, stop, vm_rss_bytes},
 };
 
@@ -342,7 +341,7 @@ fn loss(scale: &Scale) -> Result<String> {
                 Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &settings);
             start.start();
             let (ns_per_call, made) = target_result(&mut target)?;
-            let metrics = settled(&agent, made);
+            let metrics = agent.metrics_accounting_for(made);
             stop(&mut agent.child, libc::SIGTERM);
             let lost = metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
             // ns_per_call is the run's elapsed time over all calls, of both threads.
@@ -365,20 +364,6 @@ fn loss(scale: &Scale) -> Result<String> {
         verdict(best_lossless >= 500_000.0)
     );
     Ok(table)
-}
-
-/// Metrics once every event of `made` calls is either counted or lost.
-fn settled(agent: &Agent, made: u64) -> Exposition {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = agent.metrics();
-        let seen = metrics.sum("pool_requests_total")
-            + metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
-        if seen as u64 >= made || Instant::now() > deadline {
-            return metrics;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `/health` and `/metrics` latency with many models, and the agent's memory at 10,000.

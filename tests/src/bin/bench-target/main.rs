@@ -75,11 +75,7 @@ fn main() {
     let options = Options::parse();
     let models: Vec<String> = (0..options.models).map(|model| format!("model-{model}")).collect();
     eprintln!("bench-target: ready, pid {}", std::process::id());
-    if let Some(start_file) = &options.start_file {
-        while !start_file.exists() {
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
+    pool_obs_tests::processes::await_start_file(options.start_file.as_deref());
     let per_thread = options.calls / options.threads.max(1);
     let started = Instant::now();
     thread::scope(|scope| {

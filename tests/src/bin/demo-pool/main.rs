@@ -102,11 +102,7 @@ fn main() {
     print_summaries_on_request(pool.clone(), report.clone());
     eprintln!("demo-pool: ready, pid {}", std::process::id());
 
-    if let Some(start_file) = &options.start_file {
-        while !start_file.exists() {
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
+    pool_obs_tests::processes::await_start_file(options.start_file.as_deref());
     load::run(&pool, &options, &models, &report);
     summary::print(&pool, &report);
     if options.linger_ms > 0 {

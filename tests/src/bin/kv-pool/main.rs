@@ -137,11 +137,7 @@ fn main() {
         seed: options.seed,
     };
     eprintln!("kv-pool: ready, pid {}", std::process::id());
-    if let Some(start_file) = &options.start_file {
-        while !start_file.exists() {
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
+    pool_obs_tests::processes::await_start_file(options.start_file.as_deref());
     let tallies = thread::scope(|scope| {
         let mut queues = Vec::new();
         let mut workers = Vec::new();

@@ -134,11 +134,7 @@ fn main() {
         lifecycle: Mutex::default(),
     });
     eprintln!("solo-pool: ready, pid {}", std::process::id());
-    if let Some(start_file) = &options.start_file {
-        while !start_file.exists() {
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
+    pool_obs_tests::processes::await_start_file(options.start_file.as_deref());
     let (done, verdicts) = mpsc::channel();
     let mut threads = Vec::new();
     let mut live: Vec<u64> = (1..=options.shards).collect();
