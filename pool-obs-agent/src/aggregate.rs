@@ -16,9 +16,10 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, info, warn};
 
 use crate::{
+    anomaly::Anomaly,
     attach::plan::ProbeInfo,
     clock::WallClock,
-    decode::Event,
+    decode::{DecodeError, Event},
     export::metrics::{Metrics, ModelMetrics},
     outcome::Status,
 };
@@ -36,6 +37,7 @@ pub const OTHER_MODELS: &str = "__other__";
 /// Where request logs go: `RUST_LOG=pool_obs::requests=debug` shows every completed request.
 pub const REQUEST_LOG: &str = "pool_obs::requests";
 const WORKER_LOG: &str = "pool_obs::workers";
+const ANOMALY_LOG: &str = "pool_obs::anomalies";
 
 type ModelId = usize;
 
@@ -48,11 +50,16 @@ pub struct Settings {
     pub recent_requests: usize,
     /// Distinct model keys tracked; the rest count under [`OTHER_MODELS`].
     pub max_models: usize,
+    /// Requests in flight tracked at most.
+    pub max_in_flight: usize,
+    /// Requests in flight longer are forgotten.
+    pub request_expiry: Duration,
 }
 
 pub struct Aggregator {
     metrics: Arc<Metrics>,
     probes: Vec<ProbeInfo>,
+    probed: Probed,
     settings: Settings,
     event_counters: Vec<(EventKind, Counter)>,
     model_ids: HashMap<Vec<u8>, ModelId>,
@@ -84,6 +91,24 @@ pub struct ModelState {
     changed: bool,
 }
 
+/// Which events the manifest probes at all: only then does an event's absence mean something.
+struct Probed {
+    submissions: bool,
+    starts: bool,
+    spawns: bool,
+}
+
+impl Probed {
+    fn of(probes: &[ProbeInfo]) -> Self {
+        let probed = |kind| probes.iter().any(|probe| probe.event == Some(kind));
+        Self {
+            submissions: probed(EventKind::RequestSubmitted),
+            starts: probed(EventKind::RequestStarted),
+            spawns: probed(EventKind::WorkerSpawned),
+        }
+    }
+}
+
 struct InFlight {
     model: ModelId,
     submitted_ns: u64,
@@ -104,6 +129,7 @@ impl Aggregator {
         let event_counters = EventKind::ALL.map(|kind| (kind, metrics.event_counter(kind))).to_vec();
         Self {
             metrics,
+            probed: Probed::of(&probes),
             probes,
             event_counters,
             model_ids: HashMap::new(),
@@ -138,6 +164,7 @@ impl Aggregator {
 
     /// Brings the window statistics, their gauges and the saturation counts up to `now_ns`.
     pub fn refresh(&mut self, now_ns: u64) {
+        self.expire_requests(now_ns);
         for model in &mut self.models {
             let slice = model.window.slice_index(now_ns);
             if model.changed || model.summarized_slice != Some(slice) {
@@ -175,7 +202,10 @@ impl Aggregator {
         let scale = self.probes.get(event.header.probe as usize).map_or(1.0, |probe| probe.memory_scale);
         let memory_bytes = (event.memory_bytes as f64 * scale) as u64;
         self.models[model].metrics.worker_spawns.inc();
-        self.remove_worker(event.worker_id);
+        if self.workers.contains_key(&event.worker_id) {
+            self.anomaly(Anomaly::WorkerIdReused, event.worker_id);
+            self.remove_worker(event.worker_id);
+        }
         let worker = Worker { model, memory_bytes, serving: None, retiring: false };
         self.workers.insert(event.worker_id, worker);
         let state = &mut self.models[model];
@@ -187,6 +217,7 @@ impl Aggregator {
 
     fn on_worker_evicted(&mut self, event: &WorkerEvicted) {
         let model = self.model_of(&event.header, &event.model, self.worker_model(event.worker_id));
+        self.expect_live_worker(event.worker_id);
         let state = &self.models[model];
         state.metrics.worker_evictions.inc();
         let memory_bytes = self.workers.get(&event.worker_id).map_or(0, |worker| worker.memory_bytes);
@@ -199,6 +230,7 @@ impl Aggregator {
 
     fn on_worker_crashed(&mut self, event: &WorkerCrashed) {
         let model = self.model_of(&event.header, &event.model, self.worker_model(event.worker_id));
+        self.expect_live_worker(event.worker_id);
         let state = &mut self.models[model];
         state.metrics.worker_crashes.inc();
         state.crashed += 1;
@@ -207,8 +239,10 @@ impl Aggregator {
         warn!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker crashed");
         // The request the worker was serving died with it: the pool's client sees a failure.
         let serving = worker.and_then(|worker| worker.serving);
-        if let Some((request_id, request)) =
-            serving.and_then(|id| self.requests.remove(&id).map(|request| (id, request)))
+        let served_here = |request: &InFlight| request.worker == Some(event.worker_id);
+        if let Some((request_id, request)) = serving
+            .filter(|id| self.requests.get(id).is_some_and(served_here))
+            .and_then(|id| self.requests.remove(&id).map(|request| (id, request)))
         {
             let record = RequestRecord {
                 model: request.model,
@@ -225,8 +259,12 @@ impl Aggregator {
 
     fn on_request_submitted(&mut self, event: &RequestSubmitted) {
         let model = self.model_of(&event.header, &event.model, None);
+        if !self.has_room_for(event.request_id) {
+            return;
+        }
         let request = InFlight { model, submitted_ns: event.header.ts_ns, started_ns: None, worker: None };
         if let Some(reused) = self.requests.insert(event.request_id, request) {
+            self.anomaly(Anomaly::RequestIdReused, event.request_id);
             self.unqueue(&reused, event.header.ts_ns);
         }
         let state = &mut self.models[model];
@@ -238,7 +276,16 @@ impl Aggregator {
         let worker = self.named_worker(&event.header, event.worker_id);
         let worker_model = worker.and_then(|worker| self.worker_model(worker));
         let known = self.requests.get(&event.request_id).map(|request| request.model);
+        if known.is_none() && self.probed.submissions {
+            self.anomaly(Anomaly::RequestStartWithoutSubmit, event.request_id);
+        }
+        if let Some(worker) = worker {
+            self.expect_live_worker(worker);
+        }
         let model = self.model_of(&event.header, &event.model, known.or(worker_model));
+        if !self.has_room_for(event.request_id) {
+            return;
+        }
         let now = event.header.ts_ns;
         let request = self
             .requests
@@ -248,7 +295,10 @@ impl Aggregator {
         let was_queued = request.started_ns.is_none();
         let request_model = request.model;
         request.started_ns = Some(now);
-        request.worker = worker;
+        let previous_worker = std::mem::replace(&mut request.worker, worker);
+        if let Some(previous) = previous_worker.filter(|previous| Some(*previous) != worker) {
+            self.worker_finishes(previous, request_model, Some(event.request_id));
+        }
         if was_queued {
             let state = &mut self.models[request_model];
             state.queued = state.queued.saturating_sub(1);
@@ -272,7 +322,15 @@ impl Aggregator {
             .map_or(Status::Failed, |rule| rule.classify(event.outcome_value));
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
         let request = request_id.and_then(|id| self.requests.remove(&id));
+        if let Some(id) = request_id.filter(|_| request.is_none())
+            && (self.probed.submissions || self.probed.starts)
+        {
+            self.anomaly(Anomaly::RequestEndWithoutStart, id);
+        }
         let named_worker = self.named_worker(&event.header, event.worker_id);
+        if let Some(worker) = named_worker.filter(|_| request.is_none()) {
+            self.expect_live_worker(worker);
+        }
         let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
             request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));
@@ -304,7 +362,7 @@ impl Aggregator {
         };
         self.end_request(request_id, record);
         if let Some(worker) = worker {
-            self.worker_serves(worker, model, None);
+            self.worker_finishes(worker, model, request_id);
         }
     }
 
@@ -330,6 +388,38 @@ impl Aggregator {
         log_request(&state.label, request_id, &record, self.settings.slow_request);
         if let Some(request_id) = request_id {
             self.recent.insert(request_id, record);
+        }
+    }
+
+    /// Whether `request_id` is followed or can be: past `max_in_flight`, new ones are not.
+    fn has_room_for(&self, request_id: u64) -> bool {
+        let room =
+            self.requests.len() < self.settings.max_in_flight || self.requests.contains_key(&request_id);
+        if !room {
+            self.anomaly(Anomaly::RequestUntracked, request_id);
+        }
+        room
+    }
+
+    /// Forgets requests in flight for longer than the expiry: their ends were lost or are not
+    /// probed, and they would otherwise stay queued or busy forever.
+    fn expire_requests(&mut self, now_ns: u64) {
+        let expiry = self.settings.request_expiry.as_nanos() as u64;
+        let expired: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| {
+                now_ns.saturating_sub(request.started_ns.unwrap_or(request.submitted_ns)) > expiry
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for request_id in expired {
+            let Some(request) = self.requests.remove(&request_id) else { continue };
+            self.anomaly(Anomaly::RequestExpired, request_id);
+            self.unqueue(&request, now_ns);
+            if let Some(worker) = request.worker {
+                self.worker_finishes(worker, request.model, Some(request_id));
+            }
         }
     }
 
@@ -364,6 +454,15 @@ impl Aggregator {
         }
     }
 
+    /// The worker is done with `request` (with its current request, if `None`) and idle, unless
+    /// it has moved on to another request since.
+    fn worker_finishes(&mut self, worker_id: u64, model: ModelId, request: Option<u64>) {
+        let serving = self.workers.get(&worker_id).and_then(|worker| worker.serving);
+        if request.is_none() || serving.is_none() || serving == request {
+            self.worker_serves(worker_id, model, None);
+        }
+    }
+
     fn remove_worker(&mut self, worker_id: u64) {
         let Some(worker) = self.workers.remove(&worker_id) else {
             return;
@@ -375,6 +474,23 @@ impl Aggregator {
             state.busy -= 1;
         }
         state.publish_workers();
+    }
+
+    /// Counts an event naming a worker the agent does not know as live, when it would know.
+    fn expect_live_worker(&self, worker_id: u64) {
+        if self.probed.spawns && !self.workers.contains_key(&worker_id) {
+            self.anomaly(Anomaly::WorkerNotSpawned, worker_id);
+        }
+    }
+
+    pub fn undecodable(&self, error: &DecodeError) {
+        self.metrics.anomalies.add(Anomaly::UndecodableEvent, 1);
+        warn!(%error, "undecodable event");
+    }
+
+    fn anomaly(&self, kind: Anomaly, id: u64) {
+        self.metrics.anomalies.add(kind, 1);
+        debug!(target: ANOMALY_LOG, kind = kind.name(), id, "inconsistent event");
     }
 
     fn worker_model(&self, worker_id: u64) -> Option<ModelId> {

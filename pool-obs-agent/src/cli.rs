@@ -84,6 +84,14 @@ pub struct Options {
     /// Distinct model keys to track; events of further keys count under model="__other__".
     #[arg(long, default_value_t = 1000)]
     pub max_models: usize,
+    /// Requests in flight to track at most; submissions past it count as the anomaly
+    /// `request_untracked`, so that lost or unprobed ends cannot grow the agent.
+    #[arg(long, default_value_t = 1 << 18)]
+    pub max_in_flight: usize,
+    /// A request in flight this long (seconds) is forgotten and counted as `request_expired`:
+    /// its end was lost or is not probed.
+    #[arg(long, default_value_t = 600)]
+    pub request_expiry_secs: u64,
     /// Detach and exit when the target process exits, instead of staying up to report it.
     #[arg(long)]
     pub exit_with_target: bool,
@@ -127,6 +135,8 @@ impl Options {
             slow_request: Duration::from_millis(self.slow_request_ms),
             recent_requests: self.recent_requests,
             max_models: self.max_models,
+            max_in_flight: self.max_in_flight,
+            request_expiry: Duration::from_secs(self.request_expiry_secs.max(1)),
         }
     }
 

@@ -5,6 +5,7 @@
 //! `/requests/{id}`).
 
 mod aggregate;
+mod anomaly;
 mod attach;
 mod cli;
 mod clock;
@@ -28,7 +29,6 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use pool_obs_common::{counters, maps};
-use prometheus_client::metrics::counter::Counter;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -40,6 +40,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     aggregate::{Aggregator, REQUEST_LOG},
+    anomaly::Anomaly,
     attach::{plan, symbols::SymbolTable},
     cli::{Cli, Command, LogFormat, Options},
     clock::{WallClock, monotonic_ns},
@@ -127,8 +128,7 @@ async fn run(options: Options) -> Result<()> {
         thresholds: options.health_thresholds(),
         observing_since: SystemTime::now(),
         kernel_counters,
-        events_lost: 0,
-        read_failures: 0,
+        kernel_counted: [0; counters::COUNT as usize],
         target_up: true,
         memory: MemorySampler::new(target.pid.get()),
     };
@@ -181,9 +181,11 @@ async fn run(options: Options) -> Result<()> {
     }
 
     drop(kernel_logs);
-    drop(ring);
     drop(ebpf);
-    info!("probes detached");
+    // The probes are gone, but what they wrote before is still in the ring: count it too.
+    let drained = ring.drain(|record| apply_record(&mut aggregator, record));
+    drop(ring);
+    info!(final_events = drained, "probes detached");
     let _ = stop_sender.send(true);
     server.await?.context("serving HTTP")?;
     Ok(())
@@ -200,16 +202,8 @@ async fn forward_kernel_logs(logs: &mut Option<KernelLogs>) -> std::io::Result<(
 fn apply_record(aggregator: &mut Aggregator, record: &[u8]) {
     match decode::decode(record) {
         Ok(event) => aggregator.apply(&event),
-        Err(error) => warn!(%error, "undecodable event"),
+        Err(error) => aggregator.undecodable(&error),
     }
-}
-
-/// Brings a counter mirroring a kernel count up to `now`; returns by how much it grew.
-fn catch_up(counter: &Counter, seen: &mut u64, now: u64) -> u64 {
-    let grown = now.saturating_sub(*seen);
-    counter.inc_by(grown);
-    *seen += grown;
-    grown
 }
 
 /// What is refreshed on a timer rather than per event.
@@ -218,21 +212,15 @@ struct Observer<'a> {
     thresholds: Thresholds,
     observing_since: SystemTime,
     kernel_counters: KernelCounters,
-    events_lost: u64,
-    read_failures: u64,
+    /// How much of each kernel counter the metrics already hold, by counter index.
+    kernel_counted: [u64; counters::COUNT as usize],
     target_up: bool,
     memory: MemorySampler,
 }
 
 impl Observer<'_> {
     fn refresh(&mut self, aggregator: &mut Aggregator, metrics: &Metrics) -> RenderedHealth {
-        let lost = self.kernel_counters.read(counters::EVENTS_LOST);
-        let newly_lost = catch_up(&metrics.events_lost, &mut self.events_lost, lost);
-        if newly_lost > 0 {
-            warn!(lost = newly_lost, "ring buffer full: events lost");
-        }
-        let failures = self.kernel_counters.read(counters::READ_FAILURES);
-        catch_up(&metrics.read_failures, &mut self.read_failures, failures);
+        self.catch_up_kernel_counters(metrics);
         let target_up = self.target.is_alive();
         self.target_up = target_up;
         metrics.target_up.set(i64::from(target_up));
@@ -244,8 +232,30 @@ impl Observer<'_> {
             target_up,
             observing_since: self.observing_since,
             memory: self.memory.last(),
-            events_lost: self.events_lost,
+            events_lost: self.kernel_counted[counters::EVENTS_LOST as usize],
+            anomalies: metrics.anomalies.counted(),
         })
+    }
+
+    /// Adds what the kernel programs counted since the last refresh to the metrics.
+    fn catch_up_kernel_counters(&mut self, metrics: &Metrics) {
+        for counter in 0..counters::COUNT {
+            let counted = &mut self.kernel_counted[counter as usize];
+            let grown = self.kernel_counters.read(counter).saturating_sub(*counted);
+            *counted += grown;
+            match counter {
+                counters::EVENTS_LOST => {
+                    metrics.events_lost.inc_by(grown);
+                    if grown > 0 {
+                        warn!(lost = grown, "ring buffer full: events lost");
+                    }
+                }
+                counters::READ_FAILURES => _ = metrics.read_failures.inc_by(grown),
+                counters::RETURNS_WITHOUT_ENTRY => metrics.anomalies.add(Anomaly::ReturnWithoutEntry, grown),
+                counters::UNKNOWN_PROBES => metrics.anomalies.add(Anomaly::UnknownProbe, grown),
+                _ => unreachable!("pool_obs_common::counters::COUNT counts {counter} counters"),
+            }
+        }
     }
 
     fn sample_memory(&mut self, metrics: &Metrics) {

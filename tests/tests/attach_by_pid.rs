@@ -83,6 +83,10 @@ fn counts_equal_the_pools_own_summary_after_attaching_by_pid() {
         assert_eq!(observed, truth.requests.total(), "{model}: every finished request has a duration");
     }
     assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
+    // Seen from its first event, the pool's stream is consistent: every anomaly kind stays at 0.
+    let end_without_start = [("kind", "request_end_without_start")];
+    assert_eq!(metrics.value("pool_obs_anomalies_total", &end_without_start), Some(0.0));
+    assert_eq!(metrics.sum("pool_obs_anomalies_total"), 0.0, "no anomalies");
 
     let status = stop(&mut agent.child, libc::SIGTERM);
     assert!(status.success(), "the agent exits 0 on SIGTERM: {status}");

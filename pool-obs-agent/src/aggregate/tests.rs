@@ -14,10 +14,11 @@ use crate::{
 };
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them
-/// on a worker; other probes read neither request nor worker ids.
+/// on a worker; probes 3 to 6 submit requests and spawn, evict and crash workers.
 fn aggregator() -> Aggregator {
     let ended = |outcome| ProbeInfo {
         function: "f".into(),
+        event: Some(EventKind::RequestEnded),
         outcome: Some(outcome),
         has_request_id: true,
         has_worker_id: false,
@@ -33,10 +34,26 @@ fn aggregator() -> Aggregator {
         slow_request: Duration::from_secs(1),
         recent_requests: 2,
         max_models: 3,
+        max_in_flight: 12,
+        request_expiry: Duration::from_secs(1000),
     };
-    let started =
-        ProbeInfo { outcome: None, has_worker_id: true, ..ended(OutcomeRule::constant(Status::Ok)) };
-    let probes = vec![ended(by_rule), ended(OutcomeRule::constant(Status::Timeout)), started];
+    let started = ProbeInfo {
+        event: Some(EventKind::RequestStarted),
+        outcome: None,
+        has_worker_id: true,
+        ..ended(OutcomeRule::constant(Status::Ok))
+    };
+    let other =
+        |event| ProbeInfo { event: Some(event), outcome: None, ..ended(OutcomeRule::constant(Status::Ok)) };
+    let probes = vec![
+        ended(by_rule),
+        ended(OutcomeRule::constant(Status::Timeout)),
+        started,
+        other(EventKind::RequestSubmitted),
+        other(EventKind::WorkerSpawned),
+        other(EventKind::WorkerEvicted),
+        other(EventKind::WorkerCrashed),
+    ];
     Aggregator::new(Arc::new(Metrics::new()), probes, settings)
 }
 
@@ -63,7 +80,7 @@ fn no_model() -> ModelKey {
 
 fn spawned(name: &str, worker_id: u64) -> Event {
     Event::WorkerSpawned(WorkerSpawned {
-        header: header(EventKind::WorkerSpawned, 9, 0),
+        header: header(EventKind::WorkerSpawned, 4, 0),
         model: model(name),
         worker_id,
         memory_bytes: 100,
@@ -72,7 +89,7 @@ fn spawned(name: &str, worker_id: u64) -> Event {
 
 fn evicted(worker_id: u64) -> Event {
     Event::WorkerEvicted(WorkerEvicted {
-        header: header(EventKind::WorkerEvicted, 9, 0),
+        header: header(EventKind::WorkerEvicted, 5, 0),
         model: no_model(),
         worker_id,
     })
@@ -80,7 +97,7 @@ fn evicted(worker_id: u64) -> Event {
 
 fn crashed(worker_id: u64, ts_ns: u64) -> Event {
     Event::WorkerCrashed(WorkerCrashed {
-        header: header(EventKind::WorkerCrashed, 9, ts_ns),
+        header: header(EventKind::WorkerCrashed, 6, ts_ns),
         model: no_model(),
         worker_id,
     })
@@ -88,7 +105,7 @@ fn crashed(worker_id: u64, ts_ns: u64) -> Event {
 
 fn submitted(name: &str, request_id: u64, ts_ns: u64) -> Event {
     Event::RequestSubmitted(RequestSubmitted {
-        header: header(EventKind::RequestSubmitted, 9, ts_ns),
+        header: header(EventKind::RequestSubmitted, 3, ts_ns),
         model: model(name),
         request_id,
     })
@@ -241,4 +258,119 @@ fn a_flood_of_model_keys_stops_at_max_models() {
     assert_eq!(labels, ["model-0", "model-1", "model-2", OTHER_MODELS]);
     assert_eq!(state(&aggregator, OTHER_MODELS).requests, [997, 0, 0]);
     assert_eq!(aggregator.model_ids.len(), 4, "unseen keys are not remembered");
+}
+
+fn anomalies(aggregator: &Aggregator) -> Vec<(Anomaly, u64)> {
+    aggregator.metrics.anomalies.counted()
+}
+
+#[test]
+fn each_inconsistency_is_counted_by_kind_and_leaves_the_gauges_whole() {
+    let mut aggregator = aggregator();
+    feed(&mut aggregator, &[ended(0, 99, 0, 10), spawned("m", 1), submitted("m", 7, 20), started(98, 5, 30)]);
+    feed(&mut aggregator, &[submitted("m", 7, 40), spawned("m", 1), evicted(1), crashed(1, 50)]);
+    assert_eq!(
+        anomalies(&aggregator),
+        [
+            (Anomaly::RequestEndWithoutStart, 1),
+            (Anomaly::RequestStartWithoutSubmit, 1),
+            (Anomaly::RequestIdReused, 1),
+            // Worker 5, never spawned, and worker 1, crashed after its eviction.
+            (Anomaly::WorkerNotSpawned, 2),
+            (Anomaly::WorkerIdReused, 1),
+        ]
+    );
+    let model = state(&aggregator, "m");
+    assert_eq!((model.queued, model.workers, model.busy, model.memory_bytes), (1, 0, 0, 0));
+    let unknown = state(&aggregator, UNKNOWN_MODEL);
+    assert_eq!((unknown.workers, unknown.busy), (1, 1), "worker 5 is discovered serving request 98");
+}
+
+#[test]
+fn a_consistent_stream_has_no_anomalies() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), ended(0, 7, 0, 300)],
+    );
+    feed(&mut aggregator, &[evicted(1), submitted("m", 7, 400), ended(1, 7, 0, 500)]);
+    assert_eq!(anomalies(&aggregator), []);
+}
+
+/// A small, seeded generator: the same stream on every run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % bound
+    }
+}
+
+#[test]
+fn random_streams_of_events_never_break_the_books() {
+    // Few ids, so that every disorder happens often: ends before starts, workers crashing twice,
+    // ids reused while in flight. Arithmetic overflow panics in this (debug) build.
+    let mut aggregator = aggregator();
+    let mut random = SplitMix(6);
+    let models = ["a", "b", "c"];
+    for ts in 1..=200_000 {
+        let (worker, request) = (random.below(8), random.below(16));
+        let model = models[random.below(3) as usize];
+        let event = match random.below(6) {
+            0 => spawned(model, worker),
+            1 => evicted(worker),
+            2 => crashed(worker, ts),
+            3 => submitted(model, request, ts),
+            4 => started(request, worker, ts),
+            _ => ended(random.below(2) as u32, request, random.below(2), ts),
+        };
+        aggregator.apply(&event);
+    }
+    aggregator.refresh(200_000);
+    for (id, model) in aggregator.models().iter().enumerate() {
+        let live: Vec<&Worker> = aggregator.workers.values().filter(|worker| worker.model == id).collect();
+        let busy = live.iter().filter(|worker| worker.serving.is_some()).count();
+        let memory: u64 = live.iter().map(|worker| worker.memory_bytes).sum();
+        let queued = aggregator
+            .requests
+            .values()
+            .filter(|request| request.model == id && request.started_ns.is_none())
+            .count();
+        assert_eq!(
+            (model.workers, model.busy, model.memory_bytes, model.queued),
+            (live.len() as u64, busy as u64, memory, queued as u64),
+            "{}",
+            model.label
+        );
+    }
+    let kinds: Vec<Anomaly> = anomalies(&aggregator).into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(kinds.len(), 6, "every kind the aggregator can see was seen: {kinds:?}");
+}
+
+#[test]
+fn requests_whose_end_never_comes_expire_and_release_queue_and_worker() {
+    let mut aggregator = aggregator();
+    feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 0), submitted("m", 8, 0), started(8, 1, 0)]);
+    aggregator.refresh(999 * 1_000_000_000);
+    assert_eq!((state(&aggregator, "m").queued, state(&aggregator, "m").busy), (1, 1));
+    aggregator.refresh(1001 * 1_000_000_000);
+    let model = state(&aggregator, "m");
+    assert_eq!((model.queued, model.busy, model.workers), (0, 0, 1));
+    assert_eq!(anomalies(&aggregator), [(Anomaly::RequestExpired, 2)]);
+}
+
+#[test]
+fn requests_past_max_in_flight_are_counted_not_followed() {
+    let mut aggregator = aggregator();
+    for id in 0..20 {
+        feed(&mut aggregator, &[submitted("m", id, 10)]);
+    }
+    assert_eq!(state(&aggregator, "m").queued, 12);
+    assert_eq!(anomalies(&aggregator), [(Anomaly::RequestUntracked, 8)]);
+    feed(&mut aggregator, &[ended(0, 0, 0, 20), submitted("m", 100, 30)]);
+    assert_eq!(state(&aggregator, "m").queued, 12, "an end makes room again");
 }

@@ -1,7 +1,10 @@
 //! Turns the manifest and the pool's symbols into what gets loaded: one [`ProbeSpec`] per
 //! attach cookie, and the uprobes to attach.
 
-use pool_obs_common::probe::{AT_ENTRY, AT_RETURN, ProbeSpec, SAVES_NOTHING, Scalar};
+use pool_obs_common::{
+    event::EventKind,
+    probe::{AT_ENTRY, AT_RETURN, ProbeSpec, SAVES_NOTHING, Scalar},
+};
 
 use super::symbols::SymbolTable;
 use crate::{
@@ -20,6 +23,9 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct ProbeInfo {
     pub function: String,
+    /// The event the probe reports; `None` for an entry probe that only saves registers for
+    /// its return probe.
+    pub event: Option<EventKind>,
     pub outcome: Option<OutcomeRule>,
     /// Whether the probe reads the pool's request id; without one, a request is the call itself.
     pub has_request_id: bool,
@@ -76,6 +82,7 @@ impl Plan {
                 let spec = ProbeSpec { at: AT_ENTRY, saves_for: return_cookie, ..ProbeSpec::default() };
                 let info = ProbeInfo {
                     function: self.probes[return_cookie as usize].function.clone(),
+                    event: None,
                     outcome: None,
                     has_request_id: false,
                     has_worker_id: false,
@@ -113,6 +120,7 @@ fn spec_of(probe: &Probe) -> ProbeSpec {
 fn info_of(probe: &Probe, function: &str) -> ProbeInfo {
     ProbeInfo {
         function: function.to_string(),
+        event: Some(probe.event),
         outcome: probe.outcome.as_ref().map(|outcome| outcome.rule.clone()),
         has_request_id: probe.request_id.is_some(),
         has_worker_id: probe.worker_id.is_some(),

@@ -1,7 +1,7 @@
 //! The `/health` report, rendered from the aggregator's state at each refresh so that serving
 //! it only copies it.
 
-use std::time::SystemTime;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::http::RenderedHealth;
 use crate::{
     aggregate::{ModelState, OTHER_MODELS, UNKNOWN_MODEL},
+    anomaly::Anomaly,
     clock::rfc3339,
     memory::MemorySample,
     target::Target,
@@ -41,6 +42,8 @@ struct Report<'a> {
     target: TargetReport<'a>,
     memory: MemoryReport,
     events_lost: u64,
+    /// Events that contradicted what the agent knew, by kind (`pool_obs_anomalies_total`).
+    anomalies: BTreeMap<&'static str, u64>,
     models: Vec<ModelReport<'a>>,
 }
 
@@ -152,6 +155,7 @@ pub struct Inputs<'a> {
     pub observing_since: SystemTime,
     pub memory: MemorySample,
     pub events_lost: u64,
+    pub anomalies: Vec<(Anomaly, u64)>,
 }
 
 /// The report as served: HTTP 503 when unhealthy, else 200. Unhealthy when the target is gone
@@ -184,6 +188,7 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
             peak_mb: memory.peak_resident_bytes as f64 / MB,
         },
         events_lost: inputs.events_lost,
+        anomalies: inputs.anomalies.iter().map(|(kind, count)| (kind.name(), *count)).collect(),
         models,
     };
     let code = match status {

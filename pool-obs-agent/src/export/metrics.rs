@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::outcome::Status;
+use crate::{anomaly::Anomaly, outcome::Status};
 
 pub mod name {
     pub const REQUESTS: &str = "pool_requests";
@@ -37,6 +37,7 @@ pub mod name {
     pub const EVENTS: &str = "pool_obs_events";
     pub const EVENTS_LOST: &str = "pool_obs_events_lost";
     pub const READ_FAILURES: &str = "pool_obs_read_failures";
+    pub const ANOMALIES: &str = "pool_obs_anomalies";
     pub const TARGET_UP: &str = "pool_obs_target_up";
     pub const PROBES_ATTACHED: &str = "pool_obs_probes_attached";
     pub const BUILD_INFO: &str = "pool_obs_build_info";
@@ -82,6 +83,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnomalyLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -119,6 +125,7 @@ pub struct Metrics {
     pub system_memory: Gauge,
     pub events_lost: Counter,
     pub read_failures: Counter,
+    pub anomalies: AnomalyCounters,
     pub target_up: Gauge,
     pub probes_attached: Gauge,
 }
@@ -171,6 +178,7 @@ impl Metrics {
             system_memory: Gauge::default(),
             events_lost: Counter::default(),
             read_failures: Counter::default(),
+            anomalies: AnomalyCounters::default(),
             target_up: Gauge::default(),
             probes_attached: Gauge::default(),
         };
@@ -225,6 +233,11 @@ impl Metrics {
             name::READ_FAILURES,
             "Values the kernel programs could not read from the target (see --debug-probes)",
             metrics.read_failures.clone(),
+        );
+        registry.register(
+            name::ANOMALIES,
+            "Events that contradict what the agent knew of the pool, by kind (see the README)",
+            metrics.anomalies.family.clone(),
         );
         registry.register(name::TARGET_UP, "1 while the target process runs", metrics.target_up.clone());
         registry.register(
@@ -367,6 +380,33 @@ fn prometheus_text(open_metrics: &str) -> String {
 /// A label value as both text formats want it: backslash, double quote and newline escaped.
 fn escape_label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// `pool_obs_anomalies_total`, every kind present from the start so that zero is visible.
+pub struct AnomalyCounters {
+    family: Family<AnomalyLabels, Counter>,
+    by_kind: [Counter; Anomaly::ALL.len()],
+}
+
+impl Default for AnomalyCounters {
+    fn default() -> Self {
+        let family = Family::<AnomalyLabels, Counter>::default();
+        let by_kind =
+            Anomaly::ALL.map(|kind| family.get_or_create(&AnomalyLabels { kind: kind.name() }).clone());
+        Self { family, by_kind }
+    }
+}
+
+impl AnomalyCounters {
+    pub fn add(&self, kind: Anomaly, count: u64) {
+        self.by_kind[kind as usize].inc_by(count);
+    }
+
+    /// The kinds counted at least once, with their counts.
+    pub fn counted(&self) -> Vec<(Anomaly, u64)> {
+        let counts = Anomaly::ALL.into_iter().zip(self.by_kind.iter().map(Counter::get));
+        counts.filter(|(_, count)| *count > 0).collect()
+    }
 }
 
 /// One model's `pool_request_duration_quantile_seconds`: quantiles over the window, set at each

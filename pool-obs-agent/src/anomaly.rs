@@ -1,0 +1,63 @@
+//! Events that contradict what the agent knows of the pool. Each is counted in
+//! `pool_obs_anomalies_total{kind}` and then handled as well as it can be: nothing panics and no
+//! gauge goes below zero. A few right after attaching are expected, for the requests and workers
+//! that predate the agent; a steady stream means a manifest reads the wrong values.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Anomaly {
+    /// A request ended that the agent never saw submitted or started, although the manifest
+    /// probes one of those.
+    RequestEndWithoutStart,
+    /// A request started that the agent never saw submitted, although the manifest probes
+    /// submissions.
+    RequestStartWithoutSubmit,
+    /// A request was submitted under the id of one still in flight.
+    RequestIdReused,
+    /// An event named a worker that is not live: never seen spawned although the manifest
+    /// probes spawns, or already evicted or crashed.
+    WorkerNotSpawned,
+    /// A worker was spawned under the id of one still live.
+    WorkerIdReused,
+    /// A request was submitted while `--max-in-flight` requests were: it is not followed.
+    RequestUntracked,
+    /// A request was in flight longer than `--request-expiry-secs`: its end was lost or is not
+    /// probed, and it is forgotten.
+    RequestExpired,
+    /// A return probe fired without its entry: the call began before the agent attached.
+    ReturnWithoutEntry,
+    /// A kernel program fired for a probe it had no description of.
+    UnknownProbe,
+    /// A ring-buffer record that is no event this agent knows.
+    UndecodableEvent,
+}
+
+impl Anomaly {
+    pub const ALL: [Anomaly; 10] = [
+        Anomaly::RequestEndWithoutStart,
+        Anomaly::RequestStartWithoutSubmit,
+        Anomaly::RequestIdReused,
+        Anomaly::WorkerNotSpawned,
+        Anomaly::WorkerIdReused,
+        Anomaly::RequestUntracked,
+        Anomaly::RequestExpired,
+        Anomaly::ReturnWithoutEntry,
+        Anomaly::UnknownProbe,
+        Anomaly::UndecodableEvent,
+    ];
+
+    /// The `kind` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Anomaly::RequestEndWithoutStart => "request_end_without_start",
+            Anomaly::RequestStartWithoutSubmit => "request_start_without_submit",
+            Anomaly::RequestIdReused => "request_id_reused",
+            Anomaly::WorkerNotSpawned => "worker_not_spawned",
+            Anomaly::WorkerIdReused => "worker_id_reused",
+            Anomaly::RequestUntracked => "request_untracked",
+            Anomaly::RequestExpired => "request_expired",
+            Anomaly::ReturnWithoutEntry => "return_without_entry",
+            Anomaly::UnknownProbe => "unknown_probe",
+            Anomaly::UndecodableEvent => "undecodable_event",
+        }
+    }
+}
