@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{aggregate, attach::LoadSettings, export::health::Thresholds};
+use crate::{
+    aggregate,
+    attach::LoadSettings,
+    export::{health::Thresholds, http},
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +67,13 @@ pub struct Options {
     /// Address to serve /metrics, /health and /requests/{id} on.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+    /// HTTP connections served at once; further clients wait to be accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds an HTTP client has to send a request's headers; idle connections are closed
+    /// after as long.
+    #[arg(long, default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
     /// Ring buffer size in bytes; the kernel rounds it up to a power-of-two number of pages.
     #[arg(long, default_value_t = 4 << 20)]
     pub ring_buffer_bytes: u32,
@@ -137,6 +148,15 @@ impl Options {
             max_models: self.max_models,
             max_in_flight: self.max_in_flight,
             request_expiry: Duration::from_secs(self.request_expiry_secs.max(1)),
+        }
+    }
+
+    pub fn http_limits(&self) -> http::Limits {
+        http::Limits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            connection_lifetime: Duration::from_secs(300),
+            close_timeout: Duration::from_secs(10),
         }
     }
 

@@ -108,6 +108,7 @@ async fn run(options: Options) -> Result<()> {
     let target = Target::open(pid)?;
     let symbols = SymbolTable::read(&target.exe_link)?;
     let plan = plan::plan(&manifest, &symbols)?;
+    http::raise_open_file_limit();
     let listener = TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
@@ -137,7 +138,7 @@ async fn run(options: Options) -> Result<()> {
     let (query_sender, mut queries) = mpsc::channel::<http::RequestQuery>(64);
     let (stop_sender, mut stop) = watch::channel(false);
     let endpoints = http::Endpoints { metrics: metrics.clone(), health, requests: query_sender };
-    let server = tokio::spawn(http::serve(listener, endpoints, async move {
+    let server = tokio::spawn(http::serve(listener, endpoints, options.http_limits(), async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }));
     info!(
@@ -187,7 +188,7 @@ async fn run(options: Options) -> Result<()> {
     drop(ring);
     info!(final_events = drained, "probes detached");
     let _ = stop_sender.send(true);
-    server.await?.context("serving HTTP")?;
+    server.await.context("serving HTTP")?;
     Ok(())
 }
 

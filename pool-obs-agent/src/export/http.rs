@@ -1,22 +1,30 @@
 //! The HTTP endpoints: `GET /metrics` (OpenMetrics text), `GET /health` (JSON) and
 //! `GET /requests/{id}` (a request's timeline, JSON).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{
         HeaderMap, StatusCode,
-        header::{ACCEPT, CONTENT_TYPE},
+        header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
     },
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, oneshot, watch},
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
 };
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch},
+    task::JoinSet,
+};
+use tracing::warn;
 
 use super::metrics::{Format, Metrics};
 use crate::aggregate::Timeline;
@@ -43,17 +51,115 @@ pub struct Endpoints {
     pub requests: mpsc::Sender<RequestQuery>,
 }
 
+/// What one client may take of the agent. A scraper needs one connection and a few hundred
+/// bytes of headers; the limits keep slow or hostile clients from holding the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this long, idle connections included.
+    pub header_timeout: Duration,
+    /// After this long a connection is closed once its current response is written.
+    pub connection_lifetime: Duration,
+    /// A connection still writing this long after being asked to close is dropped: the client
+    /// is not reading.
+    pub close_timeout: Duration,
+}
+
+/// Headers past this size get 431: no scraper sends more than a few hundred bytes.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 pub async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/requests/{id}", get(request))
+        .layer(middleware::from_fn(reject_bodies))
         .with_state(endpoints);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let service = TowerToHyperService::new(router);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, _) = broadcast::channel::<()>(1);
+    let mut shutdown = pin!(shutdown);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        let (stream, slot) = accepted;
+        let connection = serve_connection(stream, service.clone(), limits, closing.subscribe());
+        connections.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = closing.send(());
+    let _ = tokio::time::timeout(limits.close_timeout, connections.join_all()).await;
+}
+
+/// Raises the soft limit on open files to the hard limit, so that `max_connections` clients
+/// fit: the soft limit is often 1,024, and the probes and maps hold descriptors too.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: both calls only read or write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The next connection, once a slot is free for it. Accept errors (out of file descriptors,
+/// a client gone before it was accepted) are logged and waited out, never fatal.
+async fn accept(listener: &TcpListener, slots: &Arc<Semaphore>) -> (TcpStream, OwnedSemaphorePermit) {
+    let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, slot),
+            Err(error) => {
+                warn!(%error, "accepting an HTTP connection failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    service: TowerToHyperService<Router>,
+    limits: Limits,
+    mut closing: broadcast::Receiver<()>,
+) {
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = tokio::time::sleep(limits.connection_lifetime) => {}
+        _ = closing.recv() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits.close_timeout, connection).await;
+}
+
+/// No endpoint reads a body: one announced is refused before anything reads it.
+async fn reject_bodies(request: Request, next: Next) -> Response {
+    let announced = request.headers().get(CONTENT_LENGTH).is_some_and(|length| length != "0")
+        || request.headers().contains_key(TRANSFER_ENCODING);
+    if announced {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "these endpoints take no request body".to_string());
+    }
+    next.run(request).await
 }
 
 /// OpenMetrics for scrapers that accept it (Prometheus does), the Prometheus text format for
