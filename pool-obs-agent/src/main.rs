@@ -118,6 +118,7 @@ async fn run(options: Options) -> Result<()> {
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
     let wall = WallClock::now();
+    privileges::drop_all_capabilities().context("giving up capabilities after attaching")?;
 
     let metrics = Arc::new(Metrics::new());
     metrics.probes_attached.set(plan.attachments.len() as i64);
@@ -141,10 +142,13 @@ async fn run(options: Options) -> Result<()> {
     let server = tokio::spawn(http::serve(listener, endpoints, options.http_limits(), async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }));
+    let [effective, permitted, bounding] =
+        privileges::held_capabilities().map(|(_, set)| format!("{set:#x}"));
     info!(
         pid = target.pid.get(),
         exe = %target.exe,
         probes = plan.attachments.len(),
+        capabilities = format!("effective {effective}, permitted {permitted}, bounding {bounding}"),
         "attached; serving http://{}/metrics, /health and /requests/{{id}}",
         options.listen
     );

@@ -93,16 +93,36 @@ pub struct Agent {
 
 impl Agent {
     pub fn attach(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str]) -> Self {
-        Self::start(pid, manifest, address, extra, None)
+        Self::start(&[], pid, manifest, address, extra, None)
+    }
+
+    /// Attaches through `launcher`, a command that runs the agent as its last argument
+    /// (`setpriv ...`, to run it with other credentials).
+    pub fn attach_launched_by(launcher: &[&str], pid: u32, manifest: &Path) -> Self {
+        Self::start(launcher, pid, manifest, free_address(), &[], None)
     }
 
     /// Attaches with `RUST_LOG` set to `filter`, keeping the log lines for the test.
     pub fn attach_logging(pid: u32, manifest: &Path, extra: &[&str], filter: &str) -> Self {
-        Self::start(pid, manifest, free_address(), extra, Some(filter))
+        Self::start(&[], pid, manifest, free_address(), extra, Some(filter))
     }
 
-    fn start(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str], filter: Option<&str>) -> Self {
-        let mut command = Command::new(binary("pool-obs-agent"));
+    fn start(
+        launcher: &[&str],
+        pid: u32,
+        manifest: &Path,
+        address: SocketAddr,
+        extra: &[&str],
+        filter: Option<&str>,
+    ) -> Self {
+        let mut command = match launcher.split_first() {
+            Some((program, launcher_args)) => {
+                let mut command = Command::new(program);
+                command.args(launcher_args).arg(binary("pool-obs-agent"));
+                command
+            }
+            None => Command::new(binary("pool-obs-agent")),
+        };
         command
             .args(["--pid", &pid.to_string(), "--listen", &address.to_string()])
             .arg("--manifest")
@@ -248,6 +268,14 @@ impl Drop for Agent {
     fn drop(&mut self) {
         kill_if_running(&mut self.child);
     }
+}
+
+/// A capability set of a process as `/proc/PID/status` shows it (`CapEff`, `CapPrm`, ...).
+pub fn capabilities(pid: u32, set: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hex = status.lines().find_map(|line| line.strip_prefix(set)?.strip_prefix(':'));
+    hex.and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {set}"))
 }
 
 /// A process's resident memory as the kernel reports it in `/proc/PID/status` (VmRSS).

@@ -134,7 +134,7 @@ fn missing_capabilities_are_named() {
     let demo = manifest("demo-pool.toml");
     let output = agent(&nobody, &["--pid", &pool.pid().to_string(), "--manifest", demo.to_str().unwrap()]);
     let message = "pool-obs-agent lacks CAP_BPF and CAP_PERFMON: run it as root, or grant it with \
-                   `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep pool-obs-agent`";
+                   `setcap cap_sys_admin,cap_bpf,cap_perfmon,cap_sys_ptrace+ep pool-obs-agent`";
     assert_refused(&output, 15, message);
 }
 

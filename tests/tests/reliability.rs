@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 use pool_obs_tests::{
     bpf,
     ground_truth::Summary,
-    processes::{Agent, Pool, StartFile, args, free_address, manifest, stop},
+    processes::{Agent, Pool, StartFile, args, capabilities, free_address, manifest, mixed_load, stop},
 };
 
 #[test]
@@ -104,4 +104,38 @@ fn attaching_and_detaching_fifty_times_under_load_changes_nothing_the_pool_does(
     let expected = outcomes(&alone.summary());
     alone.wait_for_exit();
     assert_eq!(outcomes(&summary), expected, "the same requests succeeded, failed and timed out");
+}
+
+/// Counts a short mixed load through `agent`, which must be attached to `pool`, and checks
+/// every request was seen.
+fn counts_everything(mut pool: Pool, start: StartFile, agent: &Agent) {
+    start.start();
+    let summary = pool.summary();
+    pool.wait_for_exit();
+    let answered: u64 = summary.models.values().map(|model| model.requests.total()).sum();
+    assert_eq!(agent.metrics_after(answered).sum("pool_requests_total"), answered as f64);
+}
+
+#[test]
+fn once_attached_the_agent_holds_no_capabilities() {
+    // As root, the usual deployment: everything goes, the bounding set included.
+    let start = StartFile::new("caps-root");
+    let pool = Pool::start(&[mixed_load(2000, 3), start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), &manifest("demo-pool.toml"), free_address(), &[]);
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+        assert_eq!(capabilities(agent.child.id(), set), 0, "{set} of an agent started as root");
+    }
+    counts_everything(pool, start, &agent);
+
+    // As nobody with exactly the capabilities it needs to attach: those go too.
+    let start = StartFile::new("caps-nobody");
+    let pool = Pool::start(&[mixed_load(2000, 4), start.arg().to_vec()].concat());
+    let granted = "+sys_admin,+bpf,+perfmon,+sys_ptrace";
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps", granted];
+    let launcher = [&nobody[..], &["--ambient-caps", granted]].concat();
+    let agent = Agent::attach_launched_by(&launcher, pool.pid(), &manifest("demo-pool.toml"));
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(capabilities(agent.child.id(), set), 0, "{set} of an agent started as nobody");
+    }
+    counts_everything(pool, start, &agent);
 }
