@@ -94,18 +94,13 @@ pub struct ModelState {
 /// Which events the manifest probes at all: only then does an event's absence mean something.
 struct Probed {
     submissions: bool,
-    starts: bool,
     spawns: bool,
 }
 
 impl Probed {
     fn of(probes: &[ProbeInfo]) -> Self {
         let probed = |kind| probes.iter().any(|probe| probe.event == Some(kind));
-        Self {
-            submissions: probed(EventKind::RequestSubmitted),
-            starts: probed(EventKind::RequestStarted),
-            spawns: probed(EventKind::WorkerSpawned),
-        }
+        Self { submissions: probed(EventKind::RequestSubmitted), spawns: probed(EventKind::WorkerSpawned) }
     }
 }
 
@@ -322,9 +317,7 @@ impl Aggregator {
             .map_or(Status::Failed, |rule| rule.classify(event.outcome_value));
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
         let request = request_id.and_then(|id| self.requests.remove(&id));
-        if let Some(id) = request_id.filter(|_| request.is_none())
-            && (self.probed.submissions || self.probed.starts)
-        {
+        if let Some(id) = request_id.filter(|_| request.is_none() && self.probed.submissions) {
             self.anomaly(Anomaly::RequestEndWithoutStart, id);
         }
         let named_worker = self.named_worker(&event.header, event.worker_id);

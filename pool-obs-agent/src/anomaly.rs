@@ -5,8 +5,9 @@
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Anomaly {
-    /// A request ended that the agent never saw submitted or started, although the manifest
-    /// probes one of those.
+    /// A request ended that the agent never saw begin, although the manifest probes
+    /// submissions. (With starts probed alone, a request that times out in the queue ends
+    /// without a start, as it should.)
     RequestEndWithoutStart,
     /// A request started that the agent never saw submitted, although the manifest probes
     /// submissions.
@@ -25,6 +26,9 @@ pub enum Anomaly {
     RequestExpired,
     /// A return probe fired without its entry: the call began before the agent attached.
     ReturnWithoutEntry,
+    /// A call's entry was seen and its return never was: a recursive call, or a return the
+    /// kernel did not report. The call is not counted.
+    EntryWithoutReturn,
     /// A kernel program fired for a probe it had no description of.
     UnknownProbe,
     /// A ring-buffer record that is no event this agent knows.
@@ -32,7 +36,7 @@ pub enum Anomaly {
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 10] = [
+    pub const ALL: [Anomaly; 11] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -41,6 +45,7 @@ impl Anomaly {
         Anomaly::RequestUntracked,
         Anomaly::RequestExpired,
         Anomaly::ReturnWithoutEntry,
+        Anomaly::EntryWithoutReturn,
         Anomaly::UnknownProbe,
         Anomaly::UndecodableEvent,
     ];
@@ -56,6 +61,7 @@ impl Anomaly {
             Anomaly::RequestUntracked => "request_untracked",
             Anomaly::RequestExpired => "request_expired",
             Anomaly::ReturnWithoutEntry => "return_without_entry",
+            Anomaly::EntryWithoutReturn => "entry_without_return",
             Anomaly::UnknownProbe => "unknown_probe",
             Anomaly::UndecodableEvent => "undecodable_event",
         }

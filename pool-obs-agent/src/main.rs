@@ -258,6 +258,7 @@ impl Observer<'_> {
                 counters::READ_FAILURES => _ = metrics.read_failures.inc_by(grown),
                 counters::RETURNS_WITHOUT_ENTRY => metrics.anomalies.add(Anomaly::ReturnWithoutEntry, grown),
                 counters::UNKNOWN_PROBES => metrics.anomalies.add(Anomaly::UnknownProbe, grown),
+                counters::ENTRIES_WITHOUT_RETURN => metrics.anomalies.add(Anomaly::EntryWithoutReturn, grown),
                 _ => unreachable!("pool_obs_common::counters::COUNT counts {counter} counters"),
             }
         }

@@ -9,5 +9,8 @@ pub const READ_FAILURES: u32 = 1;
 pub const RETURNS_WITHOUT_ENTRY: u32 = 2;
 /// A probe fired with an attach cookie that has no probe spec.
 pub const UNKNOWN_PROBES: u32 = 3;
+/// An entry was saved over one whose return never came (a recursive call, or a return the
+/// kernel did not report): that call is not counted.
+pub const ENTRIES_WITHOUT_RETURN: u32 = 4;
 
-pub const COUNT: u32 = 4;
+pub const COUNT: u32 = 5;

@@ -79,7 +79,12 @@ pub fn probe_return(ctx: RetProbeContext) {
 /// zero entry time) at return. Two lookups cost less than an update and a delete.
 fn save_entry(key: u64, saved: SavedEntry) {
     match ENTRIES.get_ptr_mut(key) {
-        Some(slot) => unsafe { *slot = saved },
+        Some(slot) => {
+            if unsafe { (*slot).entered_ns } != 0 {
+                count(counters::ENTRIES_WITHOUT_RETURN);
+            }
+            unsafe { *slot = saved }
+        }
         // On failure the return probe counts the missing entry.
         None => {
             let _ = ENTRIES.insert(key, saved, 0);

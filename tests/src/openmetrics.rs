@@ -1,6 +1,6 @@
 //! Reads the samples of an OpenMetrics text exposition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -34,6 +34,12 @@ impl Exposition {
                         .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
             })
             .map(|sample| sample.value)
+    }
+
+    /// The distinct values of `label` among the samples with this name.
+    pub fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
+        let named = self.samples.iter().filter(|sample| sample.name == name);
+        named.filter_map(|sample| sample.labels.get(label).cloned()).collect()
     }
 
     /// The sum over every sample with this name.

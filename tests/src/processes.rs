@@ -280,10 +280,16 @@ pub fn capabilities(pid: u32, set: &str) -> u64 {
 
 /// A process's resident memory as the kernel reports it in `/proc/PID/status` (VmRSS).
 pub fn vm_rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS")
+}
+
+/// A memory figure of `/proc/PID/status`: `VmRSS` (resident now), `VmHWM` (the most ever
+/// resident), ...; 0 once the process is gone.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: u64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     kib * 1024

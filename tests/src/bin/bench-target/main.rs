@@ -19,6 +19,9 @@ struct Options {
     /// Distinct model names to cycle through.
     #[arg(long, default_value_t = 4)]
     models: u64,
+    /// Pad every model name with dashes to this many bytes, as a hostile registry might.
+    #[arg(long, default_value_t = 0)]
+    key_bytes: usize,
     /// Busy work inside each call, in nanoseconds.
     #[arg(long, default_value_t = 0)]
     work_ns: u64,
@@ -73,7 +76,7 @@ fn record(value: u64) {
 
 fn main() {
     let options = Options::parse();
-    let models: Vec<String> = (0..options.models).map(|model| format!("model-{model}")).collect();
+    let models: Vec<String> = (0..options.models).map(|model| model_name(model, options.key_bytes)).collect();
     eprintln!("bench-target: ready, pid {}", std::process::id());
     pool_obs_tests::processes::await_start_file(options.start_file.as_deref());
     let per_thread = options.calls / options.threads.max(1);
@@ -88,6 +91,14 @@ fn main() {
     let elapsed = started.elapsed().as_nanos() as u64;
     let calls = per_thread * options.threads.max(1);
     println!(r#"{{"calls":{calls},"elapsed_ns":{elapsed},"ns_per_call":{}}}"#, elapsed as f64 / calls as f64);
+}
+
+/// `model-N`, padded with dashes to `bytes`.
+fn model_name(model: u64, bytes: usize) -> String {
+    let mut name = format!("model-{model}");
+    let padding = bytes.saturating_sub(name.len());
+    name.extend(std::iter::repeat_n('-', padding));
+    name
 }
 
 fn call(options: &Options, models: &[String], first_id: u64, calls: u64) {
