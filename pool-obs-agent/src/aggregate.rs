@@ -2,6 +2,7 @@
 //! sliding-window statistics, and the metric series they feed. Events arrive in the order the
 //! kernel wrote them; each kind has its handler, `on_<event>`.
 
+mod departed;
 mod requests;
 pub mod window;
 
@@ -23,6 +24,7 @@ use crate::{
     export::metrics::{Metrics, ModelMetrics},
     outcome::Status,
 };
+use departed::Departed;
 pub use requests::Timeline;
 use requests::{RecentRequests, RequestRecord};
 use window::Window;
@@ -69,6 +71,7 @@ pub struct Aggregator {
     requests: HashMap<u64, InFlight>,
     recent: RecentRequests,
     workers: HashMap<u64, Worker>,
+    departed: Departed,
     merged_latency: Histogram<u32>,
 }
 
@@ -133,6 +136,7 @@ impl Aggregator {
             requests: HashMap::new(),
             recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
+            departed: Departed::default(),
             merged_latency: window::new_histogram(),
             settings,
         }
@@ -201,6 +205,7 @@ impl Aggregator {
             self.anomaly(Anomaly::WorkerIdReused, event.worker_id);
             self.remove_worker(event.worker_id);
         }
+        self.departed.forget(event.worker_id);
         let worker = Worker { model, memory_bytes, serving: None, retiring: false };
         self.workers.insert(event.worker_id, worker);
         let state = &mut self.models[model];
@@ -274,7 +279,7 @@ impl Aggregator {
         if known.is_none() && self.probed.submissions {
             self.anomaly(Anomaly::RequestStartWithoutSubmit, event.request_id);
         }
-        if let Some(worker) = worker {
+        if let Some(worker) = worker.filter(|worker| !self.departed.contains(*worker)) {
             self.expect_live_worker(worker);
         }
         let model = self.model_of(&event.header, &event.model, known.or(worker_model));
@@ -425,12 +430,16 @@ impl Aggregator {
         }
     }
 
-    /// Marks a worker busy with `request` or idle; a worker first seen here existed before we
-    /// attached and joins the live set.
+    /// Marks a worker busy with `request` or idle. A worker first seen here existed before we
+    /// attached and joins the live set; one that had left serves its last request and leaves.
     fn worker_serves(&mut self, worker_id: u64, model: ModelId, request: Option<u64>) {
+        let departed = self.departed.contains(worker_id);
+        if departed && request.is_none() && !self.workers.contains_key(&worker_id) {
+            return;
+        }
         let worker = self.workers.entry(worker_id).or_insert_with(|| {
             self.models[model].workers += 1;
-            Worker { model, memory_bytes: 0, serving: None, retiring: false }
+            Worker { model, memory_bytes: 0, serving: None, retiring: departed }
         });
         let was_busy = worker.serving.is_some();
         worker.serving = request;
@@ -460,6 +469,7 @@ impl Aggregator {
         let Some(worker) = self.workers.remove(&worker_id) else {
             return;
         };
+        self.departed.insert(worker_id);
         let state = &mut self.models[worker.model];
         state.workers -= 1;
         state.memory_bytes -= worker.memory_bytes;

@@ -15,7 +15,8 @@ pub enum Anomaly {
     /// A request was submitted under the id of one still in flight.
     RequestIdReused,
     /// An event named a worker that is not live: never seen spawned although the manifest
-    /// probes spawns, or already evicted or crashed.
+    /// probes spawns, or already evicted or crashed. (A worker starting a request just after
+    /// its eviction is not one: it took that request before it was told to leave.)
     WorkerNotSpawned,
     /// A worker was spawned under the id of one still live.
     WorkerIdReused,

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Task {
     Test,
     /// Measure pool-obs side by side with the kernel's floor and bpftrace; prints a markdown report.
     Bench(bench::Options),
+    /// Ten minutes of the demo's load under the agent: memory flat, nothing lost, every request counted.
+    Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Task::Demo(options) => demo::run(&options),
         Task::Test => test::run_suite(),
         Task::Bench(options) => bench::run(&options),
+        Task::Soak(options) => soak::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

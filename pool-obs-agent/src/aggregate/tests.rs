@@ -374,3 +374,15 @@ fn requests_past_max_in_flight_are_counted_not_followed() {
     feed(&mut aggregator, &[ended(0, 0, 0, 20), submitted("m", 100, 30)]);
     assert_eq!(state(&aggregator, "m").queued, 12, "an end makes room again");
 }
+
+#[test]
+fn a_worker_evicted_before_starting_the_request_it_took_serves_it_then_leaves() {
+    let mut aggregator = aggregator();
+    feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), evicted(1), started(7, 1, 200)]);
+    let model = state(&aggregator, "m");
+    assert_eq!((model.workers, model.busy), (1, 1), "serving its last request");
+    feed(&mut aggregator, &[ended(0, 7, 0, 300)]);
+    let model = state(&aggregator, "m");
+    assert_eq!((model.workers, model.busy, model.requests), (0, 0, [1, 0, 0]));
+    assert_eq!(anomalies(&aggregator), []);
+}
