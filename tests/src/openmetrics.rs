@@ -42,6 +42,12 @@ impl Exposition {
         named.filter_map(|sample| sample.labels.get(label).cloned()).collect()
     }
 
+    /// The samples with this name that are not zero, by the value of `label`.
+    pub fn nonzero(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let named = self.samples.iter().filter(|sample| sample.name == name && sample.value != 0.0);
+        named.map(|sample| (sample.labels.get(label).cloned().unwrap_or_default(), sample.value)).collect()
+    }
+
     /// The sum over every sample with this name.
     pub fn sum(&self, name: &str) -> f64 {
         self.samples.iter().filter(|sample| sample.name == name).map(|sample| sample.value).sum()

@@ -194,7 +194,7 @@ fn deploy_files_pass_the_tools_that_read_them() {
         .iter()
         .filter_map(|capability| capability.as_str())
         .collect();
-    assert_eq!(added, ["BPF", "PERFMON", "SYS_PTRACE"]);
+    assert_eq!(added, ["SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE"]);
     let mounts: Vec<&str> = pod["containers"][0]["volumeMounts"]
         .as_vec()
         .expect("mounts")

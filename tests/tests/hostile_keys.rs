@@ -43,12 +43,7 @@ fn a_million_distinct_keys_stop_at_max_models_and_the_agent_stays_bounded() {
     let metrics = agent.metrics();
     let models = metrics.label_values("pool_requests_total", "model");
     assert_eq!(models.len(), 1001, "1,000 keys of their own and __other__");
-    let anomalies: Vec<_> = metrics
-        .samples
-        .iter()
-        .filter(|sample| sample.name == "pool_obs_anomalies_total" && sample.value > 0.0)
-        .map(|sample| (sample.labels["kind"].clone(), sample.value))
-        .collect();
+    let anomalies = metrics.nonzero("pool_obs_anomalies_total", "kind");
     assert_eq!(metrics.sum("pool_requests_total"), 1_000_000.0, "every call counted ({anomalies:?})");
     let other = |status| metrics.value("pool_requests_total", &[("model", "__other__"), ("status", status)]);
     // Each tracked key was called once; every other call counts under __other__.

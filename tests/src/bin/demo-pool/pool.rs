@@ -25,6 +25,10 @@ const PAGE: usize = 4096;
 pub struct Pool {
     config: Config,
     state: Mutex<State>,
+    /// Held from choosing a worker to evict until it is evicted, and while exited workers are
+    /// collected: no worker is evicted after it exited, nor twice, so that every call of
+    /// `evict_worker` is an eviction.
+    evictions: Mutex<()>,
     next_worker_id: AtomicU64,
 }
 
@@ -133,6 +137,7 @@ impl Pool {
                 seed: options.seed,
             },
             state: Mutex::default(),
+            evictions: Mutex::default(),
             next_worker_id: AtomicU64::new(1),
         }
     }
@@ -212,6 +217,7 @@ impl Pool {
     }
 
     fn make_room(&self, model: &[u8], needed: u64) {
+        let _evicting = self.evictions.lock().unwrap();
         while let Some((victim_model, victim)) = self.eviction_candidate(model, needed) {
             self.evict_worker(&victim_model, victim);
         }
@@ -259,9 +265,7 @@ impl Pool {
         thread::spawn(move || {
             loop {
                 thread::sleep(Duration::from_millis(5));
-                for (model, worker_id) in pool.idle_workers() {
-                    pool.evict_worker(&model, worker_id);
-                }
+                pool.evict_idle_workers();
                 for (worker_id, worker) in pool.take_finished_workers() {
                     let evicted = worker.stop.load(Ordering::Relaxed);
                     if worker.thread.join().is_err() {
@@ -270,6 +274,13 @@ impl Pool {
                 }
             }
         });
+    }
+
+    fn evict_idle_workers(&self) {
+        let _evicting = self.evictions.lock().unwrap();
+        for (model, worker_id) in self.idle_workers() {
+            self.evict_worker(&model, worker_id);
+        }
     }
 
     fn idle_workers(&self) -> Vec<(Vec<u8>, u64)> {
@@ -291,6 +302,7 @@ impl Pool {
     }
 
     fn take_finished_workers(&self) -> Vec<(u64, Worker)> {
+        let _evicting = self.evictions.lock().unwrap();
         let mut state = self.state.lock().unwrap();
         let finished: Vec<u64> = state
             .workers
@@ -298,7 +310,17 @@ impl Pool {
             .filter(|(_, worker)| worker.thread.is_finished())
             .map(|(id, _)| *id)
             .collect();
-        finished.into_iter().filter_map(|id| state.workers.remove(&id).map(|worker| (id, worker))).collect()
+        let finished: Vec<(u64, Worker)> = finished
+            .into_iter()
+            .filter_map(|id| state.workers.remove(&id).map(|worker| (id, worker)))
+            .collect();
+        // Under the same lock, so that no eviction picks a worker that has already exited.
+        for (worker_id, worker) in &finished {
+            if let Some(entry) = state.models.get_mut(&worker.model) {
+                entry.workers.retain(|id| id != worker_id);
+            }
+        }
+        finished
     }
 
     /// Accounts for a worker that panicked, fails the request it was serving, and starts its
