@@ -142,13 +142,11 @@ async fn run(options: Options) -> Result<()> {
     let server = tokio::spawn(http::serve(listener, endpoints, options.http_limits(), async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }));
-    let [effective, permitted, bounding] =
-        privileges::held_capabilities().map(|(_, set)| format!("{set:#x}"));
     info!(
         pid = target.pid.get(),
         exe = %target.exe,
         probes = plan.attachments.len(),
-        capabilities = format!("effective {effective}, permitted {permitted}, bounding {bounding}"),
+        capabilities = privileges::held_capabilities(),
         "attached; serving http://{}/metrics, /health and /requests/{{id}}",
         options.listen
     );

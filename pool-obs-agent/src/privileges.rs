@@ -83,9 +83,10 @@ pub fn drop_all_capabilities() -> io::Result<()> {
     Ok(())
 }
 
-/// The capability sets this process holds now, as `/proc/self/status` shows them.
-pub fn held_capabilities() -> [(&'static str, u64); 3] {
-    ["CapEff", "CapPrm", "CapBnd"].map(|set| (set, capability_set(set)))
+/// The capability sets this process holds now, as `/proc/self/status` shows them, for a log.
+pub fn held_capabilities() -> String {
+    let [effective, permitted, bounding] = ["CapEff", "CapPrm", "CapBnd"].map(capability_set);
+    format!("effective {effective:#x}, permitted {permitted:#x}, bounding {bounding:#x}")
 }
 
 fn last_capability() -> libc::c_ulong {
