@@ -18,7 +18,10 @@ use aya::{
 use pool_obs_common::{maps, probe::ProbeSpec};
 use tracing::{info, warn};
 
-use crate::manifest::At;
+use crate::{
+    error::{Class, Refusal},
+    manifest::At,
+};
 use plan::Plan;
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
@@ -61,7 +64,7 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
         };
         uprobe(&mut ebpf, program)?
             .attach(point, &target, UProbeScope::OneProcess(pid))
-            .with_context(|| format!("attaching to {} in {target}", attachment.function))?;
+            .map_err(|error| attach_failure(error.into(), &attachment.function, &target))?;
         info!(function = %attachment.function, at = ?attachment.at, offset = attachment.file_offset, "probe attached");
         if attachment.at == At::Return {
             warn!(
@@ -72,6 +75,28 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
         }
     }
     Ok(ebpf)
+}
+
+/// A uprobe the kernel refused for lack of privilege is a refusal of its own: the capability
+/// check before attaching cannot know that a user other than root needs CAP_SYS_ADMIN too.
+fn attach_failure(error: anyhow::Error, function: &str, target: &str) -> anyhow::Error {
+    let denied = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if !denied {
+        return error.context(format!("attaching to {function} in {target}"));
+    }
+    Refusal::new(
+        Class::Privilege,
+        format!(
+            "the kernel refused a uprobe on {function} (permission denied): as a user other than root \
+             the agent needs CAP_SYS_ADMIN besides CAP_BPF and CAP_PERFMON: run it as root, or grant \
+             it with `setcap cap_sys_admin,cap_bpf,cap_perfmon,cap_sys_ptrace+ep pool-obs-agent`"
+        ),
+    )
+    .into()
 }
 
 fn write_specs(ebpf: &mut Ebpf, specs: &[ProbeSpec]) -> Result<()> {

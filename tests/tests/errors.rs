@@ -139,6 +139,21 @@ fn missing_capabilities_are_named() {
 }
 
 #[test]
+fn a_uprobe_refused_to_a_user_without_cap_sys_admin_is_named() {
+    let (pool, _start) = idle_pool();
+    let granted = "+bpf,+perfmon,+sys_ptrace";
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps", granted];
+    let launcher = [&nobody[..], &["--ambient-caps", granted]].concat();
+    let demo = manifest("demo-pool.toml");
+    let output = agent(&launcher, &["--pid", &pool.pid().to_string(), "--manifest", demo.to_str().unwrap()]);
+    let message = "the kernel refused a uprobe on demo_pool::pool::Pool::spawn_worker (permission denied): \
+                   as a user other than root the agent needs CAP_SYS_ADMIN besides CAP_BPF and CAP_PERFMON: \
+                   run it as root, or grant it with \
+                   `setcap cap_sys_admin,cap_bpf,cap_perfmon,cap_sys_ptrace+ep pool-obs-agent`";
+    assert_refused(&output, 15, message);
+}
+
+#[test]
 fn a_kernel_without_uprobes_is_named() {
     let (pool, _start) = idle_pool();
     // A private mount namespace in which the kernel's uprobe PMU is not to be seen.
