@@ -70,10 +70,10 @@ pub struct Options {
     /// HTTP connections served at once; further clients wait to be accepted.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    /// Seconds an HTTP client has to send a request's headers; idle connections are closed
-    /// after as long.
+    /// Seconds an HTTP client has to send a request's headers, and may leave a response
+    /// unread; idle connections are closed after as long.
     #[arg(long, default_value_t = 10)]
-    pub http_header_timeout_secs: u64,
+    pub http_timeout_secs: u64,
     /// Ring buffer size in bytes; the kernel rounds it up to a power-of-two number of pages.
     #[arg(long, default_value_t = 4 << 20)]
     pub ring_buffer_bytes: u32,
@@ -154,7 +154,7 @@ impl Options {
     pub fn http_limits(&self) -> http::Limits {
         http::Limits {
             max_connections: self.max_connections.max(1),
-            header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            client_timeout: Duration::from_secs(self.http_timeout_secs.max(1)),
             connection_lifetime: Duration::from_secs(300),
             close_timeout: Duration::from_secs(10),
         }

@@ -12,7 +12,7 @@ use std::{
 use pool_obs_tests::{
     http,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, binary, free_address, manifest, stop},
+    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest, stop},
 };
 
 /// A pool that waits for a start file that never comes: the agent has nothing to count.
@@ -53,7 +53,7 @@ fn still_open(mut stream: &TcpStream) -> bool {
 #[test]
 fn a_thousand_slow_clients_neither_stall_metrics_nor_stay_forever() {
     let (pool, _start) = idle_pool();
-    let timeout = ["--http-header-timeout-secs", "10"];
+    let timeout = ["--http-timeout-secs", "10"];
     let agent = Agent::attach(pool.pid(), &manifest("demo-pool.toml"), free_address(), &timeout);
 
     // Each sends the first line of a request, then nothing more.
@@ -84,6 +84,35 @@ fn a_thousand_slow_clients_neither_stall_metrics_nor_stay_forever() {
     let open = slow.iter().filter(|stream| still_open(stream)).count();
     assert_eq!(open, 0, "every slow client was disconnected");
     assert_eq!(agent.get("/health").status, 200);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    // Three thousand models make an exposition of about 14 MB, far more than sockets buffer.
+    let start = StartFile::new("unread");
+    let calls = args(&["--calls", "3000", "--models", "3000"]);
+    let mut target = Pool::start_named("bench-target", &[calls, start.arg().to_vec()].concat());
+    let limits = ["--max-models", "3000", "--http-timeout-secs", "3"];
+    let agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &limits);
+    start.start();
+    let _ = target.stdout.recv_timeout(Duration::from_secs(60)).expect("the target's result");
+    target.wait_for_exit();
+    let full = agent.metrics_after(3000);
+    assert_eq!(full.label_values("pool_requests_total", "model").len(), 3000);
+    let full_bytes = agent.get("/metrics").body.len();
+
+    let mut reader = TcpStream::connect(agent.address).expect("connect");
+    reader.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").expect("send a request");
+    thread::sleep(Duration::from_secs(6));
+    let (_, health) = agent.health();
+    assert_eq!(health["target"]["up"], false, "others are served meanwhile: the target has exited");
+    reader.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+    let mut received = Vec::new();
+    let ended = reader.read_to_end(&mut received);
+    let held =
+        matches!(&ended, Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+    assert!(!held, "the agent let go of the connection: {ended:?}");
+    assert!(received.len() < full_bytes, "abandoned after {} of {full_bytes} bytes", received.len());
 }
 
 #[test]

@@ -24,6 +24,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch},
     task::JoinSet,
 };
+use tokio_io_timeout::TimeoutStream;
 use tracing::warn;
 
 use super::metrics::{Format, Metrics};
@@ -57,12 +58,13 @@ pub struct Endpoints {
 pub struct Limits {
     /// Connections served at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// A client must send a request's headers within this long, idle connections included.
-    pub header_timeout: Duration,
+    /// A client must send a request's headers within this long (idle connections included),
+    /// and a response it leaves unread this long is abandoned with its connection.
+    pub client_timeout: Duration,
     /// After this long a connection is closed once its current response is written.
     pub connection_lifetime: Duration,
-    /// A connection still writing this long after being asked to close is dropped: the client
-    /// is not reading.
+    /// Open connections get this long to finish once asked to close (at the end of their
+    /// lifetime, or at shutdown); then they are dropped.
     pub close_timeout: Duration,
 }
 
@@ -137,11 +139,13 @@ async fn serve_connection(
     limits: Limits,
     mut closing: broadcast::Receiver<()>,
 ) {
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(limits.client_timeout));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(limits.client_timeout)
         .max_header_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(Box::pin(stream)), service);
     let mut connection = pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
