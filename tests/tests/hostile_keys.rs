@@ -1,18 +1,11 @@
 //! Model keys as a careless or hostile registry makes them: huge, and without end in number.
 //! The pool's own keys, read by the real kernel programs; the agent stays small and exact.
 
-use std::time::Duration;
-
-use pool_obs_tests::processes::{Agent, Pool, StartFile, args, free_address, manifest, status_bytes};
+use pool_obs_tests::processes::{Agent, status_bytes, watch_bench_target};
 
 /// Runs `bench-target` with `load` under an agent and returns the agent, its work done.
 fn profile(name: &str, load: &[&str], calls: u64) -> Agent {
-    let start = StartFile::new(name);
-    let mut target = Pool::start_named("bench-target", &[args(load), start.arg().to_vec()].concat());
-    let agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &[]);
-    start.start();
-    let _ = target.stdout.recv_timeout(Duration::from_secs(120)).expect("the target's result");
-    target.wait_for_exit();
+    let agent = watch_bench_target(name, load, &[]);
     let metrics = agent.metrics_accounting_for(calls);
     assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0), "paced to lose nothing");
     agent

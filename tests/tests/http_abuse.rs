@@ -12,7 +12,7 @@ use std::{
 use pool_obs_tests::{
     http,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest, stop},
+    processes::{Agent, Pool, StartFile, binary, free_address, manifest, stop, watch_bench_target},
 };
 
 /// A pool that waits for a start file that never comes: the agent has nothing to count.
@@ -89,14 +89,8 @@ fn a_thousand_slow_clients_neither_stall_metrics_nor_stay_forever() {
 #[test]
 fn a_client_that_stops_reading_is_dropped() {
     // Three thousand models make an exposition of about 14 MB, far more than sockets buffer.
-    let start = StartFile::new("unread");
-    let calls = args(&["--calls", "3000", "--models", "3000"]);
-    let mut target = Pool::start_named("bench-target", &[calls, start.arg().to_vec()].concat());
-    let limits = ["--max-models", "3000", "--http-timeout-secs", "3"];
-    let agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &limits);
-    start.start();
-    let _ = target.stdout.recv_timeout(Duration::from_secs(60)).expect("the target's result");
-    target.wait_for_exit();
+    let calls = ["--calls", "3000", "--models", "3000"];
+    let agent = watch_bench_target("unread", &calls, &["--max-models", "3000", "--http-timeout-secs", "3"]);
     let full = agent.metrics_after(3000);
     assert_eq!(full.label_values("pool_requests_total", "model").len(), 3000);
     let full_bytes = agent.get("/metrics").body.len();

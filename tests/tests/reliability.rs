@@ -33,15 +33,15 @@ fn a_killed_agent_leaves_no_probes_and_the_pool_keeps_serving() {
 
 #[test]
 fn a_full_ring_buffer_loses_events_it_counts_and_recovers() {
-    // One event per call, a ring of one page drained once a second: most of a fast burst is lost.
+    // One event per call, a ring of one page drained once a second: most of a fast burst is
+    // lost. After it, the same target pauses, then calls 200 times at 200 a second.
     let start = StartFile::new("overflow");
-    let burst = args(&["--calls", "200000", "--models", "4"]);
-    let mut target = Pool::start_named("bench-target", &[burst, start.arg().to_vec()].concat());
+    let load = args(&["--calls", "200000", "--models", "4", "--then-calls", "200"]);
+    let mut target = Pool::start_named("bench-target", &[load, start.arg().to_vec()].concat());
     let tiny = ["--ring-buffer-bytes", "4096", "--drain-interval-ms", "1000"];
     let agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &tiny);
     start.start();
     let _ = target.stdout.recv_timeout(Duration::from_secs(60)).expect("the burst's result");
-    target.wait_for_exit();
 
     let metrics = agent.metrics_accounting_for(200_000);
     let counted = metrics.sum("pool_requests_total");
@@ -51,17 +51,11 @@ fn a_full_ring_buffer_loses_events_it_counts_and_recovers() {
     let (_, health) = agent.health();
     assert_eq!(health["events_lost"].as_f64(), Some(lost), "{health}");
 
-    // Load that fits the ring loses nothing more: the agent recovered.
-    let start = StartFile::new("overflow-after");
-    let trickle = args(&["--calls", "200", "--rate", "200"]);
-    let mut target = Pool::start_named("bench-target", &[trickle, start.arg().to_vec()].concat());
-    let agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &tiny);
-    start.start();
-    let _ = target.stdout.recv_timeout(Duration::from_secs(60)).expect("the trickle's result");
+    // The trickle that follows fits the ring: the same agent counts all of it, losing nothing more.
     target.wait_for_exit();
-    let metrics = agent.metrics_after(200);
-    assert_eq!(metrics.sum("pool_requests_total"), 200.0);
-    assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
+    let metrics = agent.metrics_accounting_for(200_200);
+    assert_eq!(metrics.sum("pool_requests_total"), counted + 200.0, "every call of the trickle counted");
+    assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(lost), "and none lost");
 }
 
 /// The pool's outcomes for a seeded run, with or without the agent coming and going.

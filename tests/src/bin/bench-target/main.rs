@@ -30,6 +30,10 @@ struct Options {
     rate: u64,
     #[arg(long, default_value_t = 1)]
     threads: u64,
+    /// After the calls and their result line, pause 3 s, then make this many more at 200 a
+    /// second: a burst, then a trickle.
+    #[arg(long, default_value_t = 0)]
+    then_calls: u64,
     /// Wait until this file exists before calling.
     #[arg(long)]
     start_file: Option<PathBuf>,
@@ -85,12 +89,16 @@ fn main() {
         for thread_index in 0..options.threads.max(1) {
             let models = &models;
             let options = &options;
-            scope.spawn(move || call(options, models, thread_index * per_thread, per_thread));
+            scope.spawn(move || call(options, models, thread_index * per_thread, per_thread, options.rate));
         }
     });
     let elapsed = started.elapsed().as_nanos() as u64;
     let calls = per_thread * options.threads.max(1);
     println!(r#"{{"calls":{calls},"elapsed_ns":{elapsed},"ns_per_call":{}}}"#, elapsed as f64 / calls as f64);
+    if options.then_calls > 0 {
+        thread::sleep(Duration::from_secs(3));
+        call(&options, &models, calls, options.then_calls, 200);
+    }
 }
 
 /// `model-N`, padded with dashes to `bytes`.
@@ -101,8 +109,9 @@ fn model_name(model: u64, bytes: usize) -> String {
     name
 }
 
-fn call(options: &Options, models: &[String], first_id: u64, calls: u64) {
-    let interval = (options.rate > 0).then(|| Duration::from_secs_f64(1.0 / options.rate as f64));
+/// Makes `calls` calls from request id `first_id` on, `rate` a second (0: as fast as they go).
+fn call(options: &Options, models: &[String], first_id: u64, calls: u64, rate: u64) {
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
     let mut next = Instant::now();
     for request_id in first_id..first_id + calls {
         let model = &models[(request_id % models.len() as u64) as usize];
