@@ -376,7 +376,9 @@ fn endpoints(scale: &Scale) -> Result<String> {
         let start = StartFile::new("endpoints");
         let count = models.to_string();
         let mut target = bench_target(&start, &["--models", &count, "--calls", &count]);
-        let mut agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &[]);
+        // Every model tracked: past the default --max-models the rest would share one series.
+        let tracked = ["--max-models", &count];
+        let mut agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &tracked);
         start.start();
         let (_, made) = target_result(&mut target)?;
         agent.metrics_after(made);
