@@ -279,8 +279,8 @@ impl Aggregator {
         if known.is_none() && self.probed.submissions {
             self.anomaly(Anomaly::RequestStartWithoutSubmit, event.request_id);
         }
-        if let Some(worker) = worker.filter(|worker| !self.departed.contains(*worker)) {
-            self.expect_live_worker(worker);
+        if let Some(worker) = worker {
+            self.expect_worker_to_serve(worker);
         }
         let model = self.model_of(&event.header, &event.model, known.or(worker_model));
         if !self.has_room_for(event.request_id) {
@@ -327,7 +327,7 @@ impl Aggregator {
         }
         let named_worker = self.named_worker(&event.header, event.worker_id);
         if let Some(worker) = named_worker.filter(|_| request.is_none()) {
-            self.expect_live_worker(worker);
+            self.expect_worker_to_serve(worker);
         }
         let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
@@ -477,6 +477,14 @@ impl Aggregator {
             state.busy -= 1;
         }
         state.publish_workers();
+    }
+
+    /// As [`Self::expect_live_worker`], except that a worker that left lately may still serve
+    /// the request it took before it was told to leave.
+    fn expect_worker_to_serve(&self, worker_id: u64) {
+        if !self.departed.contains(worker_id) {
+            self.expect_live_worker(worker_id);
+        }
     }
 
     /// Counts an event naming a worker the agent does not know as live, when it would know.
