@@ -284,10 +284,16 @@ impl Drop for Agent {
 
 /// A capability set of a process as `/proc/PID/status` shows it (`CapEff`, `CapPrm`, ...).
 pub fn capabilities(pid: u32, set: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hex = status.lines().find_map(|line| line.strip_prefix(set)?.strip_prefix(':'));
-    hex.and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    status_field(pid, set)
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .unwrap_or_else(|| panic!("/proc/{pid}/status has no {set}"))
+}
+
+/// The value of one `Name:` line of `/proc/PID/status`, trimmed; `None` once the process is gone.
+fn status_field(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?;
+    Some(value.trim().to_string())
 }
 
 /// A process's resident memory as the kernel reports it in `/proc/PID/status` (VmRSS).
@@ -298,11 +304,8 @@ pub fn vm_rss_bytes(pid: u32) -> u64 {
 /// A memory figure of `/proc/PID/status`: `VmRSS` (resident now), `VmHWM` (the most ever
 /// resident), ...; 0 once the process is gone.
 pub fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    let kib: u64 = status_field(pid, field)
+        .and_then(|value| value.trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     kib * 1024
 }
