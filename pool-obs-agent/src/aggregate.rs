@@ -10,7 +10,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use hdrhistogram::Histogram;
 use pool_obs_common::event::{
-    EventKind, Header, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted, RequestSubmitted,
+    CallEnding, EventKind, Header, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted, RequestSubmitted,
     WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 use prometheus_client::metrics::counter::Counter;
@@ -252,7 +252,7 @@ impl Aggregator {
                 started_ns: request.started_ns,
                 ended_ns: Some(event.header.ts_ns),
             };
-            self.end_request(Some(request_id), record);
+            self.end_request(Some(request_id), record, event.header.ts_ns);
         }
         self.remove_worker(event.worker_id);
     }
@@ -317,9 +317,14 @@ impl Aggregator {
 
     fn on_request_ended(&mut self, event: &RequestEnded) {
         let probe = self.probes.get(event.header.probe as usize);
-        let status = probe
-            .and_then(|probe| probe.outcome.as_ref())
-            .map_or(Status::Failed, |rule| rule.classify(event.outcome_value));
+        // A call a panic unwound through failed; when it ended is not known, only when the
+        // kernel noticed.
+        let unwound = CallEnding::from_u8(event.ending) == Some(CallEnding::Unwound);
+        let status = match probe.and_then(|probe| probe.outcome.as_ref()) {
+            _ if unwound => Status::Failed,
+            Some(rule) => rule.classify(event.outcome_value),
+            None => Status::Failed,
+        };
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
         let request = request_id.and_then(|id| self.requests.remove(&id));
         if let Some(id) = request_id.filter(|_| request.is_none() && self.probed.submissions) {
@@ -334,7 +339,7 @@ impl Aggregator {
             request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));
         let model = self.model_of(&event.header, &event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
-        let ended_ns = Some(event.header.ts_ns);
+        let ended_ns = (!unwound).then_some(event.header.ts_ns);
         let record = match &request {
             Some(request) => {
                 self.unqueue(request, event.header.ts_ns);
@@ -358,13 +363,14 @@ impl Aggregator {
                 ended_ns,
             },
         };
-        self.end_request(request_id, record);
+        self.end_request(request_id, record, event.header.ts_ns);
         if let Some(worker) = worker {
             self.worker_finishes(worker, model, request_id);
         }
     }
 
-    fn end_request(&mut self, request_id: Option<u64>, record: RequestRecord) {
+    /// Counts a request that ended, as the kernel saw it at `seen_ns`.
+    fn end_request(&mut self, request_id: Option<u64>, record: RequestRecord, seen_ns: u64) {
         let status = record.status.unwrap_or(Status::Failed);
         let (total, queue, service) = record.durations();
         let state = &mut self.models[record.model];
@@ -381,7 +387,7 @@ impl Aggregator {
         if let Some(service) = service {
             state.metrics.request_service.observe(seconds(service));
         }
-        state.window.record_request(record.ended_ns.unwrap_or_default(), status, total);
+        state.window.record_request(record.ended_ns.unwrap_or(seen_ns), status, total);
         state.changed = true;
         log_request(&state.label, request_id, &record, self.settings.slow_request);
         if let Some(request_id) = request_id {

@@ -27,9 +27,12 @@ pub enum Anomaly {
     RequestExpired,
     /// A return probe fired without its entry: the call began before the agent attached.
     ReturnWithoutEntry,
-    /// A call's entry was seen and its return never was: a recursive call, or a return the
-    /// kernel did not report. The call is not counted.
-    EntryWithoutReturn,
+    /// A call with a return probe ended by unwinding (a panic): a `request_ended` at its
+    /// return counts the request as failed; any other event did not happen.
+    Unwound,
+    /// A call with a return probe was nested deeper than the kernel follows per thread: it is
+    /// not counted, and its return shows as `return_without_entry`.
+    CallTooDeep,
     /// A kernel program fired for a probe it had no description of.
     UnknownProbe,
     /// A ring-buffer record that is no event this agent knows.
@@ -37,7 +40,7 @@ pub enum Anomaly {
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 11] = [
+    pub const ALL: [Anomaly; 12] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -46,7 +49,8 @@ impl Anomaly {
         Anomaly::RequestUntracked,
         Anomaly::RequestExpired,
         Anomaly::ReturnWithoutEntry,
-        Anomaly::EntryWithoutReturn,
+        Anomaly::Unwound,
+        Anomaly::CallTooDeep,
         Anomaly::UnknownProbe,
         Anomaly::UndecodableEvent,
     ];
@@ -62,7 +66,8 @@ impl Anomaly {
             Anomaly::RequestUntracked => "request_untracked",
             Anomaly::RequestExpired => "request_expired",
             Anomaly::ReturnWithoutEntry => "return_without_entry",
-            Anomaly::EntryWithoutReturn => "entry_without_return",
+            Anomaly::Unwound => "unwound",
+            Anomaly::CallTooDeep => "call_too_deep",
             Anomaly::UnknownProbe => "unknown_probe",
             Anomaly::UndecodableEvent => "undecodable_event",
         }

@@ -1,6 +1,7 @@
 //! Loads the kernel programs and attaches them to the target's functions.
 
 pub mod dwarf;
+pub mod machine_code;
 pub mod plan;
 pub mod symbols;
 
@@ -11,23 +12,25 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
     programs::{
-        UProbe,
+        RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use pool_obs_common::{maps, probe::ProbeSpec};
 use tracing::{info, warn};
 
-use crate::{
-    error::{Class, Refusal},
-    manifest::At,
-};
-use plan::Plan;
+use crate::error::{Class, Refusal};
+use plan::{Attachment, Plan, Program};
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
 
-const ENTRY_PROGRAM: &str = "probe_entry";
-const RETURN_PROGRAM: &str = "probe_return";
+const UPROBE_PROGRAMS: [Program; 5] =
+    [Program::Entry, Program::Call, Program::Return, Program::Exit, Program::UnwindCaught];
+/// Closes the calls a thread still had open when it exited.
+const THREAD_EXIT_PROGRAM: &str = "thread_exit";
+const THREAD_EXIT_TRACEPOINT: &str = "sched_process_exit";
+/// `ENOTSUPP`: the kernel's answer to a uprobe on an instruction it cannot handle.
+const ENOTSUPP: i32 = 524;
 
 pub struct LoadSettings {
     /// Ring buffer size; the kernel rounds it up to a power-of-two number of pages.
@@ -50,42 +53,64 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
         .context("loading the kernel programs")?;
     write_specs(&mut ebpf, &plan.specs)?;
     let target = format!("/proc/{pid}/exe");
-    for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+    // Only the programs the plan uses are loaded: what `bpftool prog` shows is what runs.
+    let used = UPROBE_PROGRAMS
+        .into_iter()
+        .filter(|program| plan.attachments.iter().any(|attachment| attachment.program == *program));
+    for program in used {
+        let name = program.name();
         uprobe(&mut ebpf, name)?.load().with_context(|| format!("loading {name} into the kernel"))?;
     }
     for attachment in &plan.attachments {
-        let program = match attachment.at {
-            At::Entry => ENTRY_PROGRAM,
-            At::Return => RETURN_PROGRAM,
-        };
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
-            cookie: Some(attachment.cookie.into()),
+            cookie: Some(attachment.cookie.encode()),
         };
-        uprobe(&mut ebpf, program)?
+        uprobe(&mut ebpf, attachment.program.name())?
             .attach(point, &target, UProbeScope::OneProcess(pid))
-            .map_err(|error| attach_failure(error.into(), &attachment.function, &target))?;
-        info!(function = %attachment.function, at = ?attachment.at, offset = attachment.file_offset, "probe attached");
-        if attachment.at == At::Return {
+            .map_err(|error| attach_failure(error.into(), attachment, &target))?;
+        info!(
+            function = %attachment.function,
+            program = attachment.program.name(),
+            offset = attachment.site.offset,
+            instruction = %attachment.site.instruction,
+            "probe attached: {}", attachment.reason
+        );
+        if attachment.program == Program::Return && attachment.reason.contains("unsafe_uretprobe") {
             warn!(
                 function = %attachment.function,
-                "return probe: a panic unwinding through this function aborts the pool, because the \
-                 kernel's return trampoline has no unwind info; probe only functions that cannot panic"
+                "unsafe_uretprobe: a panic unwinding through this function aborts the pool"
             );
         }
+    }
+    if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(THREAD_EXIT_PROGRAM)
+            .context("the kernel object has no thread_exit program")?
+            .try_into()?;
+        program.load().context("loading thread_exit into the kernel")?;
+        program.attach(THREAD_EXIT_TRACEPOINT).context("attaching to the sched_process_exit tracepoint")?;
     }
     Ok(ebpf)
 }
 
-/// A uprobe the kernel refused for lack of privilege is a refusal of its own: the capability
-/// check before attaching cannot know that a user other than root needs CAP_SYS_ADMIN too.
-fn attach_failure(error: anyhow::Error, function: &str, target: &str) -> anyhow::Error {
-    let denied = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    });
-    if !denied {
+/// A uprobe the kernel refused for lack of privilege, or on an instruction it cannot probe,
+/// is a refusal of its own: the capability check before attaching cannot know that a user
+/// other than root needs CAP_SYS_ADMIN too, and `Unknown error 524` helps nobody.
+fn attach_failure(error: anyhow::Error, attachment: &Attachment, target: &str) -> anyhow::Error {
+    let function = &attachment.function;
+    let io_error = error.chain().find_map(|cause| cause.downcast_ref::<std::io::Error>());
+    if io_error.and_then(std::io::Error::raw_os_error) == Some(ENOTSUPP) {
+        return Refusal::new(
+            Class::Unprobeable,
+            format!(
+                "the kernel cannot probe `{}` at {function}+{:#x}: probe a function that calls it",
+                attachment.site.instruction, attachment.site.offset
+            ),
+        )
+        .into();
+    }
+    if io_error.is_none_or(|io| io.kind() != std::io::ErrorKind::PermissionDenied) {
         return error.context(format!("attaching to {function} in {target}"));
     }
     Refusal::new(

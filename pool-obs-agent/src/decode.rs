@@ -3,8 +3,8 @@
 use std::{fmt, mem::size_of, ptr};
 
 use pool_obs_common::event::{
-    EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted,
-    WorkerSpawned,
+    CallEnding, EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
+    WorkerEvicted, WorkerSpawned,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +21,7 @@ pub enum Event {
 pub enum DecodeError {
     Short { len: usize },
     UnknownKind(u32),
+    UnknownEnding(u8),
 }
 
 impl fmt::Display for DecodeError {
@@ -28,6 +29,7 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Short { len } => write!(f, "record of {len} bytes is too short for its kind"),
             DecodeError::UnknownKind(kind) => write!(f, "unknown event kind {kind}"),
+            DecodeError::UnknownEnding(ending) => write!(f, "unknown call ending {ending}"),
         }
     }
 }
@@ -41,7 +43,11 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         EventKind::WorkerCrashed => Event::WorkerCrashed(read(record)?),
         EventKind::RequestSubmitted => Event::RequestSubmitted(read(record)?),
         EventKind::RequestStarted => Event::RequestStarted(read(record)?),
-        EventKind::RequestEnded => Event::RequestEnded(read(record)?),
+        EventKind::RequestEnded => {
+            let ended: RequestEnded = read(record)?;
+            CallEnding::from_u8(ended.ending).ok_or(DecodeError::UnknownEnding(ended.ending))?;
+            Event::RequestEnded(ended)
+        }
     })
 }
 

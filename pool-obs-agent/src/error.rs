@@ -18,6 +18,8 @@ pub enum Class {
     ManifestNames = 18,
     /// `check` found a problem in the manifest.
     CheckFailed = 19,
+    /// The kernel cannot probe the function as asked (an instruction it refuses, a tail call).
+    Unprobeable = 20,
 }
 
 /// An error of a known class.

@@ -8,6 +8,7 @@ use pool_obs_common::probe::{BASE_ARG, BASE_RET, Scalar};
 use crate::{
     attach::{
         dwarf::{DebugInfo, FunctionInfo, Param, TypeKind},
+        plan,
         symbols::SymbolTable,
     },
     cli::Binary,
@@ -88,6 +89,28 @@ pub fn check(manifest_path: &std::path::Path, binary: &Binary) -> Result<()> {
                 }
             }
         }
+    }
+    // Where the probes go, decided from the machine code exactly as attaching decides it.
+    match plan::plan(&manifest, &table) {
+        Ok(plan) => {
+            println!("probe sites");
+            for attachment in &plan.attachments {
+                println!(
+                    "  {}+{:#x} `{}` ({}): {}",
+                    attachment.function,
+                    attachment.site.offset,
+                    attachment.site.instruction,
+                    attachment.program.name(),
+                    attachment.reason
+                );
+            }
+        }
+        Err(error) if problems == 0 => {
+            println!("  ✗ {error:#}");
+            problems += 1;
+        }
+        // The problem was shown above, with its probe.
+        Err(_) => {}
     }
     if problems > 0 {
         let message = format!("{problems} problem(s) in {}: see above", manifest_path.display());
@@ -299,6 +322,7 @@ mod tests {
             request_id: Some(scalar("arg4")),
             memory_bytes: None,
             outcome: None,
+            unsafe_uretprobe: false,
         };
         let slots = register_slots(&function);
         let fields: Vec<_> =

@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use pool_obs_common::{counters, maps};
+use pool_obs_common::{counters::Counter, maps};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -114,7 +114,8 @@ async fn run(options: Options) -> Result<()> {
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
     let mut ebpf = attach::attach(target.pid, &plan, &options.load_settings())?;
-    let mut kernel_logs = options.debug_probes.then(|| KernelLogs::new(&mut ebpf)).transpose()?;
+    let functions = plan.probes.iter().map(|probe| probe.function.clone()).collect();
+    let mut kernel_logs = options.debug_probes.then(|| KernelLogs::new(&mut ebpf, functions)).transpose()?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
     let wall = WallClock::now();
@@ -130,7 +131,7 @@ async fn run(options: Options) -> Result<()> {
         thresholds: options.health_thresholds(),
         observing_since: SystemTime::now(),
         kernel_counters,
-        kernel_counted: [0; counters::COUNT as usize],
+        kernel_counted: [0; Counter::COUNT as usize],
         target_up: true,
         memory: MemorySampler::new(target.pid.get()),
     };
@@ -216,7 +217,7 @@ struct Observer<'a> {
     observing_since: SystemTime,
     kernel_counters: KernelCounters,
     /// How much of each kernel counter the metrics already hold, by counter index.
-    kernel_counted: [u64; counters::COUNT as usize],
+    kernel_counted: [u64; Counter::COUNT as usize],
     target_up: bool,
     memory: MemorySampler,
 }
@@ -235,29 +236,29 @@ impl Observer<'_> {
             target_up,
             observing_since: self.observing_since,
             memory: self.memory.last(),
-            events_lost: self.kernel_counted[counters::EVENTS_LOST as usize],
+            events_lost: self.kernel_counted[Counter::EventsLost.index() as usize],
             anomalies: metrics.anomalies.counted(),
         })
     }
 
     /// Adds what the kernel programs counted since the last refresh to the metrics.
     fn catch_up_kernel_counters(&mut self, metrics: &Metrics) {
-        for counter in 0..counters::COUNT {
-            let counted = &mut self.kernel_counted[counter as usize];
+        for counter in Counter::ALL {
+            let counted = &mut self.kernel_counted[counter.index() as usize];
             let grown = self.kernel_counters.read(counter).saturating_sub(*counted);
             *counted += grown;
             match counter {
-                counters::EVENTS_LOST => {
+                Counter::EventsLost => {
                     metrics.events_lost.inc_by(grown);
                     if grown > 0 {
                         warn!(lost = grown, "ring buffer full: events lost");
                     }
                 }
-                counters::READ_FAILURES => _ = metrics.read_failures.inc_by(grown),
-                counters::RETURNS_WITHOUT_ENTRY => metrics.anomalies.add(Anomaly::ReturnWithoutEntry, grown),
-                counters::UNKNOWN_PROBES => metrics.anomalies.add(Anomaly::UnknownProbe, grown),
-                counters::ENTRIES_WITHOUT_RETURN => metrics.anomalies.add(Anomaly::EntryWithoutReturn, grown),
-                _ => unreachable!("pool_obs_common::counters::COUNT counts {counter} counters"),
+                Counter::ReadFailures => _ = metrics.read_failures.inc_by(grown),
+                Counter::ReturnsWithoutEntry => metrics.anomalies.add(Anomaly::ReturnWithoutEntry, grown),
+                Counter::UnknownProbes => metrics.anomalies.add(Anomaly::UnknownProbe, grown),
+                Counter::CallsUnwound => metrics.anomalies.add(Anomaly::Unwound, grown),
+                Counter::CallsTooDeep => metrics.anomalies.add(Anomaly::CallTooDeep, grown),
             }
         }
     }

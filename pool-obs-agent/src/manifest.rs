@@ -41,6 +41,10 @@ pub struct Probe {
     pub request_id: Option<Scalar>,
     pub memory_bytes: Option<Scaled>,
     pub outcome: Option<ProbeOutcome>,
+    /// `unsafe_uretprobe = true`: a uretprobe even where a panic could unwind through it, which
+    /// aborts the pool. Without it, a return probe is a uprobe on every return instruction,
+    /// unless the agent shows that the function cannot unwind.
+    pub unsafe_uretprobe: bool,
 }
 
 /// Where a probe's model key comes from.
@@ -181,6 +185,7 @@ struct RawProbe {
     request_id: Option<Spanned<String>>,
     memory_bytes: Option<Spanned<RawScaled>>,
     outcome: Option<Spanned<RawOutcome>>,
+    unsafe_uretprobe: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +234,16 @@ impl RawProbe {
             }
         };
         self.check_fields(event)?;
+        let unsafe_uretprobe = match &self.unsafe_uretprobe {
+            Some(flag) if at == At::Entry && *flag.get_ref() => {
+                return Err(names(
+                    flag.span(),
+                    "`unsafe_uretprobe` applies only with `at = \"return\"`".to_string(),
+                ));
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
         let scalar = |field: &Option<Spanned<String>>| {
             field.as_ref().map(|text| parse_scalar_at(text.get_ref(), text.span(), at)).transpose()
         };
@@ -241,6 +256,7 @@ impl RawProbe {
             request_id: scalar(&self.request_id)?,
             memory_bytes: self.memory_bytes.as_ref().map(|memory| compile_scaled(memory, at)).transpose()?,
             outcome: self.outcome.as_ref().map(|outcome| compile_outcome(outcome, at)).transpose()?,
+            unsafe_uretprobe,
         };
         let functions = match self.function.get_ref() {
             OneOrMany::One(function) => vec![function.clone()],

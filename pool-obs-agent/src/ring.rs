@@ -8,7 +8,7 @@ use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
 };
 use aya_log::EbpfLogger;
-use pool_obs_common::counters;
+use pool_obs_common::counters::Counter;
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub struct EventRing {
@@ -54,20 +54,21 @@ impl KernelCounters {
         Ok(Self { array: PerCpuArray::try_from(map.context("the kernel object has no COUNTERS map")?)? })
     }
 
-    pub fn read(&self, counter: u32) -> u64 {
-        debug_assert!(counter < counters::COUNT);
-        self.array.get(&counter, 0).map_or(0, |values| values.iter().sum())
+    pub fn read(&self, counter: Counter) -> u64 {
+        self.array.get(&counter.index(), 0).map_or(0, |values| values.iter().sum())
     }
 }
 
 /// The kernel programs' own log records (`--debug-probes`), handed to `tracing`.
 pub struct KernelLogs {
-    logger: AsyncFd<EbpfLogger<&'static dyn log::Log>>,
+    logger: AsyncFd<EbpfLogger<NamedProbes>>,
 }
 
 impl KernelLogs {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
-        let logger = EbpfLogger::init(ebpf).context("reading the kernel programs' logs")?;
+    /// `functions` names each probe, by index.
+    pub fn new(ebpf: &mut Ebpf, functions: Vec<String>) -> Result<Self> {
+        let logger = EbpfLogger::init_with_logger(ebpf, NamedProbes { functions })
+            .context("reading the kernel programs' logs")?;
         // SAFETY: the AsyncFd owns the logger, and with it the fd, for as long as it is registered.
         let logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
             .map_err(|error| anyhow!("watching the kernel programs' logs: {}", error.into_parts().1))?;
@@ -80,5 +81,44 @@ impl KernelLogs {
         ready.get_inner_mut().flush();
         ready.clear_ready();
         Ok(())
+    }
+}
+
+/// Adds each probe's function to the kernel's records, which name the probe by index only:
+/// `probe 2 cannot read …` becomes `probe 2 (kv_pool::Worker::execute) cannot read …`.
+pub struct NamedProbes {
+    functions: Vec<String>,
+}
+
+impl NamedProbes {
+    fn name(&self, text: String) -> String {
+        let Some((index, rest)) = text.strip_prefix("probe ").and_then(|rest| rest.split_once(' ')) else {
+            return text;
+        };
+        match index.parse::<usize>().ok().and_then(|index| self.functions.get(index)) {
+            Some(function) => format!("probe {index} ({function}) {rest}"),
+            None => text,
+        }
+    }
+}
+
+impl log::Log for NamedProbes {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        log::logger().enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        let text = self.name(record.args().to_string());
+        log::logger().log(
+            &log::Record::builder()
+                .args(format_args!("{text}"))
+                .level(record.level())
+                .target(record.target())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        log::logger().flush();
     }
 }

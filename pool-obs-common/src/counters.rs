@@ -1,16 +1,39 @@
-//! Counters the kernel programs keep in the per-CPU `COUNTERS` array, by index.
+//! Counters the kernel programs keep in the per-CPU `COUNTERS` array, indexed by [`Counter`].
 
-/// An event could not be written because the ring buffer was full.
-pub const EVENTS_LOST: u32 = 0;
-/// A value could not be read from the target's memory (bad manifest offset, paged-out memory).
-pub const READ_FAILURES: u32 = 1;
-/// A return probe fired without the matching entry (the call began before we attached, or the
-/// entry table was full).
-pub const RETURNS_WITHOUT_ENTRY: u32 = 2;
-/// A probe fired with an attach cookie that has no probe spec.
-pub const UNKNOWN_PROBES: u32 = 3;
-/// An entry was saved over one whose return never came (a recursive call, or a return the
-/// kernel did not report): that call is not counted.
-pub const ENTRIES_WITHOUT_RETURN: u32 = 4;
+/// One kernel counter; its discriminant is its index in `COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An event could not be written because the ring buffer was full.
+    EventsLost = 0,
+    /// A value could not be read from the target's memory (bad manifest offset, paged-out memory).
+    ReadFailures = 1,
+    /// A return fired without the matching entry (the call began before we attached, or it was
+    /// nested deeper than the kernel follows).
+    ReturnsWithoutEntry = 2,
+    /// A probe fired with an attach cookie that has no probe spec.
+    UnknownProbes = 3,
+    /// A call with a return probe ended by unwinding (a panic): it never returned.
+    CallsUnwound = 4,
+    /// A call with a return probe was entered while a thread already had
+    /// [`crate::probe::MAX_OPEN_CALLS`] such calls open: it is not followed.
+    CallsTooDeep = 5,
+}
 
-pub const COUNT: u32 = 5;
+impl Counter {
+    pub const ALL: [Counter; 6] = [
+        Counter::EventsLost,
+        Counter::ReadFailures,
+        Counter::ReturnsWithoutEntry,
+        Counter::UnknownProbes,
+        Counter::CallsUnwound,
+        Counter::CallsTooDeep,
+    ];
+
+    /// The size of the `COUNTERS` array.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}

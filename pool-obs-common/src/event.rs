@@ -132,4 +132,23 @@ pub struct RequestEnded {
     pub outcome_value: u64,
     /// For a return probe: when the probed call was entered on this thread, else 0.
     pub entered_ns: u64,
+    /// A [`CallEnding`] as `u8`: how the probed call ended.
+    pub ending: u8,
+    pub _reserved: [u8; 7],
+}
+
+/// How a call followed by a return probe ended.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallEnding {
+    /// It returned (or the event comes from an entry probe).
+    Returned = 0,
+    /// It never returned: a panic unwound through it. The outcome value means nothing.
+    Unwound = 1,
+}
+
+impl CallEnding {
+    pub fn from_u8(raw: u8) -> Option<Self> {
+        [CallEnding::Returned, CallEnding::Unwound].into_iter().find(|ending| *ending as u8 == raw)
+    }
 }

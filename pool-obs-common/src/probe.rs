@@ -32,28 +32,45 @@ pub struct Scalar {
     pub constant: u64,
 }
 
-/// The probe fires at the function's entry.
-pub const AT_ENTRY: u32 = 0;
-/// The probe fires at the function's return; argument values are those saved at entry.
-pub const AT_RETURN: u32 = 1;
+/// How many calls with return probes one thread may have open (entered, not yet returned) at
+/// once; deeper ones are counted in [`crate::counters::Counter::CallsTooDeep`] and not followed.
+pub const MAX_OPEN_CALLS: usize = 8;
 
-/// `ProbeSpec::saves_for` when the entry probe saves nothing for a return probe.
-pub const SAVES_NOTHING: u32 = u32::MAX;
+/// The attach cookie of one probe site: which spec it runs, and how the stack pointer at that
+/// site relates to the one at the probed function's entry (`entry_sp = rsp + sp_offset`). The
+/// entry sp names a call: it is the same at the function's first instruction, after the
+/// prologue pushes it is `rsp + pushed`, at a `ret` it is `rsp`, and after a uretprobe's return
+/// it is `rsp - 8`. It tells recursive calls apart, and a call whose frame is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie {
+    /// Index of the spec in `PROBES`.
+    pub probe: u32,
+    pub sp_offset: i32,
+}
 
-/// How much of the probed function's name the spec keeps, for `--debug-probes` logs.
-pub const FUNCTION_NAME_CAPACITY: usize = 64;
+impl Cookie {
+    pub const fn encode(self) -> u64 {
+        ((self.sp_offset as u32 as u64) << 32) | self.probe as u64
+    }
+
+    pub const fn decode(raw: u64) -> Self {
+        Self { probe: raw as u32, sp_offset: (raw >> 32) as u32 as i32 }
+    }
+
+    /// The probed call's entry stack pointer, from `rsp` at this site.
+    pub const fn entry_sp(self, rsp: u64) -> u64 {
+        rsp.wrapping_add(self.sp_offset as i64 as u64)
+    }
+}
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeSpec {
     /// The [`crate::event::EventKind`] to write, or 0 for an entry probe that only saves
     /// arguments for a return probe.
     pub kind: u32,
-    /// [`AT_ENTRY`] or [`AT_RETURN`].
-    pub at: u32,
-    /// For an entry probe: index of the return probe of the same function whose arguments and
-    /// entry time it saves, or [`SAVES_NOTHING`].
-    pub saves_for: u32,
+    pub _reserved0: u32,
+    pub _reserved1: u32,
     pub _reserved: u32,
     /// The model key: a (pointer, length) pair, as a `&str` or `String` is laid out.
     pub model_ptr: Scalar,
@@ -62,42 +79,18 @@ pub struct ProbeSpec {
     pub request_id: Scalar,
     pub memory_bytes: Scalar,
     pub outcome: Scalar,
-    /// The end of the probed function's demangled name, UTF-8, `function_name_len` bytes.
-    pub function_name: [u8; FUNCTION_NAME_CAPACITY],
-    pub function_name_len: u32,
-    pub _reserved2: u32,
 }
 
-impl Default for ProbeSpec {
-    fn default() -> Self {
-        Self {
-            kind: 0,
-            at: AT_ENTRY,
-            saves_for: SAVES_NOTHING,
-            _reserved: 0,
-            model_ptr: Scalar::default(),
-            model_len: Scalar::default(),
-            worker_id: Scalar::default(),
-            request_id: Scalar::default(),
-            memory_bytes: Scalar::default(),
-            outcome: Scalar::default(),
-            function_name: [0; FUNCTION_NAME_CAPACITY],
-            function_name_len: 0,
-            _reserved2: 0,
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::Cookie;
 
-impl ProbeSpec {
-    /// Keeps the end of `name` (the most telling part of a path), cut on a character boundary.
-    pub fn set_function_name(&mut self, name: &str) {
-        let mut start = name.len().saturating_sub(FUNCTION_NAME_CAPACITY);
-        while !name.is_char_boundary(start) {
-            start += 1;
+    #[test]
+    fn cookies_round_trip_with_negative_offsets() {
+        for cookie in [Cookie { probe: 7, sp_offset: -8 }, Cookie { probe: 0, sp_offset: 56 }] {
+            assert_eq!(Cookie::decode(cookie.encode()), cookie);
         }
-        let tail = &name.as_bytes()[start..];
-        self.function_name[..tail.len()].copy_from_slice(tail);
-        self.function_name_len = tail.len() as u32;
+        assert_eq!(Cookie { probe: 1, sp_offset: -8 }.entry_sp(0x1008), 0x1000);
     }
 }
 

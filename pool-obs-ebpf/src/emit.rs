@@ -3,64 +3,250 @@
 
 use aya_ebpf::EbpfContext;
 use pool_obs_common::{
-    counters,
+    counters::Counter,
     event::{
-        EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted,
-        WorkerSpawned,
+        CallEnding, EventKind, Header, MODEL_ABSENT, MODEL_KEY_CAPACITY, ModelKey, RequestEnded,
+        RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
     },
-    probe::ProbeSpec,
+    probe::{BASE_RET, ProbeSpec, Scalar},
 };
 
 use crate::{
-    EVENTS, count,
+    EVENTS,
+    calls::OpenCall,
+    count,
     read::{self, Reader},
     registers::Registers,
     thread_id, wakeup_flags,
 };
 
-/// Writes the event `spec` asks for, if any. `entered_ns` is the entry time of a return
-/// probe's call, 0 at an entry probe.
-pub fn event<C: EbpfContext>(
+/// One probe hit: which spec fired, and when.
+#[derive(Clone, Copy)]
+pub struct Hit {
+    pub probe: u32,
+    pub now: u64,
+}
+
+/// Where an event's values come from. [`write`] asks only for the values its kind takes, so
+/// that the verifier sees one path per kind rather than every combination of reads.
+trait Source {
+    fn model(&self) -> ModelKey;
+    fn worker_id(&self) -> u64;
+    fn request_id(&self) -> u64;
+    fn memory_bytes(&self) -> u64;
+    fn outcome_value(&self) -> u64;
+    fn entered_ns(&self) -> u64;
+    fn ending(&self) -> CallEnding;
+}
+
+/// At an entry: everything is read now.
+struct AtEntry<'a, C: EbpfContext>(&'a Reader<'a, C>);
+
+impl<C: EbpfContext> Source for AtEntry<'_, C> {
+    #[inline(always)]
+    fn model(&self) -> ModelKey {
+        self.0.model()
+    }
+    #[inline(always)]
+    fn worker_id(&self) -> u64 {
+        self.0.value(&self.0.spec().worker_id, read::WORKER_ID)
+    }
+    #[inline(always)]
+    fn request_id(&self) -> u64 {
+        self.0.value(&self.0.spec().request_id, read::REQUEST_ID)
+    }
+    #[inline(always)]
+    fn memory_bytes(&self) -> u64 {
+        self.0.value(&self.0.spec().memory_bytes, read::MEMORY_BYTES)
+    }
+    #[inline(always)]
+    fn outcome_value(&self) -> u64 {
+        self.0.value(&self.0.spec().outcome, read::OUTCOME)
+    }
+    #[inline(always)]
+    fn entered_ns(&self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn ending(&self) -> CallEnding {
+        CallEnding::Returned
+    }
+}
+
+/// At a return: the model and ids that come from the arguments were read at entry into the
+/// open call; the rest is read now.
+struct AtReturn<'a, C: EbpfContext> {
+    reader: &'a Reader<'a, C>,
+    call: &'a OpenCall,
+}
+
+impl<C: EbpfContext> Source for AtReturn<'_, C> {
+    #[inline(always)]
+    fn model(&self) -> ModelKey {
+        let spec = self.reader.spec();
+        if spec.model_ptr.base == BASE_RET || spec.model_len.base == BASE_RET {
+            self.reader.model()
+        } else {
+            self.call.model
+        }
+    }
+    #[inline(always)]
+    fn worker_id(&self) -> u64 {
+        match self.reader.spec().worker_id {
+            source if source.base == BASE_RET => self.reader.value(&source, read::WORKER_ID),
+            _ => self.call.worker_id,
+        }
+    }
+    #[inline(always)]
+    fn request_id(&self) -> u64 {
+        match self.reader.spec().request_id {
+            source if source.base == BASE_RET => self.reader.value(&source, read::REQUEST_ID),
+            _ => self.call.request_id,
+        }
+    }
+    #[inline(always)]
+    fn memory_bytes(&self) -> u64 {
+        self.reader.value(&self.reader.spec().memory_bytes, read::MEMORY_BYTES)
+    }
+    #[inline(always)]
+    fn outcome_value(&self) -> u64 {
+        self.reader.value(&self.reader.spec().outcome, read::OUTCOME)
+    }
+    #[inline(always)]
+    fn entered_ns(&self) -> u64 {
+        self.call.entered_ns
+    }
+    #[inline(always)]
+    fn ending(&self) -> CallEnding {
+        CallEnding::Returned
+    }
+}
+
+/// A call a panic unwound through: only what was read at entry.
+struct Unwound<'a>(&'a OpenCall);
+
+impl Source for Unwound<'_> {
+    #[inline(always)]
+    fn model(&self) -> ModelKey {
+        self.0.model
+    }
+    #[inline(always)]
+    fn worker_id(&self) -> u64 {
+        self.0.worker_id
+    }
+    #[inline(always)]
+    fn request_id(&self) -> u64 {
+        self.0.request_id
+    }
+    #[inline(always)]
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn outcome_value(&self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn entered_ns(&self) -> u64 {
+        self.0.entered_ns
+    }
+    #[inline(always)]
+    fn ending(&self) -> CallEnding {
+        CallEnding::Unwound
+    }
+}
+
+/// Writes the event `spec` asks for at an entry, if any.
+pub fn event<C: EbpfContext>(ctx: &C, spec: &ProbeSpec, hit: &Hit, registers: &Registers) {
+    let reader = Reader::new(ctx, registers, spec, hit.probe);
+    write(spec, hit, &AtEntry(&reader));
+    reader.report_failure();
+}
+
+/// Writes the event `spec` asks for at the return of `call`.
+pub fn returned<C: EbpfContext>(
     ctx: &C,
     spec: &ProbeSpec,
-    probe: u32,
-    now: u64,
+    hit: &Hit,
     registers: &Registers,
-    entered_ns: u64,
+    call: &OpenCall,
 ) {
+    let reader = Reader::new(ctx, registers, spec, hit.probe);
+    write(spec, hit, &AtReturn { reader: &reader, call });
+    reader.report_failure();
+}
+
+/// The end of a call a panic unwound through, for a `request_ended` return probe: the request
+/// failed. Other events did not happen, and are only counted (`CallsUnwound`).
+pub fn unwound(spec: &ProbeSpec, call: &OpenCall, now: u64) {
+    if spec.kind == EventKind::RequestEnded as u32 {
+        write(spec, &Hit { probe: call.return_probe, now }, &Unwound(call));
+    }
+}
+
+/// Inlined with the sources' methods: a model key returned through a call is copied byte by
+/// byte, and the verifier walks every byte on every path.
+#[inline(always)]
+fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
     let Some(kind) = EventKind::from_u32(spec.kind) else {
         return;
     };
-    let header = Header { kind: spec.kind, probe, tid: thread_id(), _reserved: 0, ts_ns: now };
-    let reader = Reader::new(ctx, registers, spec, probe);
-    let model = reader.model();
-    let worker_id = || reader.value(&spec.worker_id, read::WORKER_ID);
-    let request_id = || reader.value(&spec.request_id, read::REQUEST_ID);
+    let header = Header { kind: spec.kind, probe: hit.probe, tid: thread_id(), _reserved: 0, ts_ns: hit.now };
+    let model = source.model();
     match kind {
         EventKind::WorkerSpawned => submit(WorkerSpawned {
             header,
             model,
-            worker_id: worker_id(),
-            memory_bytes: reader.value(&spec.memory_bytes, read::MEMORY_BYTES),
+            worker_id: source.worker_id(),
+            memory_bytes: source.memory_bytes(),
         }),
-        EventKind::WorkerEvicted => submit(WorkerEvicted { header, model, worker_id: worker_id() }),
-        EventKind::WorkerCrashed => submit(WorkerCrashed { header, model, worker_id: worker_id() }),
-        EventKind::RequestSubmitted => submit(RequestSubmitted { header, model, request_id: request_id() }),
-        EventKind::RequestStarted => {
-            submit(RequestStarted { header, model, request_id: request_id(), worker_id: worker_id() })
+        EventKind::WorkerEvicted => submit(WorkerEvicted { header, model, worker_id: source.worker_id() }),
+        EventKind::WorkerCrashed => submit(WorkerCrashed { header, model, worker_id: source.worker_id() }),
+        EventKind::RequestSubmitted => {
+            submit(RequestSubmitted { header, model, request_id: source.request_id() })
         }
+        EventKind::RequestStarted => submit(RequestStarted {
+            header,
+            model,
+            request_id: source.request_id(),
+            worker_id: source.worker_id(),
+        }),
         EventKind::RequestEnded => submit(RequestEnded {
             header,
             model,
-            request_id: request_id(),
-            worker_id: worker_id(),
-            outcome_value: reader.value(&spec.outcome, read::OUTCOME),
-            entered_ns,
+            request_id: source.request_id(),
+            worker_id: source.worker_id(),
+            outcome_value: source.outcome_value(),
+            entered_ns: source.entered_ns(),
+            ending: source.ending() as u8,
+            _reserved: [0; 7],
         }),
     }
+}
+
+/// Reads, at a call's entry, the values its return probe takes from the arguments.
+pub fn read_at_entry<C: EbpfContext>(
+    ctx: &C,
+    spec: &ProbeSpec,
+    probe: u32,
+    registers: &Registers,
+    call: &mut OpenCall,
+) {
+    let reader = Reader::new(ctx, registers, spec, probe);
+    let from_arguments = |source: &Scalar| source.base != BASE_RET;
+    call.model = if from_arguments(&spec.model_ptr) && from_arguments(&spec.model_len) {
+        reader.model()
+    } else {
+        ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] }
+    };
+    call.request_id =
+        if from_arguments(&spec.request_id) { reader.value(&spec.request_id, read::REQUEST_ID) } else { 0 };
+    call.worker_id =
+        if from_arguments(&spec.worker_id) { reader.value(&spec.worker_id, read::WORKER_ID) } else { 0 };
     reader.report_failure();
 }
 
+#[inline(always)]
 fn submit<T: 'static>(event: T) {
     let flags = wakeup_flags();
     match EVENTS.reserve::<T>(0) {
@@ -68,6 +254,6 @@ fn submit<T: 'static>(event: T) {
             entry.write(event);
             entry.submit(flags);
         }
-        None => count(counters::EVENTS_LOST),
+        None => count(Counter::EventsLost),
     }
 }

@@ -1,27 +1,31 @@
-//! The kernel half of pool-obs. Two generic programs serve every probe in the manifest: the
+//! The kernel half of pool-obs. Generic programs serve every probe in the manifest: the
 //! attach cookie indexes `PROBES`, whose spec says which event to write and where its values
 //! live. Flow: probe fires → [`registers`] captured → [`read`] evaluates the spec → [`emit`]
-//! writes the typed event into `EVENTS`.
+//! writes the typed event into `EVENTS`. Calls with return probes are followed by
+//! [`calls`], which also notices the calls a panic unwound through.
 #![no_std]
 #![no_main]
 
+mod calls;
 mod emit;
 mod read;
 mod registers;
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie, generated::bpf_ktime_get_ns},
-    macros::{map, uprobe, uretprobe},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
+use calls::Gone;
+use emit::Hit;
 use pool_obs_common::{
-    counters,
-    probe::{MAX_PROBES, ProbeSpec, SAVES_NOTHING},
+    counters::Counter,
+    probe::{Cookie, MAX_PROBES, ProbeSpec},
 };
-use registers::{Registers, SavedEntry};
+use registers::{Registers, stack_pointer};
 
 /// The agent sizes this at load time (`--ring-buffer-bytes`).
 #[map]
@@ -30,13 +34,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static PROBES: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
 
-/// Arguments and entry time of calls in flight, for their return probes, keyed by
-/// [`entry_key`]. LRU so that calls that never return (a panicking worker) cannot fill it.
 #[map]
-static ENTRIES: LruHashMap<u64, SavedEntry> = LruHashMap::with_max_entries(65_536, 0);
-
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Wake the reader only once this many bytes are waiting; below that it drains on a timer.
 /// A wakeup per event costs more than the probe itself. 0 wakes on every event.
@@ -48,84 +47,112 @@ static WAKEUP_BYTES: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static DEBUG_PROBES: Global<u8> = Global::new(0);
 
+/// At a function's entry, or at the first instruction after it where the values are intact.
 #[uprobe]
 pub fn probe_entry(ctx: ProbeContext) {
-    let Some((index, spec)) = probe_spec(&ctx) else {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let registers = Registers::at_entry(&ctx);
-    if spec.saves_for != SAVES_NOTHING {
-        save_entry(entry_key(spec.saves_for), SavedEntry { args: registers.args, entered_ns: now });
-    }
-    emit::event(&ctx, spec, index, now, &registers, 0);
+    let registers = unsafe { Registers::at_entry(ctx.regs) };
+    emit::event(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers);
 }
 
+/// At the same site as an entry probe: opens the call for the return probe the cookie names,
+/// reading the values it takes from the arguments. A program of its own, beside
+/// `probe_entry` (one trap serves both), keeps each small enough for the verifier.
+#[uprobe]
+pub fn probe_call(ctx: ProbeContext) {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
+    // When there is no room, the return counts its missing entry.
+    let Some(calls) = calls::of_current_thread(true) else {
+        return;
+    };
+    calls::close_unwound(calls, Gone::AtOrBelow(sp), now);
+    let registers = unsafe { Registers::at_entry(ctx.regs) };
+    calls::open(calls, sp, cookie.probe, |call| {
+        call.entered_ns = now;
+        call.args = registers.args;
+        emit::read_at_entry(&ctx, spec, cookie.probe, &registers, call);
+    });
+}
+
+/// A uretprobe: only on functions the agent showed cannot unwind, or by the manifest's
+/// explicit `unsafe_uretprobe`, since a panic cannot unwind through its trampoline.
 #[uretprobe]
 pub fn probe_return(ctx: RetProbeContext) {
-    let Some((index, spec)) = probe_spec(&ctx) else {
+    returned(&ctx);
+}
+
+/// A uprobe on one of the function's return instructions: safe whatever the function does.
+#[uprobe]
+pub fn probe_exit(ctx: ProbeContext) {
+    returned(&ctx);
+}
+
+/// At the runtime's catch of a panic (`__rust_panic_cleanup`): the calls it unwound through
+/// are closed now rather than at the thread's next probed call.
+#[uprobe]
+pub fn probe_unwind_caught(ctx: ProbeContext) {
+    if let Some(calls) = calls::of_current_thread(false) {
+        let cookie = Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+        let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
+        calls::close_unwound(calls, Gone::AtOrBelow(sp), unsafe { bpf_ktime_get_ns() });
+    }
+}
+
+/// A thread that exits with calls open unwound through them (or never returned).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn thread_exit(_ctx: RawTracePointContext) -> i32 {
+    if let Some(calls) = calls::of_current_thread(false) {
+        calls::close_unwound(calls, Gone::ALL, unsafe { bpf_ktime_get_ns() });
+        calls::forget_current_thread();
+    }
+    0
+}
+
+fn returned<C: EbpfContext>(ctx: &C) {
+    let Some((cookie, spec)) = probe_spec(ctx) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(saved) = take_entry(entry_key(index)) else {
-        count(counters::RETURNS_WITHOUT_ENTRY);
+    let regs = ctx.as_ptr() as *const pt_regs;
+    let sp = cookie.entry_sp(unsafe { stack_pointer(regs) });
+    let call = calls::of_current_thread(false).and_then(|calls| {
+        calls::close_unwound(calls, Gone::Below(sp), now);
+        calls::take(calls, sp, cookie.probe)
+    });
+    let Some(call) = call else {
+        count(Counter::ReturnsWithoutEntry);
         return;
     };
-    let registers = Registers::at_return(&ctx, &saved);
-    emit::event(&ctx, spec, index, now, &registers, saved.entered_ns);
+    // SAFETY: the slot stays as it is until this program run ends.
+    let call = unsafe { &*call };
+    let registers = unsafe { Registers::at_return(regs, call.args) };
+    emit::returned(ctx, spec, &Hit { probe: cookie.probe, now }, &registers, call);
 }
 
-/// A thread's slot is reused call after call: overwritten in place at entry, marked empty (a
-/// zero entry time) at return. Two lookups cost less than an update and a delete.
-fn save_entry(key: u64, saved: SavedEntry) {
-    match ENTRIES.get_ptr_mut(key) {
-        Some(slot) => {
-            if unsafe { (*slot).entered_ns } != 0 {
-                count(counters::ENTRIES_WITHOUT_RETURN);
-            }
-            unsafe { *slot = saved }
-        }
-        // On failure the return probe counts the missing entry.
-        None => {
-            let _ = ENTRIES.insert(key, saved, 0);
-        }
-    }
-}
-
-fn take_entry(key: u64) -> Option<SavedEntry> {
-    let slot = ENTRIES.get_ptr_mut(key)?;
-    let saved = unsafe { *slot };
-    if saved.entered_ns == 0 {
-        return None;
-    }
-    unsafe { (*slot).entered_ns = 0 };
-    Some(saved)
-}
-
-fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(u32, &'static ProbeSpec)> {
-    let index = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    match PROBES.get(index) {
-        Some(spec) if spec.kind != 0 || spec.saves_for != SAVES_NOTHING => Some((index, spec)),
+fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(Cookie, &'static ProbeSpec)> {
+    let cookie = Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    match PROBES.get(cookie.probe) {
+        Some(spec) if spec.kind != 0 => Some((cookie, spec)),
         _ => {
-            count(counters::UNKNOWN_PROBES);
+            count(Counter::UnknownProbes);
             None
         }
     }
-}
-
-/// One slot per (thread, return probe): a thread is inside at most one call of a function at a
-/// time unless it recurses, and pools' lifecycle functions do not.
-fn entry_key(return_probe: u32) -> u64 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    ((return_probe as u64) << 32) | tid as u64
 }
 
 pub(crate) fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-pub(crate) fn count(counter: u32) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter) {
+pub(crate) fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter.index()) {
         unsafe { *value += 1 };
     }
 }

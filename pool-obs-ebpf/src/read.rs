@@ -8,11 +8,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use pool_obs_common::{
-    counters,
+    counters::Counter,
     event::{MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
-    probe::{
-        BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, FUNCTION_NAME_CAPACITY, MAX_DEREFS, ProbeSpec, Scalar,
-    },
+    probe::{BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, ProbeSpec, Scalar},
 };
 
 use crate::{DEBUG_PROBES, count, registers::Registers};
@@ -48,6 +46,10 @@ pub struct Reader<'a, C: EbpfContext> {
 impl<'a, C: EbpfContext> Reader<'a, C> {
     pub fn new(ctx: &'a C, registers: &'a Registers, spec: &'a ProbeSpec, probe: u32) -> Self {
         Self { ctx, registers, spec, probe, first_failure: Cell::new(None) }
+    }
+
+    pub fn spec(&self) -> &'a ProbeSpec {
+        self.spec
     }
 
     /// The value `source` describes, or 0 when it is absent or unreadable (counted, and logged
@@ -94,7 +96,7 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
     }
 
     fn record(&self, field: usize, failure: Failure) {
-        count(counters::READ_FAILURES);
+        count(Counter::ReadFailures);
         if self.first_failure.get().is_none() {
             self.first_failure.set(Some((field, failure)));
         }
@@ -107,16 +109,13 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
             return;
         }
         if let Some((field, failure)) = self.first_failure.get() {
-            let spec = self.spec;
             let field = field_name(field);
-            let len = core::cmp::min(spec.function_name_len as usize, FUNCTION_NAME_CAPACITY);
-            // SAFETY: the agent writes a whole UTF-8 name of `function_name_len` bytes.
-            let function = unsafe { core::str::from_utf8_unchecked(&spec.function_name[..len]) };
+            // The agent adds the probe's function: copying a name of variable length here
+            // costs the verifier more than a program may.
             warn!(
                 self.ctx,
-                "probe {} ({}) cannot read {} at 0x{:x}: error {}",
+                "probe {} cannot read {} at 0x{:x}: error {}",
                 self.probe,
-                function,
                 field,
                 failure.address,
                 failure.error

@@ -38,6 +38,9 @@ pub struct ModelSummary {
     /// Client-side latency, submission to reply, nearest-rank quantiles.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Requests whose handler panicked (the pool caught it): counted in `requests.failed`.
+    #[serde(default)]
+    pub panics: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -70,6 +73,8 @@ pub fn model_text(key: &[u8]) -> String {
 #[derive(Default, Debug)]
 pub struct Tally {
     pub requests: Requests,
+    /// Failed requests whose handler panicked.
+    pub panics: u64,
     latencies_us: Vec<u64>,
 }
 
@@ -93,6 +98,7 @@ impl Tally {
             max_queue_depth: lifecycle.max_queue_depth,
             p50_ms: quantile_ms(&self.latencies_us, 0.5),
             p99_ms: quantile_ms(&self.latencies_us, 0.99),
+            panics: self.panics,
         }
     }
 }

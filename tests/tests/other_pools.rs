@@ -43,9 +43,10 @@ fn assert_counts_equal(summary: &Summary, metrics: &Exposition) {
         assert_eq!(value("pool_worker_evictions_total", &[]), truth.evictions, "{model} evictions");
     }
     assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
-    // Attached before the load: every return had its entry, every worker its spawn.
-    let entry_without_return = [("kind", "entry_without_return")];
-    assert_eq!(metrics.value("pool_obs_anomalies_total", &entry_without_return), Some(0.0));
+    // Attached before the load: every return had its entry, every worker its spawn, and no
+    // call unwound.
+    let unwound = [("kind", "unwound")];
+    assert_eq!(metrics.value("pool_obs_anomalies_total", &unwound), Some(0.0));
     assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");
 }
 

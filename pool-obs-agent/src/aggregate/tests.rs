@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use pool_obs_common::event::{
-    EventKind, Header, MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey, RequestEnded,
+    CallEnding, EventKind, Header, MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey, RequestEnded,
     RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
@@ -128,7 +128,15 @@ fn ended(probe: u32, request_id: u64, outcome_value: u64, ts_ns: u64) -> Event {
         worker_id: 0,
         outcome_value,
         entered_ns: 0,
+        ending: CallEnding::Returned as u8,
+        _reserved: [0; 7],
     })
+}
+
+/// The end the kernel writes for a call a panic unwound through, noticed at `ts_ns`.
+fn unwound(probe: u32, request_id: u64, ts_ns: u64) -> Event {
+    let Event::RequestEnded(returned) = ended(probe, request_id, 0, ts_ns) else { unreachable!() };
+    Event::RequestEnded(RequestEnded { ending: CallEnding::Unwound as u8, ..returned })
 }
 
 fn feed(aggregator: &mut Aggregator, events: &[Event]) {
@@ -153,6 +161,18 @@ fn a_request_follows_its_id_across_events() {
     let model = state(&aggregator, "m");
     assert_eq!(model.requests, [1, 0, 1]);
     assert_eq!((model.queued, model.busy), (0, 0));
+}
+
+#[test]
+fn a_request_a_panic_unwound_through_failed_whatever_its_outcome_value_and_has_no_latency() {
+    let mut aggregator = aggregator();
+    // Outcome value 0 is ok by probe 0's rule; unwound, it is not read at all.
+    feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), unwound(0, 7, 900)]);
+    let model = state(&aggregator, "m");
+    assert_eq!(model.requests, [0, 1, 0]);
+    assert_eq!((model.queued, model.busy), (0, 0));
+    let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
+    assert_eq!((timeline.outcome, timeline.total_ms, timeline.service_ms), (Some("failed"), None, None));
 }
 
 #[test]

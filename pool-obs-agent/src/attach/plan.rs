@@ -1,21 +1,32 @@
-//! Turns the manifest and the pool's symbols into what gets loaded: one [`ProbeSpec`] per
-//! attach cookie, and the uprobes to attach.
+//! Turns the manifest and the pool's binary into what gets loaded: one [`ProbeSpec`] per probe,
+//! and the probe sites to attach, each chosen from the function's machine code so that no probe
+//! can harm the pool: return probes never put a uretprobe where a panic could unwind through
+//! it, and entry probes move off instructions the kernel refuses or single-steps.
 
+use iced_x86::Register;
 use pool_obs_common::{
     event::EventKind,
-    probe::{AT_ENTRY, AT_RETURN, ProbeSpec, SAVES_NOTHING, Scalar},
+    probe::{BASE_ARG, Cookie, ProbeSpec, Scalar},
 };
 
-use super::symbols::SymbolTable;
+use super::{
+    machine_code::{ARGUMENT_REGISTERS, FunctionCode, Handling, Site, Unprobeable},
+    symbols::{Symbol, SymbolTable},
+};
 use crate::{
+    error::{Class, Refusal},
     manifest::{At, Manifest, Model, Probe},
     outcome::OutcomeRule,
 };
 
+/// The symbol of the Rust runtime's function that takes a caught panic's payload: every
+/// `catch_unwind` (and the catch around every thread's main) calls it.
+const PANIC_CATCH: &str = "*__rust_panic_cleanup";
+
 pub struct Plan {
-    /// Indexed by attach cookie.
+    /// Indexed by the cookie's probe index.
     pub specs: Vec<ProbeSpec>,
-    /// What user space needs to know of each cookie's events.
+    /// What user space needs to know of each spec's events.
     pub probes: Vec<ProbeInfo>,
     pub attachments: Vec<Attachment>,
 }
@@ -37,62 +48,166 @@ pub struct ProbeInfo {
     pub memory_scale: f64,
 }
 
+/// The kernel program a site runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `probe_entry`: a uprobe at or near the function's entry.
+    Entry,
+    /// `probe_call`: at the same site, opens the call a return probe closes.
+    Call,
+    /// `probe_return`: a uretprobe.
+    Return,
+    /// `probe_exit`: a uprobe on one return instruction.
+    Exit,
+    /// `probe_unwind_caught`: a uprobe on the runtime's catch of a panic.
+    UnwindCaught,
+}
+
+impl Program {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Entry => "probe_entry",
+            Program::Call => "probe_call",
+            Program::Return => "probe_return",
+            Program::Exit => "probe_exit",
+            Program::UnwindCaught => "probe_unwind_caught",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Attachment {
     pub function: String,
+    pub program: Program,
+    /// Where the site's instruction sits in the file: what the uprobe attaches to.
     pub file_offset: u64,
-    pub at: At,
-    pub cookie: u32,
+    pub cookie: Cookie,
+    pub site: Site,
+    /// Why this site, for `check` and the attach log.
+    pub reason: String,
 }
 
 pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> {
     let mut plan = Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new() };
     for probe in &manifest.probes {
         let symbol = symbols.locate(&probe.function)?;
-        let cookie = plan.push(spec_of(probe), info_of(probe, &symbol.name), symbol.file_offset, probe.at);
-        if probe.at == At::Return {
-            plan.save_entry_for(cookie);
+        let cookie = plan.push(spec_of(probe), info_of(probe, &symbol.name));
+        let code = symbols.code(symbol);
+        let spec = &plan.specs[cookie as usize];
+        let sites = match probe.at {
+            At::Entry => entry_site(Program::Entry, spec, &code),
+            // The call is opened at entry, where the values the return probe takes from the
+            // arguments are read.
+            At::Return => entry_site(Program::Call, spec, &code).and_then(|mut sites| {
+                sites.extend(return_sites(probe.unsafe_uretprobe, &code)?);
+                Ok(sites)
+            }),
         }
+        .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
+        for (program, site, reason) in sites {
+            plan.attach(symbol, program, cookie, site, reason);
+        }
+    }
+    if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
+        plan.attach_panic_catch(symbols);
     }
     Ok(plan)
 }
 
+type Sites = Vec<(Program, Site, String)>;
+
 impl Plan {
-    fn push(&mut self, mut spec: ProbeSpec, info: ProbeInfo, file_offset: u64, at: At) -> u32 {
-        spec.set_function_name(&info.function);
-        let cookie = self.specs.len() as u32;
-        self.attachments.push(Attachment { function: info.function.clone(), file_offset, at, cookie });
+    fn push(&mut self, spec: ProbeSpec, info: ProbeInfo) -> u32 {
         self.specs.push(spec);
         self.probes.push(info);
-        cookie
+        (self.specs.len() - 1) as u32
     }
 
-    /// A return probe reads arguments as they were at entry: an entry probe on the same
-    /// function saves them, an existing one if it is free, else one added for the purpose.
-    fn save_entry_for(&mut self, return_cookie: u32) {
-        let function_offset = self.attachments[return_cookie as usize].file_offset;
-        let free_entry = self.attachments.iter().find(|attachment| {
-            attachment.at == At::Entry
-                && attachment.file_offset == function_offset
-                && self.specs[attachment.cookie as usize].saves_for == SAVES_NOTHING
+    fn attach(&mut self, symbol: &Symbol, program: Program, probe: u32, site: Site, reason: String) {
+        self.attachments.push(Attachment {
+            function: symbol.name.clone(),
+            program,
+            file_offset: symbol.file_offset + site.offset,
+            cookie: Cookie { probe, sp_offset: site.sp_offset },
+            site,
+            reason,
         });
-        match free_entry.map(|attachment| attachment.cookie) {
-            Some(cookie) => self.specs[cookie as usize].saves_for = return_cookie,
-            None => {
-                let spec = ProbeSpec { at: AT_ENTRY, saves_for: return_cookie, ..ProbeSpec::default() };
-                let info = ProbeInfo {
-                    function: self.probes[return_cookie as usize].function.clone(),
-                    event: None,
-                    outcome: None,
-                    has_request_id: false,
-                    has_worker_id: false,
-                    constant_model: None,
-                    memory_scale: 1.0,
-                };
-                self.push(spec, info, function_offset, At::Entry);
-            }
+    }
+
+    /// The runtime's catch of a panic closes the calls it unwound through at once; without it
+    /// (a binary built with `panic = "abort"`, or stripped of it) they close at the thread's
+    /// next probed call or at its exit.
+    fn attach_panic_catch(&mut self, symbols: &SymbolTable) {
+        let Ok(symbol) = symbols.resolve(PANIC_CATCH) else { return };
+        let symbol = symbol.clone();
+        if let Ok(site) = symbols.code(&symbol).entry_site(&[]) {
+            let reason = "closes the calls a caught panic unwound through".to_string();
+            self.attach(&symbol, Program::UnwindCaught, 0, site, reason);
         }
     }
+}
+
+/// The entry site keeps intact every argument register that the spec reads.
+fn entry_site(program: Program, spec: &ProbeSpec, code: &FunctionCode) -> Result<Sites, Unprobeable> {
+    let site = code.entry_site(&arguments_read(spec))?;
+    let reason = match (site.offset, site.handling) {
+        (0, Handling::Emulated) => "the first instruction".to_string(),
+        (0, handling) => {
+            format!("the first instruction, {handling}: no later one of the entry block is emulated")
+        }
+        (offset, handling) => format!(
+            "+{offset:#x}, {handling}: the first instruction, `{}`, is {}, and the values read are intact here",
+            code.ops[0].text(),
+            code.ops[0].handling()
+        ),
+    };
+    Ok(vec![(program, site, reason)])
+}
+
+/// A uretprobe replaces the return address, and a panic cannot unwind through the kernel's
+/// trampoline: the pool aborts. So a return probe is a uprobe on every return instruction,
+/// unless the function provably cannot unwind (it calls nothing) or the manifest says
+/// `unsafe_uretprobe`.
+fn return_sites(unsafe_uretprobe: bool, code: &FunctionCode) -> Result<Sites, Unprobeable> {
+    let uretprobe = |reason: String| {
+        let site =
+            Site { offset: 0, sp_offset: -8, handling: Handling::Emulated, instruction: "uretprobe".into() };
+        Ok(vec![(Program::Return, site, reason)])
+    };
+    if unsafe_uretprobe {
+        return uretprobe(
+            "uretprobe, as `unsafe_uretprobe` asks: a panic unwinding through it aborts the pool".into(),
+        );
+    }
+    let Some(call) = code.may_unwind_by() else {
+        return uretprobe("uretprobe: the function calls nothing, so no panic can unwind through it".into());
+    };
+    let exits = code.exits()?;
+    let count = exits.len();
+    let reason = format!(
+        "a panic may unwind through `{}` at +{:#x}: a probe on each of its {count} return instructions, {}",
+        call.text(),
+        call.offset,
+        exits[0].handling
+    );
+    Ok(exits.into_iter().map(|site| (Program::Exit, site, reason.clone())).collect())
+}
+
+fn unprobeable(function: &str, at: At, problem: Unprobeable) -> anyhow::Error {
+    let at = match at {
+        At::Entry => "entry",
+        At::Return => "return",
+    };
+    Refusal::new(Class::Unprobeable, format!("cannot probe {function} at {at}: {problem}")).into()
+}
+
+/// The argument registers a spec reads.
+fn arguments_read(spec: &ProbeSpec) -> Vec<Register> {
+    [spec.model_ptr, spec.model_len, spec.worker_id, spec.request_id, spec.memory_bytes, spec.outcome]
+        .iter()
+        .filter(|scalar| scalar.base == BASE_ARG)
+        .filter_map(|scalar| ARGUMENT_REGISTERS.get(scalar.reg as usize).copied())
+        .collect()
 }
 
 fn spec_of(probe: &Probe) -> ProbeSpec {
@@ -103,10 +218,6 @@ fn spec_of(probe: &Probe) -> ProbeSpec {
     };
     ProbeSpec {
         kind: probe.event as u32,
-        at: match probe.at {
-            At::Entry => AT_ENTRY,
-            At::Return => AT_RETURN,
-        },
         model_ptr: or_absent(read_model.map(|model| model.ptr)),
         model_len: or_absent(read_model.map(|model| model.len)),
         worker_id: or_absent(probe.worker_id),

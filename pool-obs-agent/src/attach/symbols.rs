@@ -8,7 +8,7 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-use super::dwarf::DebugInfo;
+use super::{dwarf::DebugInfo, machine_code::FunctionCode};
 use crate::error::{Class, Refusal};
 
 /// A function that can be probed.
@@ -25,6 +25,8 @@ pub struct Symbol {
 
 pub struct SymbolTable {
     path: PathBuf,
+    /// The whole file, for the functions' machine code.
+    data: Vec<u8>,
     symbols: Vec<Symbol>,
 }
 
@@ -79,7 +81,7 @@ impl SymbolTable {
         if file.symbol_table().is_none() {
             return Err(SymbolError::Stripped { path: shown });
         }
-        let symbols = file
+        let symbols: Vec<Symbol> = file
             .symbols()
             .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.is_definition() && symbol.size() > 0)
             .filter_map(|symbol| {
@@ -96,7 +98,15 @@ impl SymbolTable {
                 })
             })
             .collect();
-        Ok(Self { path: path.to_path_buf(), symbols })
+        drop(file);
+        Ok(Self { path: path.to_path_buf(), data, symbols })
+    }
+
+    /// The function's machine code, decoded.
+    pub fn code(&self, symbol: &Symbol) -> FunctionCode {
+        let start = symbol.file_offset as usize;
+        let bytes = self.data.get(start..start.saturating_add(symbol.size as usize)).unwrap_or_default();
+        FunctionCode::decode(bytes, symbol.address)
     }
 
     /// Every function matching `pattern`, by name then address.

@@ -1,0 +1,152 @@
+//! The calls with return probes that each thread has open: entered and not yet returned.
+//!
+//! A call is named by its entry stack pointer. The stack grows down, so every frame still
+//! alive when a thread is at stack pointer `sp` has an entry sp above `sp`: an open call whose
+//! entry sp is at or below the current one is gone without having returned — a panic unwound
+//! through it. Every probe hit on a thread (an entry, a return, a caught panic, the thread's
+//! exit) closes such calls as unwound, so no return-side probe needs the kernel to rewrite a
+//! return address, and a panic cannot meet a uretprobe trampoline it cannot unwind through.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use pool_obs_common::{counters::Counter, event::ModelKey, probe::MAX_OPEN_CALLS};
+
+use crate::{PROBES, count, emit};
+
+/// One call entered and not yet returned: what its return probe needs of its entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OpenCall {
+    /// The stack pointer at the function's entry (pointing at its return address).
+    pub sp: u64,
+    pub entered_ns: u64,
+    /// Index of the return probe's spec.
+    pub return_probe: u32,
+    pub _reserved: u32,
+    /// The argument registers at entry.
+    pub args: [u64; 6],
+    /// The return probe's model and ids, read at entry from the arguments, while what they
+    /// point at is certainly alive.
+    pub model: ModelKey,
+    pub request_id: u64,
+    pub worker_id: u64,
+}
+
+/// A thread's open calls, outermost first: entry sps descend.
+#[repr(C)]
+pub struct OpenCalls {
+    pub depth: u64,
+    pub calls: [OpenCall; MAX_OPEN_CALLS],
+}
+
+/// Keyed by pid_tgid. LRU, so that threads that exit unseen cannot fill it.
+#[map]
+static OPEN_CALLS: LruHashMap<u64, OpenCalls> = LruHashMap::with_max_entries(16_384, 0);
+
+/// One zeroed [`OpenCalls`], the value a thread's first entry is inserted from: at over a
+/// kilobyte it does not fit on the BPF stack.
+#[map]
+static EMPTY: PerCpuArray<OpenCalls> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which open calls a stack pointer shows to be gone.
+#[derive(Clone, Copy)]
+pub enum Gone {
+    /// Entry sp at or below this: at a new entry, or when a panic is caught.
+    AtOrBelow(u64),
+    /// Entry sp strictly below this: at a return, the call at this sp is the one returning.
+    Below(u64),
+}
+
+impl Gone {
+    /// Every one: the thread is exiting. (A variant without a value would leave a register
+    /// unset in the call, which the verifier refuses.)
+    pub const ALL: Gone = Gone::AtOrBelow(u64::MAX);
+
+    fn includes(self, sp: u64) -> bool {
+        match self {
+            Gone::AtOrBelow(limit) => sp <= limit,
+            Gone::Below(limit) => sp < limit,
+        }
+    }
+}
+
+/// The current thread's open calls, created if `create`.
+pub fn of_current_thread(create: bool) -> Option<*mut OpenCalls> {
+    let key = bpf_get_current_pid_tgid();
+    if let Some(calls) = OPEN_CALLS.get_ptr_mut(key) {
+        return Some(calls);
+    }
+    if !create {
+        return None;
+    }
+    let empty = EMPTY.get_ptr(0)?;
+    // SAFETY: a pointer into a map value may be passed to a helper as the value to copy.
+    OPEN_CALLS.insert(key, unsafe { &*empty }, 0).ok()?;
+    OPEN_CALLS.get_ptr_mut(key)
+}
+
+pub fn forget_current_thread() {
+    let _ = OPEN_CALLS.remove(bpf_get_current_pid_tgid());
+}
+
+// The slots are indexed by the counter of a bounded loop, never by arithmetic on `depth`: LLVM
+// computes `index * size` before the bounds check, and the verifier then rejects the pointer.
+
+/// Closes the open calls that `gone` shows to have unwound, innermost first, writing their
+/// events.
+pub fn close_unwound(calls: *mut OpenCalls, gone: Gone, now: u64) {
+    for index in (0..MAX_OPEN_CALLS).rev() {
+        // SAFETY: `calls` points into a map value for the whole program run.
+        let depth = unsafe { (*calls).depth };
+        if index as u64 >= depth {
+            continue;
+        }
+        let top = unsafe { &(*calls).calls[index] };
+        if !gone.includes(top.sp) {
+            return;
+        }
+        count(Counter::CallsUnwound);
+        if let Some(spec) = PROBES.get(top.return_probe) {
+            emit::unwound(spec, top, now);
+        }
+        unsafe { (*calls).depth = index as u64 };
+    }
+}
+
+/// Opens a call for the return probe `return_probe`, filling its slot with `fill`.
+pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce(&mut OpenCall)) {
+    // SAFETY: as above.
+    let depth = unsafe { (*calls).depth };
+    for index in 0..MAX_OPEN_CALLS {
+        if index as u64 == depth {
+            let slot = unsafe { &mut (*calls).calls[index] };
+            slot.sp = sp;
+            slot.return_probe = return_probe;
+            fill(slot);
+            unsafe { (*calls).depth = index as u64 + 1 };
+            return;
+        }
+    }
+    count(Counter::CallsTooDeep);
+}
+
+/// Takes the innermost open call if it is the one returning at `sp` for `return_probe`. The
+/// slot it points at stays as it is until the program run ends.
+pub fn take(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*const OpenCall> {
+    // SAFETY: as above.
+    let depth = unsafe { (*calls).depth };
+    for index in 0..MAX_OPEN_CALLS {
+        if index as u64 + 1 == depth {
+            let top = unsafe { &(*calls).calls[index] };
+            if top.sp != sp || top.return_probe != return_probe {
+                return None;
+            }
+            unsafe { (*calls).depth = index as u64 };
+            return Some(top);
+        }
+    }
+    None
+}
