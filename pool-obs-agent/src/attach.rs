@@ -20,6 +20,7 @@ use pool_obs_common::{maps, probe::ProbeSpec};
 use tracing::{info, warn};
 
 use crate::error::{Class, Refusal};
+use machine_code::Handling;
 use plan::{Attachment, Plan, Program};
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
@@ -76,11 +77,8 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
             instruction = %attachment.site.instruction,
             "probe attached: {}", attachment.reason
         );
-        if attachment.program == Program::Return && attachment.reason.contains("unsafe_uretprobe") {
-            warn!(
-                function = %attachment.function,
-                "unsafe_uretprobe: a panic unwinding through this function aborts the pool"
-            );
+        if let Some(caution) = attachment.caution {
+            warn!(function = %attachment.function, "{caution}");
         }
     }
     if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
@@ -104,8 +102,13 @@ fn attach_failure(error: anyhow::Error, attachment: &Attachment, target: &str) -
         return Refusal::new(
             Class::Unprobeable,
             format!(
-                "the kernel cannot probe `{}` at {function}+{:#x}: probe a function that calls it",
-                attachment.site.instruction, attachment.site.offset
+                "the kernel cannot probe `{}` at {function}+{:#x} ({}): probe a function that calls it",
+                attachment.site.instruction,
+                attachment.site.offset,
+                match attachment.site.handling {
+                    Handling::Refused(why) => why,
+                    _ => "ENOTSUPP",
+                }
             ),
         )
         .into();

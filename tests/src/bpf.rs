@@ -28,6 +28,24 @@ pub fn held_by(pid: u32) -> Objects {
     objects
 }
 
+/// Which of `held` the kernel still lists after waiting up to two seconds: it frees programs and
+/// links in deferred work once their last file descriptor closes, not at once.
+pub fn still_listed(held: &Objects) -> Objects {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let listed = listed();
+        let remaining = Objects {
+            programs: held.programs.intersection(&listed.programs).copied().collect(),
+            links: held.links.intersection(&listed.links).copied().collect(),
+        };
+        let empty = remaining.programs.is_empty() && remaining.links.is_empty();
+        if empty || std::time::Instant::now() > deadline {
+            return remaining;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Every program and link the kernel has loaded, as `bpftool` lists them.
 pub fn listed() -> Objects {
     Objects { programs: bpftool_ids("prog"), links: bpftool_ids("link") }

@@ -190,12 +190,13 @@ impl Agent {
     }
 }
 
-/// Runs `bench-target` with `load` to its end, watched by an agent started with `agent_args`
-/// before the first call; returns the agent, whose last events may still be arriving.
-pub fn watch_bench_target(name: &str, load: &[&str], agent_args: &[&str]) -> Agent {
+/// Runs `bench-target` with `load` to its end, watched by an agent started with `manifest_name`
+/// and `agent_args` before the first call; returns the agent, whose last events may still be
+/// arriving.
+pub fn watch_bench_target(name: &str, manifest_name: &str, load: &[&str], agent_args: &[&str]) -> Agent {
     let start = StartFile::new(name);
     let mut target = Pool::start_named("bench-target", &[args(load), start.arg().to_vec()].concat());
-    let agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), agent_args);
+    let agent = Agent::attach(target.pid(), &manifest(manifest_name), free_address(), agent_args);
     start.start();
     let _ = target.stdout.recv_timeout(Duration::from_secs(120)).expect("bench-target's result");
     target.wait_for_exit();

@@ -92,7 +92,5 @@ fn counts_equal_the_pools_own_summary_after_attaching_by_pid() {
 
     let status = stop(&mut agent.child, libc::SIGTERM);
     assert!(status.success(), "the agent exits 0 on SIGTERM: {status}");
-    let after = bpf::listed();
-    assert!(held.programs.is_disjoint(&after.programs), "programs outlived the agent: {:?}", held.programs);
-    assert!(held.links.is_disjoint(&after.links), "links outlived the agent: {:?}", held.links);
+    assert_eq!(bpf::still_listed(&held), bpf::Objects::default(), "programs or links outlived the agent");
 }

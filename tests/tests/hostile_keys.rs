@@ -5,7 +5,7 @@ use pool_obs_tests::processes::{Agent, status_bytes, watch_bench_target};
 
 /// Runs `bench-target` with `load` under an agent and returns the agent, its work done.
 fn profile(name: &str, load: &[&str], calls: u64) -> Agent {
-    let agent = watch_bench_target(name, load, &[]);
+    let agent = watch_bench_target(name, "bench-target.toml", load, &[]);
     let metrics = agent.metrics_accounting_for(calls);
     assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0), "paced to lose nothing");
     agent

@@ -90,7 +90,12 @@ fn a_thousand_slow_clients_neither_stall_metrics_nor_stay_forever() {
 fn a_client_that_stops_reading_is_dropped() {
     // Three thousand models make an exposition of about 14 MB, far more than sockets buffer.
     let calls = ["--calls", "3000", "--models", "3000"];
-    let agent = watch_bench_target("unread", &calls, &["--max-models", "3000", "--http-timeout-secs", "3"]);
+    let agent = watch_bench_target(
+        "unread",
+        "bench-target.toml",
+        &calls,
+        &["--max-models", "3000", "--http-timeout-secs", "3"],
+    );
     let full = agent.metrics_after(3000);
     assert_eq!(full.label_values("pool_requests_total", "model").len(), 3000);
     let full_bytes = agent.get("/metrics").body.len();

@@ -86,10 +86,13 @@ enum Config {
     BpftracePrint,
     PoolObs,
     PoolObsEntryOnly,
+    PoolObsUretprobe,
+    EntryOnPush,
+    EntryOnLeaf,
 }
 
 impl Config {
-    const ALL: [Config; 7] = [
+    const ALL: [Config; 10] = [
         Config::NoProbe,
         Config::FloorEntry,
         Config::FloorEntryReturn,
@@ -97,6 +100,9 @@ impl Config {
         Config::BpftracePrint,
         Config::PoolObs,
         Config::PoolObsEntryOnly,
+        Config::PoolObsUretprobe,
+        Config::EntryOnPush,
+        Config::EntryOnLeaf,
     ];
 
     fn label(self) -> &'static str {
@@ -106,9 +112,18 @@ impl Config {
             Config::FloorEntryReturn => "3. empty entry + return probe (floor for timing a call)",
             Config::BpftraceHistogram => "4. bpftrace, per-model latency histogram",
             Config::BpftracePrint => "5. bpftrace, one line per call",
-            Config::PoolObs => "6. pool-obs: model, request id, latency, outcome, every event exported",
+            Config::PoolObs => {
+                "6. pool-obs: model, request id, latency, outcome, every event exported (return: a probe on each `ret`)"
+            }
             Config::PoolObsEntryOnly => {
                 "7. pool-obs, entry-only probe set: the same, from `begin` and `end` entries"
+            }
+            Config::PoolObsUretprobe => "8. pool-obs as 6, with `unsafe_uretprobe` (a uretprobe instead)",
+            Config::EntryOnPush => {
+                "9. pool-obs, one entry probe on `begin` (first instruction `push`, emulated)"
+            }
+            Config::EntryOnLeaf => {
+                "10. pool-obs, one entry probe on `tally`, a leaf whose first instruction is single-stepped (placed on the branch after it)"
             }
         }
     }
@@ -119,7 +134,28 @@ impl Config {
             Config::FloorEntryReturn => Some("floor-entry-return.bt"),
             Config::BpftraceHistogram => Some("per-model-hist.bt"),
             Config::BpftracePrint => Some("per-event-print.bt"),
-            Config::NoProbe | Config::PoolObs | Config::PoolObsEntryOnly => None,
+            _ => None,
+        }
+    }
+
+    /// The manifest of a pool-obs configuration.
+    fn manifest(self) -> Option<&'static str> {
+        match self {
+            Config::PoolObs => Some("bench-target.toml"),
+            Config::PoolObsEntryOnly => Some("bench-target-entry-only.toml"),
+            Config::PoolObsUretprobe => Some("bench-target-uretprobe.toml"),
+            Config::EntryOnPush => Some("bench-target-entry-begin.toml"),
+            Config::EntryOnLeaf => Some("bench-target-entry-tally.toml"),
+            _ => None,
+        }
+    }
+
+    /// What bench-target calls besides `--calls`.
+    fn target_mode(self) -> Option<&'static str> {
+        match self {
+            Config::PoolObsEntryOnly => Some("--entry-only"),
+            Config::EntryOnPush | Config::EntryOnLeaf => Some("--leaf"),
+            _ => None,
         }
     }
 }
@@ -167,6 +203,8 @@ fn probe_costs(scale: &Scale) -> Result<String> {
         );
     }
     let pool_obs = median(Config::PoolObs);
+    let (uretprobe, on_push, on_leaf) =
+        (median(Config::PoolObsUretprobe), median(Config::EntryOnPush), median(Config::EntryOnLeaf));
     let per_event = |config| median(config) - none;
     let targets = [
         ("pool-obs ≤ 1.15 × the entry+return floor", pool_obs / floor, pool_obs / floor <= 1.15),
@@ -174,6 +212,16 @@ fn probe_costs(scale: &Scale) -> Result<String> {
             "pool-obs ≤ 0.6 × bpftrace's histogram",
             pool_obs / median(Config::BpftraceHistogram),
             pool_obs / median(Config::BpftraceHistogram) <= 0.6,
+        ),
+        (
+            "pool-obs with `unsafe_uretprobe` ≤ 1.15 × the entry+return floor",
+            uretprobe / floor,
+            uretprobe / floor <= 1.15,
+        ),
+        (
+            "entry probe on a single-stepped leaf, placed, ≤ 1.2 × one on `push`",
+            on_leaf / on_push,
+            on_leaf / on_push <= 1.2,
         ),
         (
             "per event, bpftrace printing ≥ 5 × pool-obs",
@@ -186,6 +234,12 @@ fn probe_costs(scale: &Scale) -> Result<String> {
          {entry_only:.0} ns instead of {pool_obs:.0} ns ({:+.0}%), needs no saved arguments, and stays safe \
          if the function panics.\n",
         100.0 * (entry_only - pool_obs) / pool_obs
+    );
+    table += &format!(
+        "\nA return probe is a probe on each return instruction, which this kernel single-steps, unless \
+         the function cannot unwind: {pool_obs:.0} ns per call, against {uretprobe:.0} ns with \
+         `unsafe_uretprobe` (×{:.1}), which aborts the pool if a panic unwinds through it.\n",
+        pool_obs / uretprobe
     );
     table += "\n| target | measured ratio | |\n|---|---|---|\n";
     for (target, ratio, met) in targets {
@@ -224,18 +278,16 @@ fn target_result(pool: &mut Pool) -> Result<(f64, u64)> {
 fn run_config(config: Config, calls: u64, symbol: &str) -> Result<f64> {
     let start = StartFile::new("bench");
     let calls_arg = calls.to_string();
-    let entry_only = config == Config::PoolObsEntryOnly;
-    let target_args: &[&str] =
-        if entry_only { &["--calls", &calls_arg, "--entry-only"] } else { &["--calls", &calls_arg] };
-    let mut target = bench_target(&start, target_args);
+    let mut target_args = vec!["--calls", &calls_arg];
+    target_args.extend(config.target_mode());
+    let mut target = bench_target(&start, &target_args);
     let target_path = binary("bench-target");
     let mut tracer = match config.bpftrace_script() {
         Some(script) => Some(Bpftrace::start(script, &target_path, symbol)?),
         None => None,
     };
-    let manifest_name = if entry_only { "bench-target-entry-only.toml" } else { "bench-target.toml" };
-    let agent = matches!(config, Config::PoolObs | Config::PoolObsEntryOnly)
-        .then(|| Agent::attach(target.pid(), &manifest(manifest_name), free_address(), &[]));
+    let agent =
+        config.manifest().map(|name| Agent::attach(target.pid(), &manifest(name), free_address(), &[]));
     start.start();
     let (ns_per_call, made) = target_result(&mut target)?;
     if let Some(mut agent) = agent {
@@ -303,7 +355,8 @@ fn agent_cpu(scale: &Scale) -> Result<String> {
         let start = StartFile::new("cpu");
         let calls = (rate * scale.paced_seconds).to_string();
         let mut target = bench_target(&start, &["--calls", &calls, "--rate", &rate.to_string()]);
-        let mut agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &[]);
+        let mut agent =
+            Agent::attach(target.pid(), &manifest("bench-target-uretprobe.toml"), free_address(), &[]);
         let before = cpu_seconds(agent.child.id());
         start.start();
         let began = Instant::now();
@@ -315,7 +368,9 @@ fn agent_cpu(scale: &Scale) -> Result<String> {
     }
     let (m, low, high) = stats(&shares);
     Ok(format!(
-        "### Agent CPU\n\nAt 100k events/s for {} s: **{m:.1}% of one core** ({low:.1}–{high:.1}), draining, \
+        "### Agent CPU\n\nThis section, the next two and their targets measure the agent, so the target runs \
+         under `bench-target-uretprobe.toml`: return-instruction probes would not let it make 100k calls a \
+         second.\n\nAt 100k events/s for {} s: **{m:.1}% of one core** ({low:.1}–{high:.1}), draining, \
          decoding and aggregating every event (the time includes settling after the load).\n\n",
         scale.paced_seconds
     ))
@@ -337,8 +392,12 @@ fn loss(scale: &Scale) -> Result<String> {
             let mut target = bench_target(&start, &["--calls", &calls, "--threads", "2"]);
             let settings =
                 ["--ring-buffer-bytes", &ring.to_string(), "--drain-interval-ms", &drain_ms.to_string()];
-            let mut agent =
-                Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &settings);
+            let mut agent = Agent::attach(
+                target.pid(),
+                &manifest("bench-target-uretprobe.toml"),
+                free_address(),
+                &settings,
+            );
             start.start();
             let (ns_per_call, made) = target_result(&mut target)?;
             let metrics = agent.metrics_accounting_for(made);
@@ -378,7 +437,8 @@ fn endpoints(scale: &Scale) -> Result<String> {
         let mut target = bench_target(&start, &["--models", &count, "--calls", &count]);
         // Every model tracked: past the default --max-models the rest would share one series.
         let tracked = ["--max-models", &count];
-        let mut agent = Agent::attach(target.pid(), &manifest("bench-target.toml"), free_address(), &tracked);
+        let mut agent =
+            Agent::attach(target.pid(), &manifest("bench-target-uretprobe.toml"), free_address(), &tracked);
         start.start();
         let (_, made) = target_result(&mut target)?;
         agent.metrics_after(made);

@@ -170,7 +170,9 @@ impl FunctionCode {
                     });
                     false
                 }
-                FlowControl::UnconditionalBranch => !self.contains(op.instruction.near_branch_target()),
+                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                    !self.contains(op.instruction.near_branch_target())
+                }
                 FlowControl::IndirectBranch => !self.is_jump_table(op),
                 _ => false,
             };
@@ -384,6 +386,9 @@ mod tests {
         let tail = code(&[0x48, 0x85, 0xff, 0xe9, 0x00, 0x10, 0x00, 0x00]);
         assert!(matches!(tail.exits(), Err(Unprobeable::TailCall { offset: 3, .. })));
         assert!(tail.may_unwind_by().is_some());
+        // jne rel32 far away: a conditional tail call
+        let conditional = code(&[0x48, 0x85, 0xff, 0x0f, 0x85, 0x00, 0x10, 0x00, 0x00, 0xc3]);
+        assert!(matches!(conditional.exits(), Err(Unprobeable::TailCall { offset: 3, .. })));
     }
 
     #[test]

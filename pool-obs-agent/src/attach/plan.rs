@@ -85,6 +85,22 @@ pub struct Attachment {
     pub site: Site,
     /// Why this site, for `check` and the attach log.
     pub reason: String,
+    /// What the user risks with it, warned of at attach.
+    pub caution: Option<&'static str>,
+}
+
+/// One probe site chosen for a probe, before it is placed in the file.
+struct Choice {
+    program: Program,
+    site: Site,
+    reason: String,
+    caution: Option<&'static str>,
+}
+
+impl Choice {
+    fn safe(program: Program, site: Site, reason: String) -> Self {
+        Self { program, site, reason, caution: None }
+    }
 }
 
 pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> {
@@ -104,8 +120,8 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> 
             }),
         }
         .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
-        for (program, site, reason) in sites {
-            plan.attach(symbol, program, cookie, site, reason);
+        for choice in sites {
+            plan.attach(symbol, cookie, choice);
         }
     }
     if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
@@ -114,7 +130,7 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> 
     Ok(plan)
 }
 
-type Sites = Vec<(Program, Site, String)>;
+type Sites = Vec<Choice>;
 
 impl Plan {
     fn push(&mut self, spec: ProbeSpec, info: ProbeInfo) -> u32 {
@@ -123,7 +139,8 @@ impl Plan {
         (self.specs.len() - 1) as u32
     }
 
-    fn attach(&mut self, symbol: &Symbol, program: Program, probe: u32, site: Site, reason: String) {
+    fn attach(&mut self, symbol: &Symbol, probe: u32, choice: Choice) {
+        let Choice { program, site, reason, caution } = choice;
         self.attachments.push(Attachment {
             function: symbol.name.clone(),
             program,
@@ -131,6 +148,7 @@ impl Plan {
             cookie: Cookie { probe, sp_offset: site.sp_offset },
             site,
             reason,
+            caution,
         });
     }
 
@@ -142,7 +160,7 @@ impl Plan {
         let symbol = symbol.clone();
         if let Ok(site) = symbols.code(&symbol).entry_site(&[]) {
             let reason = "closes the calls a caught panic unwound through".to_string();
-            self.attach(&symbol, Program::UnwindCaught, 0, site, reason);
+            self.attach(&symbol, 0, Choice::safe(Program::UnwindCaught, site, reason));
         }
     }
 }
@@ -161,7 +179,7 @@ fn entry_site(program: Program, spec: &ProbeSpec, code: &FunctionCode) -> Result
             code.ops[0].handling()
         ),
     };
-    Ok(vec![(program, site, reason)])
+    Ok(vec![Choice::safe(program, site, reason)])
 }
 
 /// A uretprobe replaces the return address, and a panic cannot unwind through the kernel's
@@ -169,18 +187,19 @@ fn entry_site(program: Program, spec: &ProbeSpec, code: &FunctionCode) -> Result
 /// unless the function provably cannot unwind (it calls nothing) or the manifest says
 /// `unsafe_uretprobe`.
 fn return_sites(unsafe_uretprobe: bool, code: &FunctionCode) -> Result<Sites, Unprobeable> {
-    let uretprobe = |reason: String| {
+    let uretprobe = |reason: &str, caution| {
         let site =
             Site { offset: 0, sp_offset: -8, handling: Handling::Emulated, instruction: "uretprobe".into() };
-        Ok(vec![(Program::Return, site, reason)])
+        Ok(vec![Choice { program: Program::Return, site, reason: reason.to_string(), caution }])
     };
     if unsafe_uretprobe {
         return uretprobe(
-            "uretprobe, as `unsafe_uretprobe` asks: a panic unwinding through it aborts the pool".into(),
+            "uretprobe, as `unsafe_uretprobe` asks",
+            Some("unsafe_uretprobe: a panic unwinding through this function aborts the pool"),
         );
     }
     let Some(call) = code.may_unwind_by() else {
-        return uretprobe("uretprobe: the function calls nothing, so no panic can unwind through it".into());
+        return uretprobe("uretprobe: the function calls nothing, so no panic can unwind through it", None);
     };
     let exits = code.exits()?;
     let count = exits.len();
@@ -190,7 +209,7 @@ fn return_sites(unsafe_uretprobe: bool, code: &FunctionCode) -> Result<Sites, Un
         call.offset,
         exits[0].handling
     );
-    Ok(exits.into_iter().map(|site| (Program::Exit, site, reason.clone())).collect())
+    Ok(exits.into_iter().map(|site| Choice::safe(Program::Exit, site, reason.clone())).collect())
 }
 
 fn unprobeable(function: &str, at: At, problem: Unprobeable) -> anyhow::Error {

@@ -5,6 +5,7 @@
 use std::{
     hint::black_box,
     path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -41,6 +42,9 @@ struct Options {
     /// set does.
     #[arg(long)]
     entry_only: bool,
+    /// Call `begin` and `tally` only: the probe-placement rows, one probing each.
+    #[arg(long)]
+    leaf: bool,
 }
 
 /// The function every configuration probes. It cannot panic, so a return probe is safe on it.
@@ -76,6 +80,20 @@ pub fn end(model: &str, request_id: u64, result: &Result<u32, String>) {
 #[inline(never)]
 fn record(value: u64) {
     black_box(value);
+}
+
+static EVEN: AtomicU64 = AtomicU64::new(0);
+static ODD: AtomicU64 = AtomicU64::new(0);
+
+/// A leaf that counts requests: its first instruction is a `test` the kernel single-steps,
+/// the branch after it one the kernel emulates, where the agent places an entry probe.
+#[inline(never)]
+pub fn tally(model: &str, request_id: u64) {
+    if request_id & 1 == 0 {
+        EVEN.fetch_add(model.len() as u64, Ordering::Relaxed);
+    } else {
+        ODD.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn main() {
@@ -115,7 +133,10 @@ fn call(options: &Options, models: &[String], first_id: u64, calls: u64, rate: u
     let mut next = Instant::now();
     for request_id in first_id..first_id + calls {
         let model = &models[(request_id % models.len() as u64) as usize];
-        if options.entry_only {
+        if options.leaf {
+            begin(model, request_id);
+            tally(black_box(model), request_id);
+        } else if options.entry_only {
             begin(model, request_id);
             let result = handle_request(black_box(model), request_id, options.work_ns);
             end(model, request_id, &result);

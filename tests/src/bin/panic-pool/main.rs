@@ -2,14 +2,19 @@
 //! a malformed request makes a handler index past its model's layers and panic, and the worker
 //! catches it with `catch_unwind`, answers the request as failed and goes on. Built in release
 //! with nothing to make probing easy. Its summary is the ground truth: failed requests are the
-//! handlers' errors plus their panics.
+//! handlers' errors plus their panics. Requests are queued as trait objects too, one type per
+//! kind of request, each of which leaves the pool's in-flight count when it is dropped.
 
 use std::{
     collections::BTreeMap,
     hint::black_box,
     panic::{AssertUnwindSafe, catch_unwind},
     path::PathBuf,
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
     time::Instant,
 };
@@ -92,24 +97,80 @@ impl Handler for Embedding {
     }
 }
 
+/// Requests queued or being served, for the pool's own load shedding.
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// A request as the pool queues it; each kind of request is a type of its own.
+trait Job: Send {
+    fn model(&self) -> &'static str;
+    fn id(&self) -> u64;
+    fn submitted(&self) -> Instant;
+}
+
+/// A text generation request.
+struct Generate {
+    model: &'static str,
+    id: u64,
+    submitted: Instant,
+}
+
+/// An embedding request.
+struct Embed {
+    model: &'static str,
+    id: u64,
+    submitted: Instant,
+}
+
+macro_rules! job {
+    ($kind:ident) => {
+        impl $kind {
+            fn queued(model: &'static str, id: u64) -> Box<dyn Job> {
+                IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+                Box::new($kind { model, id, submitted: Instant::now() })
+            }
+        }
+
+        impl Job for $kind {
+            fn model(&self) -> &'static str {
+                self.model
+            }
+            fn id(&self) -> u64 {
+                self.id
+            }
+            fn submitted(&self) -> Instant {
+                self.submitted
+            }
+        }
+
+        impl Drop for $kind {
+            fn drop(&mut self) {
+                IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    };
+}
+
+job!(Generate);
+job!(Embed);
+
 fn main() {
     let options = Options::parse();
     // The pool answers panics itself: keep their messages off stderr.
     std::panic::set_hook(Box::new(|_| {}));
-    let mut handlers: BTreeMap<String, Box<dyn Handler>> = BTreeMap::new();
+    let mut handlers: BTreeMap<&'static str, Box<dyn Handler>> = BTreeMap::new();
     for (model, layers) in [("llama-7b", 32), ("mistral-7b", 24)] {
         let layers = (1..=layers).map(|layer| layer * 1_000_003).collect();
         let handler =
             Inference { layers, panic_every: options.panic_every, error_every: options.error_every };
-        handlers.insert(model.to_string(), Box::new(handler));
+        handlers.insert(model, Box::new(handler));
     }
     let table = (0..4096).map(|token| token * 31).collect();
     let handler = Embedding { table, panic_every: options.panic_every, error_every: options.error_every };
-    handlers.insert("bge-small".to_string(), Box::new(handler));
+    handlers.insert("bge-small", Box::new(handler));
     let handlers = Arc::new(handlers);
-    let models: Vec<String> = handlers.keys().cloned().collect();
+    let models: Vec<&'static str> = handlers.keys().copied().collect();
 
-    let (jobs, queue) = mpsc::channel::<(String, u64, Instant)>();
+    let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
     let queue = Arc::new(Mutex::new(queue));
     let tallies: Arc<Mutex<BTreeMap<String, Tally>>> = Arc::default();
     let workers: Vec<_> = (0..options.workers)
@@ -118,10 +179,12 @@ fn main() {
             thread::spawn(move || {
                 loop {
                     let job = queue.lock().expect("the queue").recv();
-                    let Ok((model, request_id, submitted)) = job else { break };
-                    let handler = &handlers[&model];
-                    let answer = catch_unwind(AssertUnwindSafe(|| handler.handle(&model, request_id)));
-                    let latency_us = submitted.elapsed().as_micros() as u64;
+                    let Ok(job) = job else { break };
+                    let handler = &handlers[job.model()];
+                    let answer = catch_unwind(AssertUnwindSafe(|| handler.handle(job.model(), job.id())));
+                    let latency_us = job.submitted().elapsed().as_micros() as u64;
+                    let model = job.model().to_string();
+                    drop(job);
                     let mut tallies = tallies.lock().expect("the tallies");
                     let tally = tallies.entry(model).or_default();
                     match answer {
@@ -140,8 +203,13 @@ fn main() {
     eprintln!("panic-pool: ready, pid {}", std::process::id());
     await_start_file(options.start_file.as_deref());
     for request_id in 0..options.requests {
-        let model = models[request_id as usize % models.len()].clone();
-        jobs.send((model, request_id, Instant::now())).expect("the workers are there");
+        let model = models[request_id as usize % models.len()];
+        let job = if model.starts_with("bge") {
+            Embed::queued(model, request_id)
+        } else {
+            Generate::queued(model, request_id)
+        };
+        jobs.send(job).expect("the workers are there");
     }
     drop(jobs);
     for worker in workers {
