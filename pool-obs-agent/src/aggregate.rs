@@ -64,6 +64,8 @@ pub struct Aggregator {
     probed: Probed,
     settings: Settings,
     event_counters: Vec<(EventKind, Counter)>,
+    /// Events written, by probe index.
+    events_by_probe: Vec<u64>,
     model_ids: HashMap<Vec<u8>, ModelId>,
     models: Vec<ModelState>,
     /// Models with keys of their own, not counting the unknown and other models.
@@ -128,6 +130,7 @@ impl Aggregator {
         Self {
             metrics,
             probed: Probed::of(&probes),
+            events_by_probe: vec![0; probes.len()],
             probes,
             event_counters,
             model_ids: HashMap::new(),
@@ -150,6 +153,9 @@ impl Aggregator {
         let kind = event.kind();
         if let Some((_, counter)) = self.event_counters.iter().find(|(k, _)| *k == kind) {
             counter.inc();
+        }
+        if let Some(count) = self.events_by_probe.get_mut(event.header().probe as usize) {
+            *count += 1;
         }
         match event {
             Event::WorkerSpawned(event) => self.on_worker_spawned(event),
@@ -180,6 +186,11 @@ impl Aggregator {
     }
 
     /// A request in flight or recently completed, by the pool's own id.
+    /// Events written so far, by probe index.
+    pub fn events_by_probe(&self) -> &[u64] {
+        &self.events_by_probe
+    }
+
     pub fn timeline(&self, request_id: u64, wall: &WallClock) -> Option<Timeline> {
         let label = |model: ModelId| self.models[model].label.clone();
         if let Some(request) = self.requests.get(&request_id) {

@@ -30,6 +30,8 @@ pub enum Command {
     Symbols {
         #[command(flatten)]
         target: Binary,
+        #[command(flatten)]
+        debug: DebugFile,
         /// Only names matching this pattern (`*` matches any run of characters).
         pattern: Option<String>,
     },
@@ -41,7 +43,18 @@ pub enum Command {
         manifest: PathBuf,
         #[command(flatten)]
         target: Binary,
+        #[command(flatten)]
+        debug: DebugFile,
     },
+}
+
+/// Where the binary's DWARF is, when it is not in the binary, beside it (`.gnu_debuglink`) or
+/// under /usr/lib/debug.
+#[derive(Args, Debug, Default)]
+pub struct DebugFile {
+    /// A file of the binary's debug info (`objcopy --only-keep-debug`).
+    #[arg(long)]
+    pub debug_file: Option<PathBuf>,
 }
 
 /// The binary to read: a running process's, or a file.
@@ -122,6 +135,8 @@ pub struct Options {
     /// Log format on stderr; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub debug: DebugFile,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

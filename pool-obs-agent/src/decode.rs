@@ -63,6 +63,17 @@ fn read<T: Copy>(record: &[u8]) -> Result<T, DecodeError> {
 }
 
 impl Event {
+    pub fn header(&self) -> &Header {
+        match self {
+            Event::WorkerSpawned(event) => &event.header,
+            Event::WorkerEvicted(event) => &event.header,
+            Event::WorkerCrashed(event) => &event.header,
+            Event::RequestSubmitted(event) => &event.header,
+            Event::RequestStarted(event) => &event.header,
+            Event::RequestEnded(event) => &event.header,
+        }
+    }
+
     pub fn kind(&self) -> EventKind {
         match self {
             Event::WorkerSpawned(_) => EventKind::WorkerSpawned,

@@ -1,5 +1,7 @@
 //! Every way the agent can refuse to run, each with its own exit code, so that scripts can tell
-//! them apart. Messages are one line and say how to fix the problem.
+//! them apart. Messages are one line and say how to fix the problem. Each error type says its
+//! own class (`Refusal::class`, `ManifestError::class`, `SymbolError::class`); `main` reads the
+//! class off the first classified error in a chain, so that this module imports none of them.
 
 use std::fmt;
 
@@ -42,19 +44,3 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
-
-/// The exit code for an error: that of the first classified error in its chain.
-pub fn exit_code(error: &anyhow::Error) -> u8 {
-    let class = error.chain().find_map(|cause| {
-        if let Some(refusal) = cause.downcast_ref::<Refusal>() {
-            return Some(refusal.class);
-        }
-        if let Some(manifest) = cause.downcast_ref::<crate::manifest::ManifestError>() {
-            return Some(manifest.class);
-        }
-        cause
-            .downcast_ref::<crate::attach::symbols::SymbolError>()
-            .map(crate::attach::symbols::SymbolError::class)
-    });
-    class.unwrap_or(Class::Other) as u8
-}

@@ -1,6 +1,6 @@
 //! `symbols` and `check`: looking at a pool's binary before attaching to it.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::Path};
 
 use anyhow::Result;
 use pool_obs_common::probe::{BASE_ARG, BASE_RET, Scalar};
@@ -9,18 +9,25 @@ use crate::{
     attach::{
         dwarf::{DebugInfo, FunctionInfo, Param, TypeKind},
         plan,
-        symbols::SymbolTable,
+        symbols::{SymbolTable, glob_match},
     },
-    cli::Binary,
+    cli::{Binary, DebugFile},
     error::{Class, Refusal},
     manifest::{self, At, Model, Probe},
     target::Target,
 };
 
-fn binary_path(binary: &Binary) -> Result<PathBuf> {
+/// The symbols of the binary asked for: a running process's, or a file.
+fn symbol_table(binary: &Binary, debug: &DebugFile) -> Result<SymbolTable> {
+    let explicit = debug.debug_file.as_deref();
     match (binary.pid, &binary.binary) {
-        (Some(pid), _) => Ok(Target::open(pid)?.exe_link),
-        (None, Some(path)) if path.exists() => Ok(path.clone()),
+        (Some(pid), _) => {
+            let target = Target::open(pid)?;
+            SymbolTable::open(&target.exe_link, Path::new(&target.exe), &target.shown(), explicit)
+        }
+        (None, Some(path)) if path.exists() => {
+            SymbolTable::open(path, path, &path.display().to_string(), explicit)
+        }
         (None, Some(path)) => {
             Err(Refusal::new(Class::Process, format!("no file at {}", path.display())).into())
         }
@@ -30,9 +37,15 @@ fn binary_path(binary: &Binary) -> Result<PathBuf> {
 
 /// Lists probe-able functions: address, size, demangled and mangled name; marks generic
 /// instances and names shared by several functions.
-pub fn symbols(binary: &Binary, pattern: Option<&str>) -> Result<()> {
-    let table = SymbolTable::read(&binary_path(binary)?)?;
-    let found = table.matching(pattern.unwrap_or("*"));
+pub fn symbols(binary: &Binary, debug: &DebugFile, pattern: Option<&str>) -> Result<()> {
+    let table = symbol_table(binary, debug)?;
+    // Without a `*`, a pattern matches anywhere in the name.
+    let glob = match pattern {
+        Some(pattern) if pattern.contains('*') => pattern.to_string(),
+        Some(pattern) => format!("*{pattern}*"),
+        None => "*".to_string(),
+    };
+    let found = table.matching(&glob);
     let mut name_counts: HashMap<&str, usize> = HashMap::new();
     for symbol in &found {
         *name_counts.entry(&symbol.name).or_default() += 1;
@@ -47,35 +60,66 @@ pub fn symbols(binary: &Binary, pattern: Option<&str>) -> Result<()> {
         }
         println!("{:#012x} {:>8}  {}{marks}  {}", symbol.address, symbol.size, symbol.name, symbol.mangled);
     }
-    match (found.len(), pattern) {
+    // What the optimiser inlined everywhere has no symbol: the debug info still knows it.
+    let debug = table
+        .debug_info()
+        .map(DebugInfo::read)
+        .transpose()
+        .map_err(|error| Refusal::new(Class::Other, error))?;
+    let inlined: Vec<(&str, usize)> = debug
+        .iter()
+        .flatten()
+        .flat_map(DebugInfo::inlined_functions)
+        .filter(|(name, instances)| *instances > 0 && glob_match(&glob, name) && !table.has_function(name))
+        .collect();
+    if !inlined.is_empty() {
+        println!("inlined into their callers everywhere, with no symbol of their own:");
+        for (name, instances) in &inlined {
+            println!("  {name}  [{instances} inlined instances]");
+        }
+    }
+    match (found.len() + inlined.len(), pattern) {
         (0, Some(pattern)) => println!("no function matches `{pattern}`"),
-        (count, _) => println!("{count} functions"),
+        _ if inlined.is_empty() => println!("{} functions", found.len()),
+        _ => println!("{} functions, {} more inlined everywhere", found.len(), inlined.len()),
     }
     Ok(())
 }
 
 /// Validates a manifest against a binary without attaching; fails if anything is wrong.
-pub fn check(manifest_path: &std::path::Path, binary: &Binary) -> Result<()> {
+pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> Result<()> {
     let manifest = manifest::load(manifest_path)?;
-    let path = binary_path(binary)?;
-    let table = SymbolTable::read(&path)?;
-    let debug = DebugInfo::read(&path).map_err(|error| Refusal::new(Class::Other, error))?;
-    if debug.is_none() {
-        println!("{} has no debug info: functions are checked, registers are not", path.display());
+    let table = symbol_table(binary, debug_file)?;
+    let debug = match table.debug_info() {
+        Some(path) => DebugInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
+        None => None,
+    };
+    match table.debug_info() {
+        None => println!("no debug info found: functions are checked, registers are not"),
+        Some(path) => println!("debug info: {}", path.display()),
     }
     let mut problems = 0;
     for probe in &manifest.probes {
         let at = if probe.at == At::Entry { "entry" } else { "return" };
         println!("{} at {at} of {}", probe.event.name(), probe.function);
-        let symbol = match table.locate(&probe.function) {
-            Ok(symbol) => symbol,
+        let copies = match table.locate(&probe.function) {
+            Ok(copies) => copies,
             Err(error) => {
                 println!("  ✗ {error}");
                 problems += 1;
                 continue;
             }
         };
-        println!("  found {} at {:#x}", symbol.name, symbol.address);
+        for copy in &copies {
+            println!("  found {} at {:#x}", copy.name, copy.address);
+        }
+        if copies.len() > 1 {
+            println!(
+                "  {} copies of one function (one per codegen unit that uses it): all are probed",
+                copies.len()
+            );
+        }
+        let symbol = copies[0];
         let Some(function) = debug.as_ref().and_then(|debug| debug.function_at(symbol.address)) else {
             continue;
         };

@@ -23,7 +23,7 @@ mod target;
 use std::{
     process::ExitCode,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -41,11 +41,15 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     aggregate::{Aggregator, REQUEST_LOG},
     anomaly::Anomaly,
-    attach::{plan, symbols::SymbolTable},
+    attach::{
+        plan,
+        symbols::{SymbolError, SymbolTable},
+    },
     cli::{Cli, Command, LogFormat, Options},
     clock::{WallClock, monotonic_ns},
+    error::{Class, Refusal},
     export::{
-        health::{self, Thresholds},
+        health::{self, ProbeTotals, ProbeWindow, Thresholds},
         http::{self, RenderedHealth},
         metrics::Metrics,
     },
@@ -61,9 +65,18 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.run.log_format);
+    if cli.command.is_some() {
+        // `symbols … | head`: end quietly when the reader goes, as command-line tools do, rather
+        // than panic on the closed pipe. (The agent itself keeps ignoring SIGPIPE: a scraper
+        // that hangs up must not kill it.)
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match &cli.command {
-        Some(Command::Symbols { target, pattern }) => inspect::symbols(target, pattern.as_deref()),
-        Some(Command::Check { manifest, target }) => inspect::check(manifest, target),
+        Some(Command::Symbols { target, debug, pattern }) => {
+            inspect::symbols(target, debug, pattern.as_deref())
+        }
+        Some(Command::Check { manifest, target, debug }) => inspect::check(manifest, target, debug),
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -75,9 +88,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("pool-obs-agent: error: {error:#}");
-            ExitCode::from(error::exit_code(&error))
+            ExitCode::from(exit_code(&error))
         }
     }
+}
+
+/// The exit code for an error: that of the first classified error in its chain.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let class = error.chain().find_map(|cause| {
+        (cause.downcast_ref::<Refusal>().map(|refusal| refusal.class))
+            .or_else(|| cause.downcast_ref::<manifest::ManifestError>().map(|manifest| manifest.class))
+            .or_else(|| cause.downcast_ref::<SymbolError>().map(SymbolError::class))
+    });
+    class.unwrap_or(Class::Other) as u8
 }
 
 /// `RUST_LOG` filters as usual (default `info`), except that failed, timed-out and slow
@@ -106,7 +129,12 @@ async fn run(options: Options) -> Result<()> {
     privileges::require_capabilities()?;
     privileges::require_uprobes()?;
     let target = Target::open(pid)?;
-    let symbols = SymbolTable::read(&target.exe_link)?;
+    let symbols = SymbolTable::open(
+        &target.exe_link,
+        std::path::Path::new(&target.exe),
+        &target.shown(),
+        options.debug.debug_file.as_deref(),
+    )?;
     let plan = plan::plan(&manifest, &symbols)?;
     http::raise_open_file_limit();
     let listener = TcpListener::bind(options.listen)
@@ -117,7 +145,7 @@ async fn run(options: Options) -> Result<()> {
     let functions = plan.probes.iter().map(|probe| probe.function.clone()).collect();
     let mut kernel_logs = options.debug_probes.then(|| KernelLogs::new(&mut ebpf, functions)).transpose()?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
-    let kernel_counters = KernelCounters::new(ebpf.take_map(maps::COUNTERS))?;
+    let kernel_counters = KernelCounters::new(&mut ebpf)?;
     let wall = WallClock::now();
     privileges::drop_all_capabilities().context("giving up capabilities after attaching")?;
 
@@ -134,6 +162,7 @@ async fn run(options: Options) -> Result<()> {
         kernel_counted: [0; Counter::COUNT as usize],
         target_up: true,
         memory: MemorySampler::new(target.pid.get()),
+        probes: ProbeWindow::new(Duration::from_secs(options.window_secs.max(1)), plan.probe_names()),
     };
     observer.sample_memory(&metrics);
     let (health_sender, health) = watch::channel(observer.refresh(&mut aggregator, &metrics));
@@ -220,6 +249,7 @@ struct Observer<'a> {
     kernel_counted: [u64; Counter::COUNT as usize],
     target_up: bool,
     memory: MemorySampler,
+    probes: ProbeWindow,
 }
 
 impl Observer<'_> {
@@ -229,6 +259,13 @@ impl Observer<'_> {
         self.target_up = target_up;
         metrics.target_up.set(i64::from(target_up));
         aggregator.refresh(monotonic_ns());
+        let anomalies = metrics.anomalies.counted();
+        let totals = ProbeTotals {
+            events: aggregator.events_by_probe().to_vec(),
+            read_failures: self.kernel_counters.read_failures_by_probe(aggregator.events_by_probe().len()),
+            anomalies: anomalies.iter().map(|(_, count)| count).sum(),
+        };
+        let probe_reasons = self.probes.observe(Instant::now(), totals);
         health::render(&health::Inputs {
             models: aggregator.models(),
             thresholds: &self.thresholds,
@@ -237,7 +274,8 @@ impl Observer<'_> {
             observing_since: self.observing_since,
             memory: self.memory.last(),
             events_lost: self.kernel_counted[Counter::EventsLost.index() as usize],
-            anomalies: metrics.anomalies.counted(),
+            anomalies,
+            probe_reasons: &probe_reasons,
         })
     }
 

@@ -8,7 +8,7 @@ use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
 };
 use aya_log::EbpfLogger;
-use pool_obs_common::counters::Counter;
+use pool_obs_common::{counters::Counter, maps};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub struct EventRing {
@@ -47,11 +47,23 @@ impl EventRing {
 /// The counters the kernel programs keep, summed over CPUs.
 pub struct KernelCounters {
     array: PerCpuArray<MapData, u64>,
+    read_failures_by_probe: PerCpuArray<MapData, u64>,
 }
 
 impl KernelCounters {
-    pub fn new(map: Option<Map>) -> Result<Self> {
-        Ok(Self { array: PerCpuArray::try_from(map.context("the kernel object has no COUNTERS map")?)? })
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| -> Result<PerCpuArray<MapData, u64>> {
+            let map = ebpf.take_map(name).with_context(|| format!("the kernel object has no {name} map"))?;
+            Ok(PerCpuArray::try_from(map)?)
+        };
+        Ok(Self { array: take(maps::COUNTERS)?, read_failures_by_probe: take(maps::PROBE_READ_FAILURES)? })
+    }
+
+    /// Failed reads of each of the first `probes` probes.
+    pub fn read_failures_by_probe(&self, probes: usize) -> Vec<u64> {
+        (0..probes as u32)
+            .map(|probe| self.read_failures_by_probe.get(&probe, 0).map_or(0, |values| values.iter().sum()))
+            .collect()
     }
 
     pub fn read(&self, counter: Counter) -> u64 {

@@ -51,6 +51,11 @@ impl Target {
         })
     }
 
+    /// The executable and PID, as errors name them.
+    pub fn shown(&self) -> String {
+        format!("{} (PID {})", self.exe, self.pid)
+    }
+
     pub fn is_alive(&self) -> bool {
         Process::new(self.pid.get() as i32)
             .and_then(|process| process.stat())

@@ -12,4 +12,6 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const PROBES: &str = "PROBES";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU, by probe index: reads of the target's memory that failed.
+    pub const PROBE_READ_FAILURES: &str = "PROBE_READ_FAILURES";
 }

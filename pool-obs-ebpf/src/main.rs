@@ -37,6 +37,10 @@ static PROBES: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Failed reads by probe, so that `/health` can name a probe whose manifest reads the wrong place.
+#[map]
+static PROBE_READ_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
+
 /// Wake the reader only once this many bytes are waiting; below that it drains on a timer.
 /// A wakeup per event costs more than the probe itself. 0 wakes on every event.
 #[unsafe(no_mangle)]
@@ -149,6 +153,14 @@ fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(Cookie, &'static ProbeSpec)> {
 
 pub(crate) fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
+}
+
+/// A read of the target's memory failed for `probe`.
+pub(crate) fn count_read_failure(probe: u32) {
+    count(Counter::ReadFailures);
+    if let Some(value) = PROBE_READ_FAILURES.get_ptr_mut(probe) {
+        unsafe { *value += 1 };
+    }
 }
 
 pub(crate) fn count(counter: Counter) {

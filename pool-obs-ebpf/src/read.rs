@@ -8,12 +8,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use pool_obs_common::{
-    counters::Counter,
     event::{MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
     probe::{BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, ProbeSpec, Scalar},
 };
 
-use crate::{DEBUG_PROBES, count, registers::Registers};
+use crate::{DEBUG_PROBES, count_read_failure, registers::Registers};
 
 /// A read of the target's memory that failed: where, and the helper's error.
 #[derive(Clone, Copy)]
@@ -96,7 +95,7 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
     }
 
     fn record(&self, field: usize, failure: Failure) {
-        count(Counter::ReadFailures);
+        count_read_failure(self.probe);
         if self.first_failure.get().is_none() {
             self.first_failure.set(Some((field, failure)));
         }

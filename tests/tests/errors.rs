@@ -68,6 +68,51 @@ fn an_ambiguous_pattern_lists_its_matches() {
     assert_refused(&attach(pool.pid(), &path), 11, message);
 }
 
+/// `check` on `pool` with one probe on `function`: its exit code and what it printed.
+fn check_function(pool: &str, function: &str) -> (Option<i32>, String) {
+    let text = format!("[[probe]]\nevent = \"request_ended\"\nfunction = \"{function}\"\noutcome = \"ok\"\n");
+    let path = write_manifest(&format!("check-{pool}"), &text);
+    let binary = binary(pool);
+    let output =
+        agent(&[], &["check", "--binary", binary.to_str().unwrap(), "--manifest", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn functions_that_share_a_demangled_name_are_told_apart_by_their_mangled_names() {
+    // Legacy demangling drops generic arguments: every `grow_one` of demo-pool reads the same.
+    let name = "alloc::raw_vec::RawVec<T,A>::grow_one";
+    let (code, printed) = check_function("demo-pool", name);
+    assert_eq!(code, Some(19), "{printed}");
+    let listed = printed.split("name one: ").nth(1).and_then(|rest| rest.lines().next()).expect("a list");
+    let mangled: Vec<&str> = listed
+        .split(", ")
+        .map(|entry| {
+            let mangled =
+                entry.strip_prefix(&format!("{name} (mangled ")).and_then(|rest| rest.strip_suffix(')'));
+            mangled.unwrap_or_else(|| panic!("each match shows its mangled name: {entry}"))
+        })
+        .collect();
+    assert!(mangled.len() > 1, "{printed}");
+    let (code, printed) = check_function("demo-pool", mangled[0]);
+    assert_eq!(code, Some(0), "the mangled name picks one function: {printed}");
+    assert_eq!(printed.matches(&format!("found {name} at 0x")).count(), 1, "{printed}");
+}
+
+#[test]
+fn the_copies_of_one_function_are_all_probed() {
+    // One generic instance, emitted in two codegen units: one mangled name, two addresses.
+    let (code, printed) =
+        check_function("panic-pool", "core::ptr::drop_in_place<panic_pool::main::{{closure}}::{{closure}}>");
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains("2 copies of one function (one per codegen unit that uses it): all are probed"),
+        "{printed}"
+    );
+    assert_eq!(printed.matches("(probe_entry)").count(), 2, "a site in each copy: {printed}");
+}
+
 #[test]
 fn a_stripped_binary_is_named_as_such() {
     let stripped = std::env::temp_dir().join(format!("pool-obs-stripped-{}", std::process::id()));
@@ -81,6 +126,67 @@ fn a_stripped_binary_is_named_as_such() {
         stripped.display()
     );
     assert_refused(&output, 12, &message);
+}
+
+#[test]
+fn a_pid_that_is_not_a_rust_program_is_named_with_its_executable() {
+    let mut sleep = Command::new("sleep").arg("30").spawn().expect("start sleep");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", sleep.id())).expect("sleep's executable");
+    let output = attach(sleep.id(), &manifest("demo-pool.toml"));
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    let message = format!(
+        "{} (PID {}) is not a Rust program (no function has a Rust name): give the PID or binary of the pool",
+        exe.display(),
+        sleep.id()
+    );
+    assert_refused(&output, 12, &message);
+}
+
+#[test]
+fn a_symbols_pattern_without_a_star_matches_anywhere_in_the_name() {
+    let output = agent(&[], &["symbols", "--binary", binary("kv-pool").to_str().unwrap(), "Worker::execute"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.lines().any(|line| line.contains("  kv_pool::Worker::execute  ")), "{printed}");
+    assert!(printed.ends_with("1 functions\n"), "{printed}");
+}
+
+#[test]
+fn symbols_piped_into_a_reader_that_stops_early_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    let mut symbols = Command::new(binary("pool-obs-agent"))
+        .args(["symbols", "--binary", binary("demo-pool").to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pool-obs-agent symbols");
+    // `| head -1`: one line read, then the pipe closed while thousands more are to come.
+    let mut first = String::new();
+    BufReader::new(symbols.stdout.take().expect("piped stdout")).read_line(&mut first).expect("a line");
+    let output = symbols.wait_with_output().expect("symbols ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "nothing on stderr, no panic: {stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "ended by SIGPIPE, as `ls | head` is");
+}
+
+#[test]
+fn symbols_lists_the_functions_inlined_everywhere_with_their_instances() {
+    let output = agent(&[], &["symbols", "--binary", binary("demo-pool").to_str().unwrap(), "make_room"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    let line = printed
+        .lines()
+        .find(|line| line.starts_with("  demo_pool::pool::Pool::make_room  ["))
+        .expect(&printed);
+    let instances: usize = line
+        .rsplit_once('[')
+        .and_then(|(_, count)| count.strip_suffix(" inlined instances]"))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("an instance count: {line}"));
+    assert!(instances >= 1, "{line}");
+    assert!(printed.ends_with("0 functions, 1 more inlined everywhere\n"), "{printed}");
 }
 
 #[test]

@@ -135,6 +135,61 @@ fn check_catches_a_wrong_register_and_a_missing_hidden_pointer_shift() {
 }
 
 #[test]
+fn debug_info_shipped_apart_from_the_binary_is_found_as_gdb_finds_it() {
+    // A release build as it ships: the DWARF moved out with objcopy, linked by .gnu_debuglink.
+    let directory = std::env::temp_dir().join(format!("pool-obs-split-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).expect("a directory");
+    let pool = directory.join("kv-pool");
+    std::fs::copy(binary("kv-pool"), &pool).expect("copy the pool");
+    let objcopy = |args: &[&str]| {
+        let status =
+            Command::new("objcopy").args(args).current_dir(&directory).status().expect("run objcopy");
+        assert!(status.success(), "objcopy {args:?}");
+    };
+    objcopy(&["--only-keep-debug", "kv-pool", "kv-pool.debug"]);
+    objcopy(&["--strip-debug", "kv-pool"]);
+    objcopy(&["--add-gnu-debuglink=kv-pool.debug", "kv-pool"]);
+    let check = |extra: &[&str]| {
+        let output = Command::new(binary("pool-obs-agent"))
+            .args(["check", "--manifest"])
+            .arg(manifest("kv-pool.toml"))
+            .arg("--binary")
+            .arg(&pool)
+            .args(extra)
+            .output()
+            .expect("run pool-obs-agent check");
+        let printed =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), printed)
+    };
+    // Beside the binary, by its debuglink: the registers are checked against the parameters.
+    let (code, printed) = check(&[]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains(&format!("debug info: {}", directory.join("kv-pool.debug").display())),
+        "{printed}"
+    );
+    assert!(printed.contains("✓ model: read through arg1, `spec: &kv_pool::WorkerSpec`"), "{printed}");
+    // Moved elsewhere: named with --debug-file.
+    let elsewhere = directory.join("elsewhere.debug");
+    std::fs::rename(directory.join("kv-pool.debug"), &elsewhere).expect("move the debug info");
+    let (_, printed) = check(&[]);
+    assert!(printed.contains("no debug info found: functions are checked, registers are not"), "{printed}");
+    let (code, printed) = check(&["--debug-file", elsewhere.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("✓ model: read through arg1"), "{printed}");
+    // Another binary's debug info is refused, not believed.
+    let (code, printed) = check(&["--debug-file", binary("panic-pool").to_str().unwrap()]);
+    assert_eq!(code, Some(14), "{printed}");
+    assert!(
+        printed.contains("is not the debug info of") && printed.contains("its build id differs"),
+        "{printed}"
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
 fn debug_probes_log_a_wrong_offset_with_the_probe_and_field() {
     // The job's id read one pointer hop too far: the id itself is taken for an address.
     let wrong = std::fs::read_to_string(manifest("kv-pool.toml")).expect("the kv-pool manifest").replacen(
@@ -154,6 +209,19 @@ fn debug_probes_log_a_wrong_offset_with_the_probe_and_field() {
     pool.summary();
     pool.wait_for_exit();
     let metrics = agent.metrics_after(200);
+    // The agent says so itself: its view of the pool is not to be trusted. (The pool has exited,
+    // so the whole is unhealthy anyway.)
+    let (_, health) = agent.health();
+    assert_ne!(health["status"].as_str(), Some("healthy"), "{health}");
+    let reasons: Vec<&str> =
+        health["reasons"].as_array().expect("reasons").iter().filter_map(|r| r.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.starts_with("probe 2 (kv_pool::Worker::execute, request_started) failed ")
+                && reason.contains("reads the wrong place")),
+        "{reasons:?}"
+    );
     pool_obs_tests::processes::stop(&mut agent.child, libc::SIGTERM);
     let _ = std::fs::remove_file(&path);
 

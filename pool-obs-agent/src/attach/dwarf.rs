@@ -2,10 +2,11 @@
 //! `check` can say which parameter really sits in the register a manifest names, and the
 //! functions that were inlined away.
 
-use std::{borrow::Cow, path::Path};
+use std::{borrow::Cow, collections::BTreeMap, path::Path};
 
 use gimli::{
-    AttributeValue, DebuggingInformationEntry, Dwarf, EndianSlice, RunTimeEndian, Unit, UnitOffset, constants,
+    AttributeValue, DebuggingInformationEntry, Dwarf, EndianSlice, RunTimeEndian, Unit, UnitOffset,
+    UnitSectionOffset, constants,
 };
 use object::{Object, ObjectSection};
 
@@ -42,8 +43,8 @@ pub struct FunctionInfo {
 
 pub struct DebugInfo {
     functions: Vec<FunctionInfo>,
-    /// Demangled names of functions that have inlined instances.
-    inlined: Vec<String>,
+    /// Demangled names of functions that were inlined, with how many inlined instances each has.
+    inlined: BTreeMap<String, usize>,
 }
 
 impl DebugInfo {
@@ -62,7 +63,7 @@ impl DebugInfo {
         };
         let sections = gimli::DwarfSections::load(load).map_err(|error: gimli::Error| error.to_string())?;
         let dwarf = sections.borrow(|section| EndianSlice::new(section, RunTimeEndian::Little));
-        let mut info = DebugInfo { functions: Vec::new(), inlined: Vec::new() };
+        let mut info = DebugInfo { functions: Vec::new(), inlined: BTreeMap::new() };
         info.collect(&dwarf).map_err(|error| format!("reading DWARF: {error}"))?;
         Ok(Some(info))
     }
@@ -73,21 +74,41 @@ impl DebugInfo {
 
     /// A function matching `pattern` that the compiler inlined into its callers.
     pub fn inlined(&self, pattern: &str) -> Option<&str> {
-        self.inlined.iter().find(|name| glob_match(pattern, name)).map(String::as_str)
+        self.inlined.keys().find(|name| glob_match(pattern, name)).map(String::as_str)
+    }
+
+    /// Every function that was inlined, by demangled name, with its number of inlined instances.
+    pub fn inlined_functions(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.inlined.iter().map(|(name, instances)| (name.as_str(), *instances))
     }
 
     fn collect(&mut self, dwarf: &Dwarf<Reader>) -> gimli::Result<()> {
+        // Inlined instances name their function by the offset of its abstract entry, which can
+        // be in another unit: both are joined once every unit is read.
+        let mut abstract_names: BTreeMap<UnitSectionOffset, String> = BTreeMap::new();
+        let mut instances: BTreeMap<UnitSectionOffset, usize> = BTreeMap::new();
         let mut headers = dwarf.units();
         while let Some(header) = headers.next()? {
             let unit = dwarf.unit(header)?;
             let mut entries = unit.entries();
             while let Some((_, entry)) = entries.next_dfs()? {
+                if entry.tag() == constants::DW_TAG_inlined_subroutine {
+                    let origin = match entry.attr_value(constants::DW_AT_abstract_origin)? {
+                        Some(AttributeValue::UnitRef(offset)) => offset.to_unit_section_offset(&unit),
+                        Some(AttributeValue::DebugInfoRef(offset)) => {
+                            UnitSectionOffset::DebugInfoOffset(offset)
+                        }
+                        _ => continue,
+                    };
+                    *instances.entry(origin).or_default() += 1;
+                    continue;
+                }
                 if entry.tag() != constants::DW_TAG_subprogram {
                     continue;
                 }
                 if entry.attr(constants::DW_AT_inline)?.is_some() {
                     if let Some(name) = linkage_name(dwarf, &unit, entry)? {
-                        self.inlined.push(name);
+                        abstract_names.insert(entry.offset().to_unit_section_offset(&unit), name);
                     }
                     continue;
                 }
@@ -97,6 +118,9 @@ impl DebugInfo {
                     self.functions.push(FunctionInfo { address, params, returns });
                 }
             }
+        }
+        for (origin, name) in abstract_names {
+            *self.inlined.entry(name).or_default() += instances.get(&origin).copied().unwrap_or(0);
         }
         Ok(())
     }

@@ -106,22 +106,24 @@ impl Choice {
 pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> {
     let mut plan = Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new() };
     for probe in &manifest.probes {
-        let symbol = symbols.locate(&probe.function)?;
-        let cookie = plan.push(spec_of(probe), info_of(probe, &symbol.name));
-        let code = symbols.code(symbol);
-        let spec = &plan.specs[cookie as usize];
-        let sites = match probe.at {
-            At::Entry => entry_site(Program::Entry, spec, &code),
-            // The call is opened at entry, where the values the return probe takes from the
-            // arguments are read.
-            At::Return => entry_site(Program::Call, spec, &code).and_then(|mut sites| {
-                sites.extend(return_sites(probe.unsafe_uretprobe, &code)?);
-                Ok(sites)
-            }),
-        }
-        .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
-        for choice in sites {
-            plan.attach(symbol, cookie, choice);
+        let copies = symbols.locate(&probe.function)?;
+        let cookie = plan.push(spec_of(probe), info_of(probe, &copies[0].name));
+        for symbol in copies {
+            let code = symbols.code(symbol);
+            let spec = &plan.specs[cookie as usize];
+            let sites = match probe.at {
+                At::Entry => entry_site(Program::Entry, spec, &code),
+                // The call is opened at entry, where the values the return probe takes from the
+                // arguments are read.
+                At::Return => entry_site(Program::Call, spec, &code).and_then(|mut sites| {
+                    sites.extend(return_sites(probe.unsafe_uretprobe, &code)?);
+                    Ok(sites)
+                }),
+            }
+            .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
+            for choice in sites {
+                plan.attach(symbol, cookie, choice);
+            }
         }
     }
     if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
@@ -133,6 +135,17 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> 
 type Sites = Vec<Choice>;
 
 impl Plan {
+    /// What each probe is, by index, for people: its function and event.
+    pub fn probe_names(&self) -> Vec<String> {
+        self.probes
+            .iter()
+            .map(|probe| match probe.event {
+                Some(event) => format!("{}, {}", probe.function, event.name()),
+                None => probe.function.clone(),
+            })
+            .collect()
+    }
+
     fn push(&mut self, spec: ProbeSpec, info: ProbeInfo) -> u32 {
         self.specs.push(spec);
         self.probes.push(info);
@@ -156,11 +169,12 @@ impl Plan {
     /// (a binary built with `panic = "abort"`, or stripped of it) they close at the thread's
     /// next probed call or at its exit.
     fn attach_panic_catch(&mut self, symbols: &SymbolTable) {
-        let Ok(symbol) = symbols.resolve(PANIC_CATCH) else { return };
-        let symbol = symbol.clone();
-        if let Ok(site) = symbols.code(&symbol).entry_site(&[]) {
-            let reason = "closes the calls a caught panic unwound through".to_string();
-            self.attach(&symbol, 0, Choice::safe(Program::UnwindCaught, site, reason));
+        let Ok(copies) = symbols.resolve(PANIC_CATCH) else { return };
+        for symbol in copies {
+            if let Ok(site) = symbols.code(symbol).entry_site(&[]) {
+                let reason = "closes the calls a caught panic unwound through".to_string();
+                self.attach(symbol, 0, Choice::safe(Program::UnwindCaught, site, reason));
+            }
         }
     }
 }

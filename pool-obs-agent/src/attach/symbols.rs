@@ -8,7 +8,7 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-use super::{dwarf::DebugInfo, machine_code::FunctionCode};
+use super::{debug_file, dwarf::DebugInfo, machine_code::FunctionCode};
 use crate::error::{Class, Refusal};
 
 /// A function that can be probed.
@@ -24,7 +24,8 @@ pub struct Symbol {
 }
 
 pub struct SymbolTable {
-    path: PathBuf,
+    /// The file of the binary's DWARF, if it has any (see [`super::debug_file`]).
+    debug: Option<PathBuf>,
     /// The whole file, for the functions' machine code.
     data: Vec<u8>,
     symbols: Vec<Symbol>,
@@ -32,10 +33,25 @@ pub struct SymbolTable {
 
 #[derive(Debug)]
 pub enum SymbolError {
-    Unreadable { path: String, reason: String },
-    Stripped { path: String },
-    NotFound { pattern: String, nearest: Vec<String> },
-    Ambiguous { pattern: String, matches: Vec<String> },
+    Unreadable {
+        path: String,
+        reason: String,
+    },
+    Stripped {
+        path: String,
+    },
+    /// A program with no Rust functions: not a pool pool-obs can profile.
+    NotRust {
+        path: String,
+    },
+    NotFound {
+        pattern: String,
+        nearest: Vec<String>,
+    },
+    Ambiguous {
+        pattern: String,
+        matches: Vec<String>,
+    },
 }
 
 impl fmt::Display for SymbolError {
@@ -45,6 +61,10 @@ impl fmt::Display for SymbolError {
             SymbolError::Stripped { path } => write!(
                 f,
                 "{path} has no symbol table (stripped): rebuild the pool without `strip` to profile it"
+            ),
+            SymbolError::NotRust { path } => write!(
+                f,
+                "{path} is not a Rust program (no function has a Rust name): give the PID or binary of the pool"
             ),
             SymbolError::NotFound { pattern, nearest } if nearest.is_empty() => {
                 write!(f, "no function matches `{pattern}`: list candidates with `pool-obs-agent symbols`")
@@ -65,7 +85,7 @@ impl SymbolError {
     pub fn class(&self) -> Class {
         match self {
             SymbolError::Unreadable { .. } => Class::Process,
-            SymbolError::Stripped { .. } => Class::StrippedBinary,
+            SymbolError::Stripped { .. } | SymbolError::NotRust { .. } => Class::StrippedBinary,
             SymbolError::NotFound { .. } => Class::FunctionNotFound,
             SymbolError::Ambiguous { .. } => Class::AmbiguousFunction,
         }
@@ -73,13 +93,19 @@ impl SymbolError {
 }
 
 impl SymbolTable {
-    pub fn read(path: &Path) -> Result<Self, SymbolError> {
-        let shown = path.display().to_string();
+    /// Reads the executable at `path`; `shown` names it in errors (the pool's own path, and its
+    /// PID when it runs).
+    fn read(path: &Path, shown: &str) -> Result<Self, SymbolError> {
+        let shown = shown.to_string();
         let unreadable = |reason: String| SymbolError::Unreadable { path: shown.clone(), reason };
         let data = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
         let file = object::File::parse(&*data).map_err(|error| unreadable(error.to_string()))?;
         if file.symbol_table().is_none() {
-            return Err(SymbolError::Stripped { path: shown });
+            return Err(if built_by_rustc(&file) {
+                SymbolError::Stripped { path: shown }
+            } else {
+                SymbolError::NotRust { path: shown }
+            });
         }
         let symbols: Vec<Symbol> = file
             .symbols()
@@ -98,8 +124,11 @@ impl SymbolTable {
                 })
             })
             .collect();
+        if !symbols.iter().any(|symbol| is_rust_mangled(&symbol.mangled)) {
+            return Err(SymbolError::NotRust { path: shown });
+        }
         drop(file);
-        Ok(Self { path: path.to_path_buf(), data, symbols })
+        Ok(Self { debug: None, data, symbols })
     }
 
     /// The function's machine code, decoded.
@@ -107,6 +136,11 @@ impl SymbolTable {
         let start = symbol.file_offset as usize;
         let bytes = self.data.get(start..start.saturating_add(symbol.size as usize)).unwrap_or_default();
         FunctionCode::decode(bytes, symbol.address)
+    }
+
+    /// Whether some function has a symbol under this demangled name.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.symbols.iter().any(|symbol| symbol.name == name)
     }
 
     /// Every function matching `pattern`, by name then address.
@@ -119,7 +153,7 @@ impl SymbolTable {
 
     /// Like [`SymbolTable::resolve`], but a function that is missing because the compiler
     /// inlined it everywhere is reported as such when the binary's debug info shows it.
-    pub fn locate(&self, pattern: &str) -> anyhow::Result<&Symbol> {
+    pub fn locate(&self, pattern: &str) -> anyhow::Result<Vec<&Symbol>> {
         match self.resolve(pattern) {
             Err(SymbolError::NotFound { .. }) if let Some(name) = self.inlined(pattern) => Err(Refusal::new(
                 Class::InlinedFunction,
@@ -133,26 +167,59 @@ impl SymbolTable {
         }
     }
 
+    /// The symbols of the binary at `path`, whose real path is `executable` (`path` may be
+    /// `/proc/PID/exe`), and where its DWARF is (see [`debug_file::find`]); `shown` names it in
+    /// errors.
+    pub fn open(
+        path: &Path,
+        executable: &Path,
+        shown: &str,
+        debug_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut table = Self::read(path, shown)?;
+        table.debug = debug_file::find(path, executable, debug_file)
+            .map_err(|error| Refusal::new(Class::Process, error))?;
+        Ok(table)
+    }
+
+    /// The file of the binary's DWARF, if it has any.
+    pub fn debug_info(&self) -> Option<&Path> {
+        self.debug.as_deref()
+    }
+
     fn inlined(&self, pattern: &str) -> Option<String> {
-        let debug = DebugInfo::read(&self.path).ok()??;
+        let debug = DebugInfo::read(self.debug.as_ref()?).ok()??;
         debug.inlined(pattern).map(str::to_string)
     }
 
-    /// The one function whose demangled name matches `pattern` (`*` matches any run of
-    /// characters). Aliases at the same address count once.
-    pub fn resolve(&self, pattern: &str) -> Result<&Symbol, SymbolError> {
+    /// Every copy of the one function whose demangled name matches `pattern` (`*` matches any
+    /// run of characters), or whose mangled name is `pattern`. Legacy demangling drops generic
+    /// arguments, so instances of one generic function can share a demangled name, never a
+    /// mangled one. A function can have several copies, one per codegen unit that uses it, each
+    /// a symbol of the same mangled name at its own address: all are returned, since all run.
+    /// Aliases at the same address count once.
+    pub fn resolve(&self, pattern: &str) -> Result<Vec<&Symbol>, SymbolError> {
         let by_address: BTreeMap<u64, &Symbol> = self
             .symbols
             .iter()
-            .filter(|symbol| glob_match(pattern, &symbol.name))
+            .filter(|symbol| symbol.mangled == pattern || glob_match(pattern, &symbol.name))
             .map(|symbol| (symbol.address, symbol))
             .collect();
-        match by_address.len() {
-            1 => Ok(by_address.into_values().next().expect("one match")),
+        let functions: BTreeMap<&str, &str> =
+            by_address.values().map(|symbol| (symbol.mangled.as_str(), symbol.name.as_str())).collect();
+        match functions.len() {
+            1 => Ok(by_address.into_values().collect()),
             0 => Err(SymbolError::NotFound { pattern: pattern.to_string(), nearest: self.nearest(pattern) }),
             _ => {
-                let mut matches: Vec<String> =
-                    by_address.values().map(|symbol| symbol.name.clone()).collect();
+                // Where names repeat, only the mangled names tell the functions apart.
+                let repeats = |name: &str| functions.values().filter(|other| **other == name).count() > 1;
+                let mut matches: Vec<String> = functions
+                    .iter()
+                    .map(|(mangled, name)| match repeats(name) {
+                        true => format!("{name} (mangled {mangled})"),
+                        false => name.to_string(),
+                    })
+                    .collect();
                 matches.sort();
                 Err(SymbolError::Ambiguous { pattern: pattern.to_string(), matches })
             }
@@ -181,6 +248,18 @@ impl SymbolTable {
         near.dedup_by(|a, b| a.2 == b.2);
         near.into_iter().take(5).map(|(_, _, name)| name.to_string()).collect()
     }
+}
+
+/// Legacy (`_ZN…17h<hash>E`) or v0 (`_R…`) Rust mangling.
+fn is_rust_mangled(symbol: &str) -> bool {
+    symbol.starts_with("_R") || (symbol.starts_with("_ZN") && symbol.contains("17h"))
+}
+
+/// Whether the compiler left its name in `.comment`, as rustc does; `strip` keeps that section.
+fn built_by_rustc(file: &object::File) -> bool {
+    file.section_by_name(".comment")
+        .and_then(|section| section.data().ok())
+        .is_some_and(|comment| comment.windows(5).any(|window| window == b"rustc"))
 }
 
 fn last_segment(path: &str) -> &str {

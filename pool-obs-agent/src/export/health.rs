@@ -1,6 +1,10 @@
 //! The `/health` report, rendered from the aggregator's state at each refresh so that serving
 //! it only copies it.
 
+mod probes;
+
+pub use probes::{ProbeTotals, ProbeWindow};
+
 use std::{collections::BTreeMap, time::SystemTime};
 
 use axum::http::StatusCode;
@@ -37,6 +41,8 @@ pub struct Thresholds {
 #[derive(Serialize)]
 struct Report<'a> {
     status: Status,
+    /// Why the agent's own view is not to be trusted: probes that read the wrong place.
+    reasons: &'a [String],
     timestamp: String,
     observing_since: String,
     target: TargetReport<'a>,
@@ -156,10 +162,12 @@ pub struct Inputs<'a> {
     pub memory: MemorySample,
     pub events_lost: u64,
     pub anomalies: Vec<(Anomaly, u64)>,
+    /// From [`ProbeWindow::observe`].
+    pub probe_reasons: &'a [String],
 }
 
 /// The report as served: HTTP 503 when unhealthy, else 200. Unhealthy when the target is gone
-/// or any model is; degraded when any model is.
+/// or any model is; degraded when any model is, or the probes read the wrong places.
 pub fn render(inputs: &Inputs) -> RenderedHealth {
     let models: Vec<ModelReport> = inputs
         .models
@@ -169,11 +177,13 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
         .map(|model| model_report(model, inputs.thresholds))
         .collect();
     let worst_model = models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy);
-    let status = if inputs.target_up { worst_model } else { Status::Unhealthy };
+    let probes = if inputs.probe_reasons.is_empty() { Status::Healthy } else { Status::Degraded };
+    let status = if inputs.target_up { worst_model.max(probes) } else { Status::Unhealthy };
     const MB: f64 = 1024.0 * 1024.0;
     let memory = &inputs.memory;
     let report = Report {
         status,
+        reasons: inputs.probe_reasons,
         timestamp: rfc3339(SystemTime::now()),
         observing_since: rfc3339(inputs.observing_since),
         target: TargetReport { pid: inputs.target.pid.get(), exe: &inputs.target.exe, up: inputs.target_up },
@@ -197,4 +207,37 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
     };
     let body = serde_json::to_string(&report).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
     RenderedHealth { code, body: body.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_that_read_the_wrong_place_degrade_an_otherwise_healthy_report() {
+        let target = Target::open(std::process::id()).expect("this process");
+        let render_with = |probe_reasons: &[String]| {
+            render(&Inputs {
+                models: &[],
+                thresholds: &Thresholds::default(),
+                target: &target,
+                target_up: true,
+                observing_since: SystemTime::now(),
+                memory: MemorySample::default(),
+                events_lost: 0,
+                anomalies: Vec::new(),
+                probe_reasons,
+            })
+        };
+        let healthy = render_with(&[]);
+        assert!(healthy.body.contains(r#""status":"healthy","reasons":[]"#), "{}", healthy.body);
+        let reason = "probe 0 (f, request_ended) failed 10 reads in its last 10 events".to_string();
+        let degraded = render_with(std::slice::from_ref(&reason));
+        assert_eq!(degraded.code, StatusCode::OK);
+        assert!(
+            degraded.body.contains(&format!(r#""status":"degraded","reasons":["{reason}"]"#)),
+            "{}",
+            degraded.body
+        );
+    }
 }
