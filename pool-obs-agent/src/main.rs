@@ -163,6 +163,7 @@ async fn run(options: Options) -> Result<()> {
         target_up: true,
         memory: MemorySampler::new(target.pid.get()),
         probes: ProbeWindow::new(Duration::from_secs(options.window_secs.max(1)), plan.probe_names()),
+        read_failures_by_probe: vec![0; plan.probes.len()],
     };
     observer.sample_memory(&metrics);
     let (health_sender, health) = watch::channel(observer.refresh(&mut aggregator, &metrics));
@@ -250,11 +251,19 @@ struct Observer<'a> {
     target_up: bool,
     memory: MemorySampler,
     probes: ProbeWindow,
+    /// Failed reads by probe, as last read: read again only when the total grows.
+    read_failures_by_probe: Vec<u64>,
 }
 
 impl Observer<'_> {
     fn refresh(&mut self, aggregator: &mut Aggregator, metrics: &Metrics) -> RenderedHealth {
+        let failed_before = self.kernel_counted[Counter::ReadFailures.index() as usize];
         self.catch_up_kernel_counters(metrics);
+        // One map lookup per probe: only when some read failed since the last refresh.
+        if self.kernel_counted[Counter::ReadFailures.index() as usize] != failed_before {
+            self.read_failures_by_probe =
+                self.kernel_counters.read_failures_by_probe(self.read_failures_by_probe.len());
+        }
         let target_up = self.target.is_alive();
         self.target_up = target_up;
         metrics.target_up.set(i64::from(target_up));
@@ -262,7 +271,7 @@ impl Observer<'_> {
         let anomalies = metrics.anomalies.counted();
         let totals = ProbeTotals {
             events: aggregator.events_by_probe().to_vec(),
-            read_failures: self.kernel_counters.read_failures_by_probe(aggregator.events_by_probe().len()),
+            read_failures: self.read_failures_by_probe.clone(),
             anomalies: anomalies.iter().map(|(_, count)| count).sum(),
         };
         let probe_reasons = self.probes.observe(Instant::now(), totals);
