@@ -46,6 +46,17 @@ pub enum Command {
         #[command(flatten)]
         debug: DebugFile,
     },
+    /// Write a starter manifest for the named functions, from their signatures in the debug
+    /// info: which register holds which parameter, and the values a probe could read.
+    Init {
+        #[command(flatten)]
+        target: Binary,
+        #[command(flatten)]
+        debug: DebugFile,
+        /// The functions, as a manifest names them.
+        #[arg(required = true)]
+        functions: Vec<String>,
+    },
 }
 
 /// Where the binary's DWARF is, when it is not in the binary, beside it (`.gnu_debuglink`) or

@@ -1,4 +1,8 @@
-//! `symbols` and `check`: looking at a pool's binary before attaching to it.
+//! `symbols`, `check` and `init`: looking at a pool's binary before attaching to it.
+
+mod init;
+
+pub use init::init;
 
 use std::{collections::HashMap, path::Path};
 

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             inspect::symbols(target, debug, pattern.as_deref())
         }
         Some(Command::Check { manifest, target, debug }) => inspect::check(manifest, target, debug),
+        Some(Command::Init { target, debug, functions }) => inspect::init(target, debug, functions),
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -190,6 +190,45 @@ fn debug_info_shipped_apart_from_the_binary_is_found_as_gdb_finds_it() {
 }
 
 #[test]
+fn init_writes_from_the_signatures_a_manifest_that_check_accepts() {
+    let functions = ["demo_pool::pool::Pool::serve", "demo_pool::pool::Pool::spawn_worker"];
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["init", "--binary"])
+        .arg(binary("demo-pool"))
+        .args(functions)
+        .output()
+        .expect("run pool-obs-agent init");
+    let written = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{written}{}", String::from_utf8_lossy(&output.stderr));
+    // The register map, from the debug info: the hidden result pointer shifts every argument.
+    for line in [
+        "#   arg0: the hidden pointer to the 24-byte result",
+        "#   arg2: the pointer of `model: &[u8]`",
+        "#   (on the stack, which a manifest cannot read): `work_us: u64`",
+        "model = \"str(arg2, arg3)\"",
+        "request_id = \"arg4\"",
+        "worker_id = \"arg5\"",
+        "model = \"str(arg1, arg2)\"",
+        "# memory_bytes = \"arg4\"",
+    ] {
+        assert!(written.lines().any(|written| written == line), "`{line}` in:\n{written}");
+    }
+    let path = std::env::temp_dir().join(format!("pool-obs-init-{}.toml", std::process::id()));
+    std::fs::write(&path, &written).expect("write the manifest");
+    let checked = Command::new(binary("pool-obs-agent"))
+        .args(["check", "--binary"])
+        .arg(binary("demo-pool"))
+        .arg("--manifest")
+        .arg(&path)
+        .output()
+        .expect("run pool-obs-agent check");
+    let _ = std::fs::remove_file(&path);
+    let printed = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(0), "{printed}");
+    assert!(printed.contains("ok: 2 probes check out") && !printed.contains('✗'), "{printed}");
+}
+
+#[test]
 fn debug_probes_log_a_wrong_offset_with_the_probe_and_field() {
     // The job's id read one pointer hop too far: the id itself is taken for an address.
     let wrong = std::fs::read_to_string(manifest("kv-pool.toml")).expect("the kv-pool manifest").replacen(
