@@ -364,7 +364,7 @@ impl Pool {
                     waited.as_micros() as u64,
                 );
             } else {
-                self.mark_serving(worker_id, Some((job.request_id, waited)));
+                self.mark_serving(worker_id, Some((job.request_id, job.submitted)));
                 let result = self.serve(&model, job.request_id, worker_id, job.work_us);
                 self.mark_serving(worker_id, None);
                 self.respond(&model, job.request_id, result);
@@ -373,15 +373,17 @@ impl Pool {
         black_box(&memory);
     }
 
-    /// Records that the worker started serving a request after it waited `queued`, or that it
+    /// Records that the worker starts serving the request submitted at `submitted`, or that it
     /// is idle again.
-    fn mark_serving(&self, worker_id: u64, request: Option<(u64, Duration)>) {
+    fn mark_serving(&self, worker_id: u64, request: Option<(u64, Instant)>) {
         let mut state = self.state.lock().unwrap();
-        if let Some((request_id, queued)) = request
+        // Measured with the lock held, just before `serve` runs: waiting for the lock is queueing
+        // too, and the agent's probe on `serve` sees it so.
+        if let Some((request_id, submitted)) = request
             && let Some(pending) = state.pending.get_mut(&request_id)
         {
             pending.worker = Some(worker_id);
-            pending.queued = Some(queued);
+            pending.queued = Some(submitted.elapsed());
         }
         if let Some(worker) = state.workers.get_mut(&worker_id) {
             worker.serving = request.map(|(request_id, _)| request_id);
