@@ -2,7 +2,7 @@
 //! each profiled to exact counts from a manifest alone; and `check` telling a right manifest
 //! from wrong ones on a binary with debug info.
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use pool_obs_tests::{
     ground_truth::Summary,
@@ -78,24 +78,37 @@ fn a_pool_with_one_model_and_no_keys_is_counted_exactly() {
     assert_eq!(timed, Some(summary.models["solo"].requests.total() as f64));
 }
 
-/// Runs `check` on the demo pool with a manifest edited by `edit`; returns its exit code and
-/// what it printed.
-fn check_demo_manifest(edit: impl Fn(String) -> String) -> (i32, String) {
-    let text = edit(std::fs::read_to_string(manifest("demo-pool.toml")).expect("the demo manifest"));
-    let path =
-        std::env::temp_dir().join(format!("pool-obs-check-{}-{}.toml", std::process::id(), text.len()));
-    std::fs::write(&path, text).expect("write the edited manifest");
+/// Runs `check` on the binary at `pool` with the manifest at `path` and `extra` flags; returns
+/// its exit code and what it printed.
+fn check(pool: &Path, path: &Path, extra: &[&str]) -> (i32, String) {
     let output = Command::new(binary("pool-obs-agent"))
         .args(["check", "--binary"])
-        .arg(binary("demo-pool"))
+        .arg(pool)
         .arg("--manifest")
-        .arg(&path)
+        .arg(path)
+        .args(extra)
         .output()
         .expect("run pool-obs-agent check");
-    let _ = std::fs::remove_file(&path);
     let printed =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.code().unwrap_or(-1), printed)
+}
+
+/// Runs `check` on the demo pool with `text` as the manifest.
+fn check_demo_pool_with(text: &str) -> (i32, String) {
+    let path =
+        std::env::temp_dir().join(format!("pool-obs-check-{}-{}.toml", std::process::id(), text.len()));
+    std::fs::write(&path, text).expect("write the manifest");
+    let checked = check(&binary("demo-pool"), &path, &[]);
+    let _ = std::fs::remove_file(&path);
+    checked
+}
+
+/// Runs `check` on the demo pool with its manifest edited by `edit`.
+fn check_demo_manifest(edit: impl Fn(String) -> String) -> (i32, String) {
+    check_demo_pool_with(&edit(
+        std::fs::read_to_string(manifest("demo-pool.toml")).expect("the demo manifest"),
+    ))
 }
 
 #[test]
@@ -150,22 +163,10 @@ fn debug_info_shipped_apart_from_the_binary_is_found_as_gdb_finds_it() {
     objcopy(&["--only-keep-debug", "kv-pool", "kv-pool.debug"]);
     objcopy(&["--strip-debug", "kv-pool"]);
     objcopy(&["--add-gnu-debuglink=kv-pool.debug", "kv-pool"]);
-    let check = |extra: &[&str]| {
-        let output = Command::new(binary("pool-obs-agent"))
-            .args(["check", "--manifest"])
-            .arg(manifest("kv-pool.toml"))
-            .arg("--binary")
-            .arg(&pool)
-            .args(extra)
-            .output()
-            .expect("run pool-obs-agent check");
-        let printed =
-            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        (output.status.code(), printed)
-    };
+    let check = |extra: &[&str]| check(&pool, &manifest("kv-pool.toml"), extra);
     // Beside the binary, by its debuglink: the registers are checked against the parameters.
     let (code, printed) = check(&[]);
-    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(code, 0, "{printed}");
     assert!(
         printed.contains(&format!("debug info: {}", directory.join("kv-pool.debug").display())),
         "{printed}"
@@ -177,11 +178,11 @@ fn debug_info_shipped_apart_from_the_binary_is_found_as_gdb_finds_it() {
     let (_, printed) = check(&[]);
     assert!(printed.contains("no debug info found: functions are checked, registers are not"), "{printed}");
     let (code, printed) = check(&["--debug-file", elsewhere.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(code, 0, "{printed}");
     assert!(printed.contains("✓ model: read through arg1"), "{printed}");
     // Another binary's debug info is refused, not believed.
     let (code, printed) = check(&["--debug-file", binary("panic-pool").to_str().unwrap()]);
-    assert_eq!(code, Some(14), "{printed}");
+    assert_eq!(code, 14, "{printed}");
     assert!(
         printed.contains("is not the debug info of") && printed.contains("its build id differs"),
         "{printed}"
@@ -213,18 +214,8 @@ fn init_writes_from_the_signatures_a_manifest_that_check_accepts() {
     ] {
         assert!(written.lines().any(|written| written == line), "`{line}` in:\n{written}");
     }
-    let path = std::env::temp_dir().join(format!("pool-obs-init-{}.toml", std::process::id()));
-    std::fs::write(&path, &written).expect("write the manifest");
-    let checked = Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary"])
-        .arg(binary("demo-pool"))
-        .arg("--manifest")
-        .arg(&path)
-        .output()
-        .expect("run pool-obs-agent check");
-    let _ = std::fs::remove_file(&path);
-    let printed = String::from_utf8_lossy(&checked.stdout);
-    assert_eq!(checked.status.code(), Some(0), "{printed}");
+    let (code, printed) = check_demo_pool_with(&written);
+    assert_eq!(code, 0, "{printed}");
     assert!(printed.contains("ok: 2 probes check out") && !printed.contains('✗'), "{printed}");
 }
 
