@@ -332,11 +332,12 @@ impl Pool {
         lost_request: Option<u64>,
         evicted: bool,
     ) {
+        let ended = Instant::now();
         {
             let mut state = self.state.lock().unwrap();
             state.lifecycle.entry(model.to_vec()).or_default().crashes += 1;
             if let Some(pending) = lost_request.and_then(|request_id| state.pending.remove(&request_id)) {
-                pending.reply(Outcome::Failed);
+                pending.reply(Outcome::Failed, ended);
             }
             if evicted {
                 return;
@@ -422,6 +423,7 @@ impl Pool {
     // A real pool serialises the response and writes it to the client's connection here.
     #[inline(never)]
     pub fn respond(&self, model: &[u8], request_id: u64, result: Result<u64, String>) {
+        let ended = Instant::now();
         let Some(pending) = self.state.lock().unwrap().pending.remove(&request_id) else {
             return;
         };
@@ -437,13 +439,14 @@ impl Pool {
                 Outcome::Failed
             }
         };
-        pending.reply(outcome);
+        pending.reply(outcome, ended);
     }
 
     /// Drops a request that waited in the queue past its deadline.
     // A real pool also notifies the client and records the miss: never inlined there.
     #[inline(never)]
     pub fn drop_expired(&self, model: &[u8], request_id: u64, deadline_us: u64, waited_us: u64) {
+        let ended = Instant::now();
         let pending = {
             let mut state = self.state.lock().unwrap();
             if let Some(entry) = state.models.get_mut(model) {
@@ -452,7 +455,7 @@ impl Pool {
             state.pending.remove(&request_id)
         };
         if let Some(pending) = pending {
-            pending.reply(Outcome::Timeout);
+            pending.reply(Outcome::Timeout, ended);
         }
         let late_by = waited_us.saturating_sub(deadline_us);
         if late_by > 10 * deadline_us.max(1_000) {
@@ -469,9 +472,11 @@ impl Pool {
 }
 
 impl Pending {
-    fn reply(self, outcome: Outcome) {
-        let reply =
-            Reply { outcome, worker: self.worker, queued: self.queued, total: self.submitted.elapsed() };
+    /// Answers the client. `ended` is when the function that ends the request was entered, before
+    /// it waited for the pool's lock: the moment the agent's probe on it sees.
+    fn reply(self, outcome: Outcome, ended: Instant) {
+        let total = ended.saturating_duration_since(self.submitted);
+        let reply = Reply { outcome, worker: self.worker, queued: self.queued, total };
         let _ = self.client.send(reply);
     }
 }
