@@ -104,7 +104,7 @@ struct Probed {
 
 impl Probed {
     fn of(probes: &[ProbeInfo]) -> Self {
-        let probed = |kind| probes.iter().any(|probe| probe.event == Some(kind));
+        let probed = |kind| probes.iter().any(|probe| probe.event == kind);
         Self { submissions: probed(EventKind::RequestSubmitted), spawns: probed(EventKind::WorkerSpawned) }
     }
 }

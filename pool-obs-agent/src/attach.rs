@@ -26,8 +26,6 @@ use plan::{Attachment, Plan, Program};
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
 
-const UPROBE_PROGRAMS: [Program; 5] =
-    [Program::Entry, Program::Call, Program::Return, Program::Exit, Program::UnwindCaught];
 /// Closes the calls a thread still had open when it exited.
 const THREAD_EXIT_PROGRAM: &str = "thread_exit";
 const THREAD_EXIT_TRACEPOINT: &str = "sched_process_exit";
@@ -56,7 +54,7 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
     write_specs(&mut ebpf, &plan.specs)?;
     let target = format!("/proc/{pid}/exe");
     // Only the programs the plan uses are loaded: what `bpftool prog` shows is what runs.
-    let used = UPROBE_PROGRAMS
+    let used = Program::ALL
         .into_iter()
         .filter(|program| plan.attachments.iter().any(|attachment| attachment.program == *program));
     for program in used {

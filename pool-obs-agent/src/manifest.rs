@@ -310,7 +310,7 @@ fn parse_scalar_at(text: &str, span: Range<usize>, at: At) -> Located<Scalar> {
 }
 
 fn reject_return_register_at_entry(scalar: &Scalar, at: At, text: &str, span: Range<usize>) -> Located<()> {
-    if at == At::Entry && value::uses_return_register(scalar) {
+    if at == At::Entry && scalar.reads_return() {
         let message = format!("`{text}` reads a return register, which only exists with `at = \"return\"`");
         return Err(syntax(span, message));
     }

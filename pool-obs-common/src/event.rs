@@ -75,6 +75,12 @@ pub struct ModelKey {
 
 /// The manifest gives no model for this probe: the agent finds it from the request or worker id.
 pub const MODEL_ABSENT: u32 = 0;
+
+impl ModelKey {
+    /// No model read.
+    pub const ABSENT: ModelKey =
+        ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] };
+}
 pub const MODEL_PRESENT: u32 = 1;
 /// The manifest gives a model, but its bytes could not be read.
 pub const MODEL_UNREADABLE: u32 = 2;

@@ -36,6 +36,14 @@ pub struct Scalar {
 /// once; deeper ones are counted in [`crate::counters::Counter::CallsTooDeep`] and not followed.
 pub const MAX_OPEN_CALLS: usize = 8;
 
+impl Scalar {
+    /// Whether the value comes from a return register: at a return probe it is read at the
+    /// return; every other value is read at the call's entry.
+    pub const fn reads_return(&self) -> bool {
+        self.base == BASE_RET
+    }
+}
+
 /// The attach cookie of one probe site: which spec it runs, and how the stack pointer at that
 /// site relates to the one at the probed function's entry (`entry_sp = rsp + sp_offset`). The
 /// entry sp names a call: it is the same at the function's first instruction, after the
@@ -79,6 +87,13 @@ pub struct ProbeSpec {
     pub request_id: Scalar,
     pub memory_bytes: Scalar,
     pub outcome: Scalar,
+}
+
+impl ProbeSpec {
+    /// Whether the model key comes from a return register (see [`Scalar::reads_return`]).
+    pub const fn model_reads_return(&self) -> bool {
+        self.model_ptr.reads_return() || self.model_len.reads_return()
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@ use aya_ebpf::EbpfContext;
 use pool_obs_common::{
     counters::Counter,
     event::{
-        CallEnding, EventKind, Header, MODEL_ABSENT, MODEL_KEY_CAPACITY, ModelKey, RequestEnded,
-        RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+        CallEnding, EventKind, Header, ModelKey, RequestEnded, RequestStarted, RequestSubmitted,
+        WorkerCrashed, WorkerEvicted, WorkerSpawned,
     },
-    probe::{BASE_RET, ProbeSpec, Scalar},
+    probe::ProbeSpec,
 };
 
 use crate::{
@@ -83,24 +83,19 @@ struct AtReturn<'a, C: EbpfContext> {
 impl<C: EbpfContext> Source for AtReturn<'_, C> {
     #[inline(always)]
     fn model(&self) -> ModelKey {
-        let spec = self.reader.spec();
-        if spec.model_ptr.base == BASE_RET || spec.model_len.base == BASE_RET {
-            self.reader.model()
-        } else {
-            self.call.model
-        }
+        if self.reader.spec().model_reads_return() { self.reader.model() } else { self.call.model }
     }
     #[inline(always)]
     fn worker_id(&self) -> u64 {
         match self.reader.spec().worker_id {
-            source if source.base == BASE_RET => self.reader.value(&source, read::WORKER_ID),
+            source if source.reads_return() => self.reader.value(&source, read::WORKER_ID),
             _ => self.call.worker_id,
         }
     }
     #[inline(always)]
     fn request_id(&self) -> u64 {
         match self.reader.spec().request_id {
-            source if source.base == BASE_RET => self.reader.value(&source, read::REQUEST_ID),
+            source if source.reads_return() => self.reader.value(&source, read::REQUEST_ID),
             _ => self.call.request_id,
         }
     }
@@ -233,16 +228,11 @@ pub fn read_at_entry<C: EbpfContext>(
     call: &mut OpenCall,
 ) {
     let reader = Reader::new(ctx, registers, spec, probe);
-    let from_arguments = |source: &Scalar| source.base != BASE_RET;
-    call.model = if from_arguments(&spec.model_ptr) && from_arguments(&spec.model_len) {
-        reader.model()
-    } else {
-        ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] }
-    };
+    call.model = if spec.model_reads_return() { ModelKey::ABSENT } else { reader.model() };
     call.request_id =
-        if from_arguments(&spec.request_id) { reader.value(&spec.request_id, read::REQUEST_ID) } else { 0 };
+        if spec.request_id.reads_return() { 0 } else { reader.value(&spec.request_id, read::REQUEST_ID) };
     call.worker_id =
-        if from_arguments(&spec.worker_id) { reader.value(&spec.worker_id, read::WORKER_ID) } else { 0 };
+        if spec.worker_id.reads_return() { 0 } else { reader.value(&spec.worker_id, read::WORKER_ID) };
     reader.report_failure();
 }
 

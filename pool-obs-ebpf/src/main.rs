@@ -103,8 +103,7 @@ pub fn probe_exit(ctx: ProbeContext) {
 #[uprobe]
 pub fn probe_unwind_caught(ctx: ProbeContext) {
     if let Some(calls) = calls::of_current_thread(false) {
-        let cookie = Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
-        let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
+        let sp = cookie(&ctx).entry_sp(unsafe { stack_pointer(ctx.regs) });
         calls::close_unwound(calls, Gone::AtOrBelow(sp), unsafe { bpf_ktime_get_ns() });
     }
 }
@@ -140,8 +139,12 @@ fn returned<C: EbpfContext>(ctx: &C) {
     emit::returned(ctx, spec, &Hit { probe: cookie.probe, now }, &registers, call);
 }
 
+fn cookie<C: EbpfContext>(ctx: &C) -> Cookie {
+    Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+}
+
 fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(Cookie, &'static ProbeSpec)> {
-    let cookie = Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let cookie = cookie(ctx);
     match PROBES.get(cookie.probe) {
         Some(spec) if spec.kind != 0 => Some((cookie, spec)),
         _ => {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use pool_obs_common::{
-    event::{MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
+    event::{MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
     probe::{BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, ProbeSpec, Scalar},
 };
 
@@ -66,7 +66,7 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
     /// The model key the spec points at, truncated to [`MODEL_KEY_CAPACITY`] bytes.
     pub fn model(&self) -> ModelKey {
         let spec = self.spec;
-        let mut key = ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] };
+        let mut key = ModelKey::ABSENT;
         if spec.model_ptr.base == BASE_ABSENT {
             return key;
         }

@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use pool_obs_common::event::{
-    CallEnding, EventKind, Header, MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey, RequestEnded,
-    RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+    CallEnding, EventKind, Header, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted,
+    RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
 use super::*;
@@ -18,7 +18,7 @@ use crate::{
 fn aggregator() -> Aggregator {
     let ended = |outcome| ProbeInfo {
         function: "f".into(),
-        event: Some(EventKind::RequestEnded),
+        event: EventKind::RequestEnded,
         outcome: Some(outcome),
         has_request_id: true,
         has_worker_id: false,
@@ -38,13 +38,12 @@ fn aggregator() -> Aggregator {
         request_expiry: Duration::from_secs(1000),
     };
     let started = ProbeInfo {
-        event: Some(EventKind::RequestStarted),
+        event: EventKind::RequestStarted,
         outcome: None,
         has_worker_id: true,
         ..ended(OutcomeRule::constant(Status::Ok))
     };
-    let other =
-        |event| ProbeInfo { event: Some(event), outcome: None, ..ended(OutcomeRule::constant(Status::Ok)) };
+    let other = |event| ProbeInfo { event, outcome: None, ..ended(OutcomeRule::constant(Status::Ok)) };
     let probes = vec![
         ended(by_rule),
         ended(OutcomeRule::constant(Status::Timeout)),
@@ -75,7 +74,7 @@ fn model(name: &str) -> ModelKey {
 }
 
 fn no_model() -> ModelKey {
-    ModelKey { len: 0, state: MODEL_ABSENT, captured: 0, bytes: [0; MODEL_KEY_CAPACITY] }
+    ModelKey::ABSENT
 }
 
 fn spawned(name: &str, worker_id: u64) -> Event {

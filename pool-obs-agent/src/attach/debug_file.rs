@@ -8,14 +8,18 @@ use object::Object;
 /// The global debug directory of gdb and the distributions.
 const GLOBAL_DEBUG_DIR: &str = "/usr/lib/debug";
 
-/// The file that holds `binary`'s DWARF, in this order: `explicit` (`--debug-file`); the binary
+/// The file that holds the DWARF of `binary` (whose bytes are `data`), in this order: `explicit` (`--debug-file`); the binary
 /// itself; the file its `.gnu_debuglink` names, beside `executable` (the binary's real path:
 /// `binary` may be `/proc/PID/exe`), in its `.debug/` or under `/usr/lib/debug`; the file its
 /// build id names under `/usr/lib/debug/.build-id/`. A separate file must carry the binary's
 /// build id when the binary has one, so that a stale file is not taken for the right one.
-pub fn find(binary: &Path, executable: &Path, explicit: Option<&Path>) -> Result<Option<PathBuf>, String> {
-    let data = std::fs::read(binary).map_err(|error| format!("cannot read {}: {error}", binary.display()))?;
-    let file = object::File::parse(&*data).map_err(|error| error.to_string())?;
+pub fn find(
+    data: &[u8],
+    binary: &Path,
+    executable: &Path,
+    explicit: Option<&Path>,
+) -> Result<Option<PathBuf>, String> {
+    let file = object::File::parse(data).map_err(|error| error.to_string())?;
     let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
     if let Some(explicit) = explicit {
         return match matches(explicit, build_id.as_deref()) {

@@ -114,6 +114,8 @@ pub enum Unprobeable {
     TailCall { instruction: String, offset: u64 },
     #[error("it has no return instruction (it never returns): probe its entry instead")]
     NoReturn,
+    #[error("its machine code could not be decoded as x86-64")]
+    Undecodable,
 }
 
 impl FunctionCode {
@@ -192,7 +194,7 @@ impl FunctionCode {
     /// memory they point at — still as they were at entry. The block ends at the first branch
     /// or at an instruction another branch jumps to, so that the site runs once per call.
     pub fn entry_site(&self, reads: &[Register]) -> Result<Site, Unprobeable> {
-        let first = self.ops.first().ok_or(Unprobeable::NoReturn)?;
+        let first = self.ops.first().ok_or(Unprobeable::Undecodable)?;
         let site = |op: &Op, sp_offset: i32| Site {
             offset: op.offset,
             sp_offset,

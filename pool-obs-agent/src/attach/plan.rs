@@ -34,9 +34,8 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct ProbeInfo {
     pub function: String,
-    /// The event the probe reports; `None` for an entry probe that only saves registers for
-    /// its return probe.
-    pub event: Option<EventKind>,
+    /// The event the probe reports.
+    pub event: EventKind,
     pub outcome: Option<OutcomeRule>,
     /// Whether the probe reads the pool's request id; without one, a request is the call itself.
     pub has_request_id: bool,
@@ -64,6 +63,9 @@ pub enum Program {
 }
 
 impl Program {
+    pub const ALL: [Program; 5] =
+        [Program::Entry, Program::Call, Program::Return, Program::Exit, Program::UnwindCaught];
+
     pub const fn name(self) -> &'static str {
         match self {
             Program::Entry => "probe_entry",
@@ -137,13 +139,7 @@ type Sites = Vec<Choice>;
 impl Plan {
     /// What each probe is, by index, for people: its function and event.
     pub fn probe_names(&self) -> Vec<String> {
-        self.probes
-            .iter()
-            .map(|probe| match probe.event {
-                Some(event) => format!("{}, {}", probe.function, event.name()),
-                None => probe.function.clone(),
-            })
-            .collect()
+        self.probes.iter().map(|probe| format!("{}, {}", probe.function, probe.event.name())).collect()
     }
 
     fn push(&mut self, spec: ProbeSpec, info: ProbeInfo) -> u32 {
@@ -264,7 +260,7 @@ fn spec_of(probe: &Probe) -> ProbeSpec {
 fn info_of(probe: &Probe, function: &str) -> ProbeInfo {
     ProbeInfo {
         function: function.to_string(),
-        event: Some(probe.event),
+        event: probe.event,
         outcome: probe.outcome.as_ref().map(|outcome| outcome.rule.clone()),
         has_request_id: probe.request_id.is_some(),
         has_worker_id: probe.worker_id.is_some(),

@@ -177,7 +177,7 @@ impl SymbolTable {
         debug_file: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let mut table = Self::read(path, shown)?;
-        table.debug = debug_file::find(path, executable, debug_file)
+        table.debug = debug_file::find(&table.data, path, executable, debug_file)
             .map_err(|error| Refusal::new(Class::Process, error))?;
         Ok(table)
     }

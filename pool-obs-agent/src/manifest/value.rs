@@ -54,10 +54,6 @@ pub fn parse_str(text: &str) -> Result<StrValue, ValueError> {
 }
 
 /// Whether the value reads a return register, which only exists at a return probe.
-pub fn uses_return_register(scalar: &Scalar) -> bool {
-    scalar.base == BASE_RET
-}
-
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
