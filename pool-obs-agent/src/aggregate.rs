@@ -333,7 +333,7 @@ impl Aggregator {
         let unwound = CallEnding::from_u8(event.ending) == Some(CallEnding::Unwound);
         let status = match probe.and_then(|probe| probe.outcome.as_ref()) {
             _ if unwound => Status::Failed,
-            Some(rule) => rule.classify(event.outcome_value),
+            Some(rule) => rule.classify(event.outcome_value, event.outcome_detail),
             None => Status::Failed,
         };
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);

@@ -7,7 +7,7 @@ pub use init::init;
 use std::{collections::HashMap, path::Path};
 
 use anyhow::Result;
-use pool_obs_common::probe::{BASE_ARG, BASE_RET, Scalar};
+use pool_obs_common::probe::{Base, Register, Scalar};
 
 use crate::{
     attach::{
@@ -231,56 +231,64 @@ fn verdicts(probe: &Probe, slots: &[Slot]) -> Vec<(&'static str, Verdict)> {
     verdicts
 }
 
+/// The argument a register-syntax value starts from: `argN` is N.
+fn argument(scalar: &Scalar) -> usize {
+    Register::from_u8(scalar.reg).and_then(Register::argument_index).unwrap_or(usize::MAX)
+}
+
 fn slot_of<'s, 'a>(scalar: &Scalar, slots: &'s [Slot<'a>]) -> Result<&'s Slot<'a>, String> {
-    slots.get(scalar.reg as usize).ok_or_else(|| {
-        format!("arg{} is past the function's last register argument (it has {})", scalar.reg, slots.len())
+    let index = argument(scalar);
+    slots.get(index).ok_or_else(|| {
+        format!("arg{index} is past the function's last register argument (it has {})", slots.len())
     })
 }
 
 /// A plain register must hold a whole integer; a dereferenced one must hold a pointer.
 fn integer_verdict(scalar: &Scalar, slots: &[Slot]) -> Verdict {
-    match scalar.base {
-        BASE_ARG => {}
-        BASE_RET => return Ok("the return value".to_string()),
+    match scalar.base() {
+        Some(Base::Register) => {}
+        Some(Base::Return) => return Ok("the return value".to_string()),
         _ => return Ok("a constant".to_string()),
     }
     let slot = slot_of(scalar, slots)?;
+    let index = argument(scalar);
     let holds = describe(slot);
     let pointer = matches!(slot, Slot::HiddenResult(_) | Slot::ByPointer(_))
         || matches!(slot, Slot::Whole(param) if param.ty.kind == TypeKind::Pointer);
     match (scalar.derefs, pointer, slot) {
-        (0, false, Slot::Whole(_)) => Ok(format!("arg{} is {holds}", scalar.reg)),
-        (0, true, _) => Err(format!(
-            "arg{} is {holds}, a pointer: read through it with *(arg{} + offset)",
-            scalar.reg, scalar.reg
-        )),
-        (0, false, _) => Err(format!("arg{} is {holds}, not a whole integer", scalar.reg)),
-        (_, true, _) => Ok(format!("read through arg{}, {holds}", scalar.reg)),
-        (_, false, _) => Err(format!("arg{} is {holds}, which is not a pointer to read through", scalar.reg)),
+        (0, false, Slot::Whole(_)) => Ok(format!("arg{} is {holds}", index)),
+        (0, true, _) => {
+            Err(format!("arg{} is {holds}, a pointer: read through it with *(arg{} + offset)", index, index))
+        }
+        (0, false, _) => Err(format!("arg{} is {holds}, not a whole integer", index)),
+        (_, true, _) => Ok(format!("read through arg{}, {holds}", index)),
+        (_, false, _) => Err(format!("arg{} is {holds}, which is not a pointer to read through", index)),
     }
 }
 
 /// `str(argN, argM)` must name the two halves of one (pointer, length) value; a string read
 /// through pointers must start from one.
 fn string_verdict(ptr: &Scalar, len: &Scalar, slots: &[Slot]) -> Verdict {
-    if ptr.base != BASE_ARG || len.base != BASE_ARG {
+    let register = Base::Register as u8;
+    if ptr.base != register || len.base != register {
         return Ok("read from the return registers".to_string());
     }
     if ptr.derefs > 0 || len.derefs > 0 {
         return integer_verdict(ptr, slots).and_then(|_| integer_verdict(len, slots));
     }
     let (pointer, length) = (slot_of(ptr, slots)?, slot_of(len, slots)?);
+    let (ptr_index, len_index) = (argument(ptr), argument(len));
     match (pointer, length) {
         (Slot::Half(first, 0), Slot::Half(second, 1)) if first == second => {
-            Ok(format!("arg{} and arg{} are `{}: {}`", ptr.reg, len.reg, first.name, first.ty.name))
+            Ok(format!("arg{} and arg{} are `{}: {}`", ptr_index, len_index, first.name, first.ty.name))
         }
         _ => Err(format!(
             "str(arg{}, arg{}) must be the pointer and length of one value, but arg{} is {} and arg{} is {}",
-            ptr.reg,
-            len.reg,
-            ptr.reg,
+            ptr_index,
+            len_index,
+            ptr_index,
             describe(pointer),
-            len.reg,
+            len_index,
             describe(length)
         )),
     }

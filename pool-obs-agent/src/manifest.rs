@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use crate::{
     error::Class,
-    outcome::{Condition, OutcomeRule, Status},
+    outcome::{Arm, Condition, OutcomeRule, Status},
 };
 use value::StrValue;
 
@@ -363,7 +363,7 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
                 .map(|(status, condition)| {
                     let condition =
                         Condition::parse(condition).map_err(|error| syntax(span.clone(), error))?;
-                    Ok((status, condition))
+                    Ok(Arm::on_value(status, condition))
                 })
                 .collect::<Located<Vec<_>>>()?;
             Ok(ProbeOutcome { value: Some(value), rule: OutcomeRule { arms, otherwise: status(otherwise)? } })
@@ -384,8 +384,8 @@ mod tests {
         assert_eq!(ended.len(), 2);
         let responded = ended.iter().find(|p| p.function.ends_with("respond")).unwrap();
         let outcome = responded.outcome.as_ref().unwrap();
-        assert_eq!(outcome.rule.classify(0x8000_0000_0000_0000), Status::Ok);
-        assert_eq!(outcome.rule.classify(7), Status::Failed);
+        assert_eq!(outcome.rule.classify(0x8000_0000_0000_0000, 0), Status::Ok);
+        assert_eq!(outcome.rule.classify(7, 0), Status::Failed);
     }
 
     #[test]

@@ -75,12 +75,52 @@ impl Condition {
     }
 }
 
-/// Maps a probe's raw outcome value to a [`Status`]: the first arm whose condition holds, else
+/// Maps a probe's raw outcome values to a [`Status`]: the first arm that matches, else
 /// `otherwise`. A constant outcome has no arms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutcomeRule {
-    pub arms: Vec<(Status, Condition)>,
+    pub arms: Vec<Arm>,
     pub otherwise: Status,
+}
+
+/// One arm: a test of the outcome value and, for a variant inside a variant, of the detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arm {
+    pub status: Status,
+    pub value: Test,
+    pub detail: Option<Test>,
+}
+
+impl Arm {
+    /// An arm on the value alone, as the register syntax writes it.
+    pub fn on_value(status: Status, condition: Condition) -> Self {
+        Self { status, value: Test::Compare(condition), detail: None }
+    }
+
+    fn matches(&self, value: u64, detail: u64) -> bool {
+        self.value.holds(value) && self.detail.as_ref().is_none_or(|test| test.holds(detail))
+    }
+}
+
+/// What a raw value must be for an arm to match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Test {
+    Compare(Condition),
+    /// One of these: a variant's discriminant values.
+    OneOf(Vec<u64>),
+    /// None of these: the variant whose data holds the niche, which is every value that
+    /// names no other variant.
+    NoneOf(Vec<u64>),
+}
+
+impl Test {
+    pub fn holds(&self, value: u64) -> bool {
+        match self {
+            Test::Compare(condition) => condition.holds(value),
+            Test::OneOf(values) => values.contains(&value),
+            Test::NoneOf(values) => !values.contains(&value),
+        }
+    }
 }
 
 impl OutcomeRule {
@@ -88,11 +128,8 @@ impl OutcomeRule {
         Self { arms: Vec::new(), otherwise: status }
     }
 
-    pub fn classify(&self, value: u64) -> Status {
-        self.arms
-            .iter()
-            .find(|(_, condition)| condition.holds(value))
-            .map_or(self.otherwise, |(status, _)| *status)
+    pub fn classify(&self, value: u64, detail: u64) -> Status {
+        self.arms.iter().find(|arm| arm.matches(value, detail)).map_or(self.otherwise, |arm| arm.status)
     }
 }
 
@@ -105,26 +142,46 @@ mod tests {
         // Result<u64, String> through the hidden pointer: word 0 is the String's capacity for
         // Err, and a value no capacity can take (above isize::MAX) for Ok.
         let rule = OutcomeRule {
-            arms: vec![(Status::Ok, Condition::parse("> 0x7fffffffffffffff").unwrap())],
+            arms: vec![Arm::on_value(Status::Ok, Condition::parse("> 0x7fffffffffffffff").unwrap())],
             otherwise: Status::Failed,
         };
-        assert_eq!(rule.classify(0x8000_0000_0000_0000), Status::Ok);
-        assert_eq!(rule.classify(u64::MAX), Status::Ok);
-        assert_eq!(rule.classify(24), Status::Failed);
+        assert_eq!(rule.classify(0x8000_0000_0000_0000, 0), Status::Ok);
+        assert_eq!(rule.classify(u64::MAX, 0), Status::Ok);
+        assert_eq!(rule.classify(24, 0), Status::Failed);
     }
 
     #[test]
     fn arms_are_tried_in_order() {
         let rule = OutcomeRule {
             arms: vec![
-                (Status::Timeout, Condition::parse("== 2").unwrap()),
-                (Status::Failed, Condition::parse(">= 1").unwrap()),
+                Arm::on_value(Status::Timeout, Condition::parse("== 2").unwrap()),
+                Arm::on_value(Status::Failed, Condition::parse(">= 1").unwrap()),
             ],
             otherwise: Status::Ok,
         };
-        assert_eq!(rule.classify(2), Status::Timeout);
-        assert_eq!(rule.classify(1), Status::Failed);
-        assert_eq!(rule.classify(0), Status::Ok);
+        assert_eq!(rule.classify(2, 0), Status::Timeout);
+        assert_eq!(rule.classify(1, 0), Status::Failed);
+        assert_eq!(rule.classify(0, 0), Status::Ok);
+    }
+
+    #[test]
+    fn a_variant_inside_a_variant_tests_the_detail() {
+        // Err(JobError::Timeout) where Err is tag 1 and Timeout the inner niche value 7.
+        let rule = OutcomeRule {
+            arms: vec![
+                Arm {
+                    status: Status::Timeout,
+                    value: Test::OneOf(vec![1]),
+                    detail: Some(Test::OneOf(vec![7])),
+                },
+                Arm { status: Status::Failed, value: Test::OneOf(vec![1]), detail: None },
+                Arm { status: Status::Ok, value: Test::NoneOf(vec![1]), detail: None },
+            ],
+            otherwise: Status::Failed,
+        };
+        assert_eq!(rule.classify(1, 7), Status::Timeout);
+        assert_eq!(rule.classify(1, 8), Status::Failed);
+        assert_eq!(rule.classify(0, 7), Status::Ok);
     }
 
     #[test]

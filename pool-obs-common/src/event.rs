@@ -136,6 +136,9 @@ pub struct RequestEnded {
     pub worker_id: u64,
     /// The raw value the manifest's outcome rule is applied to, in user space.
     pub outcome_value: u64,
+    /// A second raw value for the rule: the variant of the enum inside the variant that
+    /// `outcome_value` names, such as the `JobError` of an `Err(JobError::Timeout)`.
+    pub outcome_detail: u64,
     /// For a return probe: when the probed call was entered on this thread, else 0.
     pub entered_ns: u64,
     /// A [`CallEnding`] as `u8`: how the probed call ended.

@@ -2,33 +2,138 @@
 //! also the probe's attach cookie. The kernel programs are generic: this spec tells them which
 //! event to write and where each of its values lives.
 
-/// How many pointer hops a [`Scalar`] may take from its base.
-pub const MAX_DEREFS: usize = 3;
+/// How many pointer hops a [`Scalar`] may take from its base: a field of a struct behind an
+/// `Arc` behind a reference in a stack slot takes four.
+pub const MAX_DEREFS: usize = 4;
 /// Capacity of the `PROBES` array.
 pub const MAX_PROBES: u32 = 256;
 
-/// The value is not wanted; it reads as 0.
-pub const BASE_ABSENT: u8 = 0;
-/// The value is `constant`.
-pub const BASE_CONSTANT: u8 = 1;
-/// Integer argument register `reg` (x86-64: rdi, rsi, rdx, rcx, r8, r9). At a return probe this
-/// is the register's value at entry, saved by the entry half.
-pub const BASE_ARG: u8 = 2;
-/// Return register `reg` (0 = rax, 1 = rdx), only at a return probe.
-pub const BASE_RET: u8 = 3;
+/// Where a [`Scalar`] starts. Stored as its `u8` in [`Scalar::base`], since the kernel reads
+/// specs from a map that could hold any byte.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// The value is not wanted; it reads as 0.
+    Absent = 0,
+    /// The value is [`Scalar::constant`].
+    Constant = 1,
+    /// General register [`Scalar::reg`], a [`Register`]. At a return probe this is the
+    /// register's value at the call's entry, saved by the entry half.
+    Register = 2,
+    /// Return register `reg` (0 = rax, 1 = rdx), only at a return probe.
+    Return = 3,
+}
+
+impl Base {
+    pub const fn from_u8(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(Base::Absent),
+            1 => Some(Base::Constant),
+            2 => Some(Base::Register),
+            3 => Some(Base::Return),
+            _ => None,
+        }
+    }
+}
+
+/// The x86-64 general registers, numbered as DWARF numbers them (so that a location compiled
+/// from debug info needs no table) and as the kernel programs capture them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Register {
+    Rax = 0,
+    Rdx = 1,
+    Rcx = 2,
+    Rbx = 3,
+    Rsi = 4,
+    Rdi = 5,
+    Rbp = 6,
+    Rsp = 7,
+    R8 = 8,
+    R9 = 9,
+    R10 = 10,
+    R11 = 11,
+    R12 = 12,
+    R13 = 13,
+    R14 = 14,
+    R15 = 15,
+}
+
+impl Register {
+    pub const COUNT: usize = 16;
+    pub const ALL: [Register; Register::COUNT] = [
+        Register::Rax,
+        Register::Rdx,
+        Register::Rcx,
+        Register::Rbx,
+        Register::Rsi,
+        Register::Rdi,
+        Register::Rbp,
+        Register::Rsp,
+        Register::R8,
+        Register::R9,
+        Register::R10,
+        Register::R11,
+        Register::R12,
+        Register::R13,
+        Register::R14,
+        Register::R15,
+    ];
+    /// The integer argument registers of the System V ABI, in order.
+    pub const ARGUMENTS: [Register; 6] =
+        [Register::Rdi, Register::Rsi, Register::Rdx, Register::Rcx, Register::R8, Register::R9];
+
+    pub const fn from_u8(raw: u8) -> Option<Self> {
+        if (raw as usize) < Register::COUNT { Some(Register::ALL[raw as usize]) } else { None }
+    }
+
+    /// Which integer argument this register carries at a function's entry, if any.
+    pub fn argument_index(self) -> Option<usize> {
+        Register::ARGUMENTS.iter().position(|argument| *argument == self)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Register::Rax => "rax",
+            Register::Rdx => "rdx",
+            Register::Rcx => "rcx",
+            Register::Rbx => "rbx",
+            Register::Rsi => "rsi",
+            Register::Rdi => "rdi",
+            Register::Rbp => "rbp",
+            Register::Rsp => "rsp",
+            Register::R8 => "r8",
+            Register::R9 => "r9",
+            Register::R10 => "r10",
+            Register::R11 => "r11",
+            Register::R12 => "r12",
+            Register::R13 => "r13",
+            Register::R14 => "r14",
+            Register::R15 => "r15",
+        }
+    }
+}
 
 /// Where one integer lives: a base, then up to [`MAX_DEREFS`] loads of `*(value + offset)`,
-/// then truncation to `size` bytes.
+/// then `addend` added, then the value shifted right by `shift` bits and truncated to `size`
+/// bytes (a field inside a register, or an integer narrower than its load).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Scalar {
+    /// A [`Base`].
     pub base: u8,
+    /// A [`Register`] for [`Base::Register`]; 0 or 1 for [`Base::Return`].
     pub reg: u8,
     pub derefs: u8,
     /// Width of the value in bytes: 1, 2, 4 or 8.
     pub size: u8,
-    pub _reserved: u32,
+    /// Bits to shift the value right by before truncating it.
+    pub shift: u8,
+    pub _reserved: [u8; 3],
     pub offsets: [i64; MAX_DEREFS],
+    /// Added after the loads: a constant address offset that no load follows.
+    pub addend: i64,
+    /// The value, for [`Base::Constant`].
     pub constant: u64,
 }
 
@@ -40,7 +145,11 @@ impl Scalar {
     /// Whether the value comes from a return register: at a return probe it is read at the
     /// return; every other value is read at the call's entry.
     pub const fn reads_return(&self) -> bool {
-        self.base == BASE_RET
+        self.base == Base::Return as u8
+    }
+
+    pub const fn base(&self) -> Option<Base> {
+        Base::from_u8(self.base)
     }
 }
 
@@ -87,12 +196,28 @@ pub struct ProbeSpec {
     pub request_id: Scalar,
     pub memory_bytes: Scalar,
     pub outcome: Scalar,
+    /// The second value an outcome rule by variant names may need (see
+    /// [`crate::event::RequestEnded::outcome_detail`]).
+    pub outcome_detail: Scalar,
 }
 
 impl ProbeSpec {
     /// Whether the model key comes from a return register (see [`Scalar::reads_return`]).
     pub const fn model_reads_return(&self) -> bool {
         self.model_ptr.reads_return() || self.model_len.reads_return()
+    }
+
+    /// Every value the spec reads.
+    pub const fn scalars(&self) -> [Scalar; 7] {
+        [
+            self.model_ptr,
+            self.model_len,
+            self.worker_id,
+            self.request_id,
+            self.memory_bytes,
+            self.outcome,
+            self.outcome_detail,
+        ]
     }
 }
 

@@ -12,7 +12,11 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use pool_obs_common::{counters::Counter, event::ModelKey, probe::MAX_OPEN_CALLS};
+use pool_obs_common::{
+    counters::Counter,
+    event::ModelKey,
+    probe::{MAX_OPEN_CALLS, Register},
+};
 
 use crate::{PROBES, count, emit};
 
@@ -26,8 +30,8 @@ pub struct OpenCall {
     /// Index of the return probe's spec.
     pub return_probe: u32,
     pub _reserved: u32,
-    /// The argument registers at entry.
-    pub args: [u64; 6],
+    /// The general registers at entry, in DWARF's order.
+    pub registers: [u64; Register::COUNT],
     /// The return probe's model and ids, read at entry from the arguments, while what they
     /// point at is certainly alive.
     pub model: ModelKey,

@@ -35,6 +35,7 @@ trait Source {
     fn request_id(&self) -> u64;
     fn memory_bytes(&self) -> u64;
     fn outcome_value(&self) -> u64;
+    fn outcome_detail(&self) -> u64;
     fn entered_ns(&self) -> u64;
     fn ending(&self) -> CallEnding;
 }
@@ -62,6 +63,10 @@ impl<C: EbpfContext> Source for AtEntry<'_, C> {
     #[inline(always)]
     fn outcome_value(&self) -> u64 {
         self.0.value(&self.0.spec().outcome, read::OUTCOME)
+    }
+    #[inline(always)]
+    fn outcome_detail(&self) -> u64 {
+        self.0.value(&self.0.spec().outcome_detail, read::OUTCOME)
     }
     #[inline(always)]
     fn entered_ns(&self) -> u64 {
@@ -108,6 +113,10 @@ impl<C: EbpfContext> Source for AtReturn<'_, C> {
         self.reader.value(&self.reader.spec().outcome, read::OUTCOME)
     }
     #[inline(always)]
+    fn outcome_detail(&self) -> u64 {
+        self.reader.value(&self.reader.spec().outcome_detail, read::OUTCOME)
+    }
+    #[inline(always)]
     fn entered_ns(&self) -> u64 {
         self.call.entered_ns
     }
@@ -139,6 +148,10 @@ impl Source for Unwound<'_> {
     }
     #[inline(always)]
     fn outcome_value(&self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn outcome_detail(&self) -> u64 {
         0
     }
     #[inline(always)]
@@ -212,6 +225,7 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
             request_id: source.request_id(),
             worker_id: source.worker_id(),
             outcome_value: source.outcome_value(),
+            outcome_detail: source.outcome_detail(),
             entered_ns: source.entered_ns(),
             ending: source.ending() as u8,
             _reserved: [0; 7],

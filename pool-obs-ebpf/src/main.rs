@@ -80,7 +80,7 @@ pub fn probe_call(ctx: ProbeContext) {
     let registers = unsafe { Registers::at_entry(ctx.regs) };
     calls::open(calls, sp, cookie.probe, |call| {
         call.entered_ns = now;
-        call.args = registers.args;
+        call.registers = registers.general;
         emit::read_at_entry(&ctx, spec, cookie.probe, &registers, call);
     });
 }
@@ -135,7 +135,7 @@ fn returned<C: EbpfContext>(ctx: &C) {
     };
     // SAFETY: the slot stays as it is until this program run ends.
     let call = unsafe { &*call };
-    let registers = unsafe { Registers::at_return(regs, call.args) };
+    let registers = unsafe { Registers::at_return(regs, call.registers) };
     emit::returned(ctx, spec, &Hit { probe: cookie.probe, now }, &registers, call);
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use pool_obs_common::{
     event::{MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
-    probe::{BASE_ABSENT, BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, ProbeSpec, Scalar},
+    probe::{Base, MAX_DEREFS, ProbeSpec, Scalar},
 };
 
 use crate::{DEBUG_PROBES, count_read_failure, registers::Registers};
@@ -67,7 +67,7 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
     pub fn model(&self) -> ModelKey {
         let spec = self.spec;
         let mut key = ModelKey::ABSENT;
-        if spec.model_ptr.base == BASE_ABSENT {
+        if spec.model_ptr.base == Base::Absent as u8 {
             return key;
         }
         key.state = MODEL_UNREADABLE;
@@ -140,12 +140,12 @@ fn field_name(field: usize) -> &'static str {
 
 fn try_value(source: &Scalar, registers: &Registers) -> Result<u64, Failure> {
     let invalid = Failure { address: 0, error: INVALID };
-    let mut value = match source.base {
-        BASE_ABSENT => return Ok(0),
-        BASE_CONSTANT => return Ok(source.constant),
-        BASE_ARG => *registers.args.get(source.reg as usize).ok_or(invalid)?,
-        BASE_RET => *registers.ret.get(source.reg as usize).ok_or(invalid)?,
-        _ => return Err(invalid),
+    let mut value = match source.base() {
+        Some(Base::Absent) => return Ok(0),
+        Some(Base::Constant) => return Ok(source.constant),
+        Some(Base::Register) => *registers.general.get(source.reg as usize).ok_or(invalid)?,
+        Some(Base::Return) => *registers.ret.get(source.reg as usize).ok_or(invalid)?,
+        None => return Err(invalid),
     };
     for hop in 0..MAX_DEREFS {
         if hop >= source.derefs as usize {
@@ -155,7 +155,9 @@ fn try_value(source: &Scalar, registers: &Registers) -> Result<u64, Failure> {
         value = unsafe { bpf_probe_read_user(address as *const u64) }
             .map_err(|error| Failure { address, error: error.into() })?;
     }
-    Ok(truncate(value, source.size))
+    value = value.wrapping_add(source.addend as u64);
+    // A shift of 64 or more is undefined in BPF as in Rust; specs only hold 0 to 56.
+    Ok(truncate(value >> (source.shift & 63), source.size))
 }
 
 fn truncate(value: u64, size: u8) -> u64 {

@@ -10,7 +10,7 @@ use pool_obs_common::event::{
 use super::*;
 use crate::{
     clock::WallClock,
-    outcome::{Condition, OutcomeRule},
+    outcome::{Arm, Condition, OutcomeRule},
 };
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them
@@ -26,7 +26,7 @@ fn aggregator() -> Aggregator {
         memory_scale: 1.0,
     };
     let by_rule = OutcomeRule {
-        arms: vec![(Status::Ok, Condition::parse("== 0").unwrap())],
+        arms: vec![Arm::on_value(Status::Ok, Condition::parse("== 0").unwrap())],
         otherwise: Status::Failed,
     };
     let settings = Settings {
@@ -126,6 +126,7 @@ fn ended(probe: u32, request_id: u64, outcome_value: u64, ts_ns: u64) -> Event {
         request_id,
         worker_id: 0,
         outcome_value,
+        outcome_detail: 0,
         entered_ns: 0,
         ending: CallEnding::Returned as u8,
         _reserved: [0; 7],

@@ -12,9 +12,28 @@ use iced_x86::{
     Mnemonic, OpAccess, OpKind, Register,
 };
 
-/// The integer argument registers, in order (x86-64 System V, as the Rust ABI uses them).
-pub const ARGUMENT_REGISTERS: [Register; 6] =
-    [Register::RDI, Register::RSI, Register::RDX, Register::RCX, Register::R8, Register::R9];
+/// The decoder's name for a register the kernel programs read.
+pub fn decoder_register(register: pool_obs_common::probe::Register) -> Register {
+    use pool_obs_common::probe::Register as R;
+    match register {
+        R::Rax => Register::RAX,
+        R::Rdx => Register::RDX,
+        R::Rcx => Register::RCX,
+        R::Rbx => Register::RBX,
+        R::Rsi => Register::RSI,
+        R::Rdi => Register::RDI,
+        R::Rbp => Register::RBP,
+        R::Rsp => Register::RSP,
+        R::R8 => Register::R8,
+        R::R9 => Register::R9,
+        R::R10 => Register::R10,
+        R::R11 => Register::R11,
+        R::R12 => Register::R12,
+        R::R13 => Register::R13,
+        R::R14 => Register::R14,
+        R::R15 => Register::R15,
+    }
+}
 
 /// How the kernel treats a uprobe on an instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

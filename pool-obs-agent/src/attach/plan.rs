@@ -3,14 +3,13 @@
 //! can harm the pool: return probes never put a uretprobe where a panic could unwind through
 //! it, and entry probes move off instructions the kernel refuses or single-steps.
 
-use iced_x86::Register;
 use pool_obs_common::{
     event::EventKind,
-    probe::{BASE_ARG, Cookie, ProbeSpec, Scalar},
+    probe::{Base, Cookie, ProbeSpec, Register, Scalar},
 };
 
 use super::{
-    machine_code::{ARGUMENT_REGISTERS, FunctionCode, Handling, Site, Unprobeable},
+    machine_code::{FunctionCode, Handling, Site, Unprobeable, decoder_register},
     symbols::{Symbol, SymbolTable},
 };
 use crate::{
@@ -177,7 +176,7 @@ impl Plan {
 
 /// The entry site keeps intact every argument register that the spec reads.
 fn entry_site(program: Program, spec: &ProbeSpec, code: &FunctionCode) -> Result<Sites, Unprobeable> {
-    let site = code.entry_site(&arguments_read(spec))?;
+    let site = code.entry_site(&registers_read(spec))?;
     let reason = match (site.offset, site.handling) {
         (0, Handling::Emulated) => "the first instruction".to_string(),
         (0, handling) => {
@@ -230,12 +229,15 @@ fn unprobeable(function: &str, at: At, problem: Unprobeable) -> anyhow::Error {
     Refusal::new(Class::Unprobeable, format!("cannot probe {function} at {at}: {problem}")).into()
 }
 
-/// The argument registers a spec reads.
-fn arguments_read(spec: &ProbeSpec) -> Vec<Register> {
-    [spec.model_ptr, spec.model_len, spec.worker_id, spec.request_id, spec.memory_bytes, spec.outcome]
+/// The registers a spec reads, but the stack pointer: an entry probe moved past pushes knows
+/// by how much it moved.
+fn registers_read(spec: &ProbeSpec) -> Vec<iced_x86::Register> {
+    spec.scalars()
         .iter()
-        .filter(|scalar| scalar.base == BASE_ARG)
-        .filter_map(|scalar| ARGUMENT_REGISTERS.get(scalar.reg as usize).copied())
+        .filter(|scalar| scalar.base() == Some(Base::Register))
+        .filter_map(|scalar| Register::from_u8(scalar.reg))
+        .filter(|register| *register != Register::Rsp)
+        .map(decoder_register)
         .collect()
 }
 

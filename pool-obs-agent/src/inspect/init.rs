@@ -4,13 +4,11 @@
 //! user chooses the events and keeps the values they need.
 
 use anyhow::Result;
+use pool_obs_common::probe::Register;
 
 use super::{Slot, describe, register_slots, symbol_table};
 use crate::{
-    attach::{
-        dwarf::{DebugInfo, FunctionInfo, Param, TypeKind},
-        machine_code::ARGUMENT_REGISTERS,
-    },
+    attach::dwarf::{DebugInfo, FunctionInfo, Param, TypeKind},
     cli::{Binary, DebugFile},
     error::{Class, Refusal},
 };
@@ -56,7 +54,7 @@ fn probe(name: &str, function: Option<&FunctionInfo>) -> String {
     text += &format!("# fn {name}({}){returns}\n", params.join(", "));
     let slots = register_slots(function);
     for (register, slot) in slots.iter().enumerate() {
-        if register < ARGUMENT_REGISTERS.len() {
+        if register < Register::ARGUMENTS.len() {
             text += &format!("#   arg{register}: {}\n", describe(slot));
         } else {
             text += &format!("#   (on the stack, which a manifest cannot read): {}\n", describe(slot));
@@ -90,7 +88,7 @@ fn suggestions(slots: &[Slot]) -> Vec<(&'static str, String, bool)> {
     {
         values.push(("model", format!("str(arg{register}, arg{})", register + 1), true));
     }
-    for (register, slot) in slots.iter().enumerate().take(ARGUMENT_REGISTERS.len()) {
+    for (register, slot) in slots.iter().enumerate().take(Register::ARGUMENTS.len()) {
         let Slot::Whole(param) = slot else { continue };
         if param.ty.kind != TypeKind::Other || !param.ty.name.starts_with('u') {
             continue;

@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use pool_obs_common::probe::{BASE_ARG, BASE_CONSTANT, BASE_RET, MAX_DEREFS, Scalar};
+use pool_obs_common::probe::{Base, MAX_DEREFS, Register, Scalar};
 
 /// A parse error, with the byte column in the expression where it was found.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,19 +84,19 @@ impl<'a> Parser<'a> {
         }
         let start = self.pos;
         let word = self.word();
-        let scalar = |base, reg| Scalar { base, reg, size: 8, ..Scalar::default() };
+        let scalar = |base: Base, reg| Scalar { base: base as u8, reg, size: 8, ..Scalar::default() };
         match word {
-            "ret" | "ret0" => Ok(scalar(BASE_RET, 0)),
-            "ret1" => Ok(scalar(BASE_RET, 1)),
+            "ret" | "ret0" => Ok(scalar(Base::Return, 0)),
+            "ret1" => Ok(scalar(Base::Return, 1)),
             _ if word.starts_with("arg") => {
-                match word[3..].parse::<u8>() {
-                    Ok(reg) if reg < 6 => Ok(scalar(BASE_ARG, reg)),
-                    _ => Err(self
+                match word[3..].parse::<usize>().ok().and_then(|index| Register::ARGUMENTS.get(index)) {
+                    Some(register) => Ok(scalar(Base::Register, *register as u8)),
+                    None => Err(self
                         .error_at(start, format!("`{word}` is not a register: arguments are arg0 to arg5"))),
                 }
             }
             _ => match parse_integer(word) {
-                Some(constant) => Ok(Scalar { constant, ..scalar(BASE_CONSTANT, 0) }),
+                Some(constant) => Ok(Scalar { constant, ..scalar(Base::Constant, 0) }),
                 None if word.is_empty() => Err(self.error_at(start, "expected a value".to_string())),
                 None => Err(self.error_at(
                     start,
@@ -118,7 +118,7 @@ impl<'a> Parser<'a> {
         } else {
             (self.scalar()?, 0)
         };
-        if inner.base == BASE_CONSTANT {
+        if inner.base == Base::Constant as u8 {
             return Err(self.error_at(start, "cannot dereference a constant address".to_string()));
         }
         let hop = inner.derefs as usize;
@@ -212,24 +212,29 @@ pub fn parse_integer(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn arg(reg: u8) -> Scalar {
-        Scalar { base: BASE_ARG, reg, size: 8, ..Scalar::default() }
+    fn arg(index: usize) -> Scalar {
+        Scalar {
+            base: Base::Register as u8,
+            reg: Register::ARGUMENTS[index] as u8,
+            size: 8,
+            ..Scalar::default()
+        }
     }
 
     #[test]
     fn registers_and_constants() {
         assert_eq!(parse_scalar("arg3"), Ok(arg(3)));
-        assert_eq!(parse_scalar(" ret ").unwrap().base, BASE_RET);
+        assert_eq!(parse_scalar(" ret ").unwrap().base(), Some(Base::Return));
         assert_eq!(parse_scalar("ret1").unwrap().reg, 1);
         assert_eq!(parse_scalar("0x7fff_ffff").unwrap().constant, 0x7fff_ffff);
-        assert_eq!(parse_scalar("42").unwrap().base, BASE_CONSTANT);
+        assert_eq!(parse_scalar("42").unwrap().base(), Some(Base::Constant));
     }
 
     #[test]
     fn dereferences_nest_with_offsets() {
         let value = parse_scalar("*(*(arg0 + 8) - 16)").unwrap();
-        assert_eq!((value.base, value.reg, value.derefs), (BASE_ARG, 0, 2));
-        assert_eq!(value.offsets, [8, -16, 0]);
+        assert_eq!((value.base(), value.reg, value.derefs), (Some(Base::Register), Register::Rdi as u8, 2));
+        assert_eq!(value.offsets, [8, -16, 0, 0]);
         assert_eq!(parse_scalar("*arg0").unwrap().derefs, 1);
     }
 
@@ -258,7 +263,7 @@ mod tests {
         assert_eq!(parse_scalar("*(arg0 + 8").unwrap_err().message, "expected `)`");
         assert_eq!(parse_scalar("*(arg0 + x)").unwrap_err().column, 9);
         assert_eq!(parse_scalar("*5").unwrap_err().message, "cannot dereference a constant address");
-        assert_eq!(parse_scalar("****arg0").unwrap_err().message, "at most 3 dereferences are supported");
+        assert_eq!(parse_scalar("*****arg0").unwrap_err().message, "at most 4 dereferences are supported");
         assert_eq!(parse_scalar("arg1 arg2").unwrap_err().message, "unexpected `arg2`");
     }
 }
