@@ -4,6 +4,7 @@ pub mod debug_file;
 pub mod dwarf;
 pub mod machine_code;
 pub mod plan;
+pub mod source;
 pub mod symbols;
 
 use std::num::NonZeroU32;

@@ -22,6 +22,9 @@ pub enum Class {
     CheckFailed = 19,
     /// The kernel cannot probe the function as asked (an instruction it refuses, a tail call).
     Unprobeable = 20,
+    /// A value named by its source path cannot be read where the function runs: no debug
+    /// info, optimised out there, no such parameter, field or variant.
+    SourceValue = 21,
 }
 
 /// An error of a known class.

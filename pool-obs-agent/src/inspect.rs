@@ -17,7 +17,7 @@ use crate::{
     },
     cli::{Binary, DebugFile},
     error::{Class, Refusal},
-    manifest::{self, At, Model, Probe},
+    manifest::{self, At, Model, Probe, ProbeOutcome, Value},
     target::Target,
 };
 
@@ -102,10 +102,23 @@ pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> R
         None => println!("no debug info found: functions are checked, registers are not"),
         Some(path) => println!("debug info: {}", path.display()),
     }
+    let source = plan::source_for(&manifest, &table)?;
     let mut problems = 0;
     for probe in &manifest.probes {
         let at = if probe.at == At::Entry { "entry" } else { "return" };
         println!("{} at {at} of {}", probe.event.name(), probe.function);
+        if probe.reads_source_paths() {
+            // Compiled alone, so that every probe's problem shows, not only the first.
+            let alone = manifest::Manifest { probes: vec![probe.clone()] };
+            match plan::plan(&alone, &table, source.as_ref()) {
+                Ok(plan) => show_compiled(&plan),
+                Err(error) => {
+                    println!("  ✗ {error:#}");
+                    problems += 1;
+                }
+            }
+            continue;
+        }
         let copies = match table.locate(&probe.function) {
             Ok(copies) => copies,
             Err(error) => {
@@ -139,7 +152,7 @@ pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> R
         }
     }
     // Where the probes go, decided from the machine code exactly as attaching decides it.
-    match plan::plan(&manifest, &table) {
+    match plan::plan(&manifest, &table, source.as_ref()) {
         Ok(plan) => {
             println!("probe sites");
             for attachment in &plan.attachments {
@@ -166,6 +179,18 @@ pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> R
     }
     println!("ok: {} probes check out", manifest.probes.len());
     Ok(())
+}
+
+/// Each site of a probe compiled from source paths, with its values' expressions.
+fn show_compiled(plan: &plan::Plan) {
+    let mut site = "";
+    for compiled in &plan.compiled {
+        if compiled.site != site {
+            site = &compiled.site;
+            println!("  {site}");
+        }
+        println!("    ✓ {} = \"{}\": {}", compiled.field, compiled.path, compiled.expression);
+    }
 }
 
 /// What an integer argument register holds at entry.
@@ -217,11 +242,22 @@ fn verdicts(probe: &Probe, slots: &[Slot]) -> Vec<(&'static str, Verdict)> {
     if let Some(Model::Read(model)) = &probe.model {
         verdicts.push(("model", string_verdict(&model.ptr, &model.len, slots)));
     }
+    // Source paths are checked by compiling them, with the plan.
+    let registers = |value: Option<&Value>| match value {
+        Some(Value::Registers(scalar)) => Some(*scalar),
+        _ => None,
+    };
     let integers = [
-        ("worker_id", probe.worker_id),
-        ("request_id", probe.request_id),
-        ("memory_bytes", probe.memory_bytes.map(|memory| memory.value)),
-        ("outcome", probe.outcome.as_ref().and_then(|outcome| outcome.value)),
+        ("worker_id", registers(probe.worker_id.as_ref())),
+        ("request_id", registers(probe.request_id.as_ref())),
+        ("memory_bytes", registers(probe.memory_bytes.as_ref().map(|memory| &memory.value))),
+        (
+            "outcome",
+            match &probe.outcome {
+                Some(ProbeOutcome::Rule { value, .. }) => Some(*value),
+                _ => None,
+            },
+        ),
     ];
     for (field, scalar) in integers {
         if let Some(scalar) = scalar {
@@ -374,8 +410,8 @@ mod tests {
             function: "serve".to_string(),
             at: At::Entry,
             model: Some(Model::Read(crate::manifest::value::parse_str("str(arg2, arg3)").unwrap())),
-            worker_id: Some(scalar("arg5")),
-            request_id: Some(scalar("arg4")),
+            worker_id: Some(Value::Registers(scalar("arg5"))),
+            request_id: Some(Value::Registers(scalar("arg4"))),
             memory_bytes: None,
             outcome: None,
             unsafe_uretprobe: false,

@@ -37,8 +37,8 @@ pub struct Probe {
     pub function: String,
     pub at: At,
     pub model: Option<Model>,
-    pub worker_id: Option<Scalar>,
-    pub request_id: Option<Scalar>,
+    pub worker_id: Option<Value>,
+    pub request_id: Option<Value>,
     pub memory_bytes: Option<Scaled>,
     pub outcome: Option<ProbeOutcome>,
     /// `unsafe_uretprobe = true`: a uretprobe even where a panic could unwind through it, which
@@ -47,28 +47,63 @@ pub struct Probe {
     pub unsafe_uretprobe: bool,
 }
 
+/// A value as the manifest names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// By its source path (`job.id`), compiled from the debug info at each probe site.
+    Path(String),
+    /// In the register syntax (`*(arg1 + 8)`): the same at every site.
+    Registers(Scalar),
+}
+
 /// Where a probe's model key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Model {
-    /// Read from the target.
+    /// A string by its source path.
+    Path(String),
+    /// Read from registers and memory, in the register syntax.
     Read(StrValue),
     /// Always this key: for a pool with one model, or functions that do not see it.
     Constant(String),
 }
 
 /// A value read from the target, then multiplied by `scale` (say, MiB to bytes).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Scaled {
-    pub value: Scalar,
+    pub value: Value,
     pub scale: f64,
 }
 
-/// The raw value a request's outcome is decided from (absent for a constant outcome) and the
-/// rule that decides it.
+/// How a request's outcome is decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeOutcome {
-    pub value: Option<Scalar>,
-    pub rule: OutcomeRule,
+pub enum ProbeOutcome {
+    /// Always this status.
+    Constant(Status),
+    /// By comparing a value in the register syntax.
+    Rule { value: Scalar, rule: OutcomeRule },
+    /// By the variant of the enum at a source path (`return`, `result`).
+    Variants { path: String, arms: Vec<VariantArm> },
+}
+
+/// One arm of an outcome by variant names: `"Err(JobError::Timeout)" = "timeout"` is variant
+/// `Err`, inner variant `Timeout`; `"_"` is every variant no other arm names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VariantArm {
+    pub variant: String,
+    pub inner: Option<String>,
+    pub status: Status,
+}
+
+impl Probe {
+    /// Whether any value is named by a source path, which needs the debug info.
+    pub fn reads_source_paths(&self) -> bool {
+        let path = |value: &Option<Value>| matches!(value, Some(Value::Path(_)));
+        matches!(self.model, Some(Model::Path(_)))
+            || path(&self.worker_id)
+            || path(&self.request_id)
+            || matches!(&self.memory_bytes, Some(Scaled { value: Value::Path(_), .. }))
+            || matches!(self.outcome, Some(ProbeOutcome::Variants { .. }))
+    }
 }
 
 /// A manifest problem, located as `file:line:column`.
@@ -213,13 +248,9 @@ enum RawScaled {
 #[serde(untagged)]
 enum RawOutcome {
     Constant(String),
-    Rule {
-        value: String,
-        ok: Option<String>,
-        timeout: Option<String>,
-        failed: Option<String>,
-        otherwise: String,
-    },
+    /// A rule on a register-syntax value (keys `value`, `ok`, `timeout`, `failed`,
+    /// `otherwise`), or arms by variant names (keys `value` and variant patterns).
+    Table(std::collections::BTreeMap<String, String>),
 }
 
 impl RawProbe {
@@ -245,7 +276,7 @@ impl RawProbe {
             None => false,
         };
         let scalar = |field: &Option<Spanned<String>>| {
-            field.as_ref().map(|text| parse_scalar_at(text.get_ref(), text.span(), at)).transpose()
+            field.as_ref().map(|text| parse_value(text.get_ref(), text.span(), at)).transpose()
         };
         let template = Probe {
             event,
@@ -302,6 +333,32 @@ fn parse_event(event: &Spanned<String>) -> Located<EventKind> {
     })
 }
 
+/// A source path: names joined by dots (`job.model`, `return.Ok.0`). Words of the register
+/// syntax (`arg1`, `ret`) stay register syntax.
+fn is_source_path(text: &str) -> bool {
+    let text = text.trim();
+    let register_word = |word: &str| {
+        word == "ret"
+            || (word.starts_with("ret") || word.starts_with("arg"))
+                && word.len() > 3
+                && word[3..].chars().all(|c| c.is_ascii_digit())
+    };
+    let first = text.split('.').next().unwrap_or_default();
+    !text.is_empty()
+        && !register_word(first)
+        && first.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && text
+            .split('.')
+            .all(|step| !step.is_empty() && step.chars().all(|c| c.is_alphanumeric() || c == '_'))
+}
+
+fn parse_value(text: &str, span: Range<usize>, at: At) -> Located<Value> {
+    if is_source_path(text) {
+        return Ok(Value::Path(text.trim().to_string()));
+    }
+    Ok(Value::Registers(parse_scalar_at(text, span, at)?))
+}
+
 fn parse_scalar_at(text: &str, span: Range<usize>, at: At) -> Located<Scalar> {
     let scalar =
         value::parse_scalar(text).map_err(|error| syntax(span.clone(), format!("`{text}` {error}")))?;
@@ -321,6 +378,7 @@ fn compile_model(model: &Spanned<RawModel>, at: At) -> Located<Model> {
     let span = model.span();
     match model.get_ref() {
         RawModel::Constant { constant } => Ok(Model::Constant(constant.clone())),
+        RawModel::Read(text) if is_source_path(text) => Ok(Model::Path(text.trim().to_string())),
         RawModel::Read(text) => {
             let parsed =
                 value::parse_str(text).map_err(|error| syntax(span.clone(), format!("`{text}` {error}")))?;
@@ -334,15 +392,18 @@ fn compile_model(model: &Spanned<RawModel>, at: At) -> Located<Model> {
 fn compile_scaled(memory: &Spanned<RawScaled>, at: At) -> Located<Scaled> {
     let span = memory.span();
     match memory.get_ref() {
-        RawScaled::Plain(text) => Ok(Scaled { value: parse_scalar_at(text, span, at)?, scale: 1.0 }),
+        RawScaled::Plain(text) => Ok(Scaled { value: parse_value(text, span, at)?, scale: 1.0 }),
         RawScaled::Scaled { value, scale } if scale.is_finite() && *scale > 0.0 => {
-            Ok(Scaled { value: parse_scalar_at(value, span, at)?, scale: *scale })
+            Ok(Scaled { value: parse_value(value, span, at)?, scale: *scale })
         }
         RawScaled::Scaled { scale, .. } => {
             Err(syntax(span, format!("`scale = {scale}` must be a positive number")))
         }
     }
 }
+
+/// The keys of an outcome rule on a register-syntax value.
+const RULE_KEYS: [&str; 5] = ["value", "ok", "timeout", "failed", "otherwise"];
 
 fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcome> {
     let span = outcome.span();
@@ -351,24 +412,77 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
             names(span.clone(), format!("unknown outcome `{text}`: expected ok, failed or timeout"))
         })
     };
-    match outcome.get_ref() {
-        RawOutcome::Constant(text) => {
-            Ok(ProbeOutcome { value: None, rule: OutcomeRule::constant(status(text)?) })
+    let table = match outcome.get_ref() {
+        RawOutcome::Constant(text) => return Ok(ProbeOutcome::Constant(status(text)?)),
+        RawOutcome::Table(table) => table,
+    };
+    let value = table.get("value").map(String::as_str);
+    if let Some(value) = value.filter(|value| !is_source_path(value)) {
+        // A rule on a register-syntax value: every other key is a status.
+        if let Some(key) = table.keys().find(|key| !RULE_KEYS.contains(&key.as_str())) {
+            return Err(names(
+                span,
+                format!("unknown key `{key}` in an outcome rule: expected {}", RULE_KEYS.join(", ")),
+            ));
         }
-        RawOutcome::Rule { value, ok, timeout, failed, otherwise } => {
-            let value = parse_scalar_at(value, span.clone(), at)?;
-            let arms = [(Status::Ok, ok), (Status::Timeout, timeout), (Status::Failed, failed)]
-                .into_iter()
-                .filter_map(|(status, condition)| condition.as_ref().map(|condition| (status, condition)))
-                .map(|(status, condition)| {
-                    let condition =
-                        Condition::parse(condition).map_err(|error| syntax(span.clone(), error))?;
-                    Ok(Arm::on_value(status, condition))
-                })
-                .collect::<Located<Vec<_>>>()?;
-            Ok(ProbeOutcome { value: Some(value), rule: OutcomeRule { arms, otherwise: status(otherwise)? } })
-        }
+        let value = parse_scalar_at(value, span.clone(), at)?;
+        let arms = [(Status::Ok, "ok"), (Status::Timeout, "timeout"), (Status::Failed, "failed")]
+            .into_iter()
+            .filter_map(|(status, key)| table.get(key).map(|condition| (status, condition)))
+            .map(|(status, condition)| {
+                let condition = Condition::parse(condition).map_err(|error| syntax(span.clone(), error))?;
+                Ok(Arm::on_value(status, condition))
+            })
+            .collect::<Located<Vec<_>>>()?;
+        let otherwise = table
+            .get("otherwise")
+            .ok_or_else(|| names(span.clone(), "an outcome rule needs `otherwise`".to_string()))?;
+        return Ok(ProbeOutcome::Rule { value, rule: OutcomeRule { arms, otherwise: status(otherwise)? } });
     }
+    let path = match (value, at) {
+        (Some(path), _) => path.trim().to_string(),
+        (None, At::Return) => "return".to_string(),
+        (None, At::Entry) => {
+            return Err(names(
+                span,
+                "an outcome by variants needs `value`, the path of the enum (at a return it is `return`)"
+                    .to_string(),
+            ));
+        }
+    };
+    let mut arms = Vec::new();
+    for (key, target) in table.iter().filter(|(key, _)| key.as_str() != "value") {
+        let (variant, inner) = parse_variant_pattern(key).ok_or_else(|| {
+            syntax(
+                span.clone(),
+                format!(
+                    "`{key}` is not a variant: expected `Name`, `Name(Inner)`, `Name(Enum::Inner)` or `_`"
+                ),
+            )
+        })?;
+        arms.push(VariantArm { variant, inner, status: status(target)? });
+    }
+    if arms.is_empty() {
+        return Err(names(span, "an outcome by variants names no variant".to_string()));
+    }
+    Ok(ProbeOutcome::Variants { path, arms })
+}
+
+/// `Ok`, `Err(Timeout)`, `Err(JobError::Timeout)` or `_`: (variant, inner variant).
+fn parse_variant_pattern(key: &str) -> Option<(String, Option<String>)> {
+    let identifier = |text: &str| {
+        !text.is_empty()
+            && text.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && text.chars().all(|c| c.is_alphanumeric() || c == '_')
+    };
+    let key = key.trim();
+    let Some((outer, rest)) = key.split_once('(') else {
+        return identifier(key).then(|| (key.to_string(), None));
+    };
+    let inner = rest.strip_suffix(')')?.trim();
+    let inner = inner.rsplit("::").next().unwrap_or(inner);
+    (identifier(outer.trim()) && identifier(inner) && inner != "_")
+        .then(|| (outer.trim().to_string(), Some(inner.to_string())))
 }
 
 #[cfg(test)]
@@ -383,9 +497,11 @@ mod tests {
         let ended: Vec<_> = manifest.probes.iter().filter(|p| p.event == EventKind::RequestEnded).collect();
         assert_eq!(ended.len(), 2);
         let responded = ended.iter().find(|p| p.function.ends_with("respond")).unwrap();
-        let outcome = responded.outcome.as_ref().unwrap();
-        assert_eq!(outcome.rule.classify(0x8000_0000_0000_0000, 0), Status::Ok);
-        assert_eq!(outcome.rule.classify(7, 0), Status::Failed);
+        let Some(ProbeOutcome::Rule { rule, .. }) = responded.outcome.as_ref() else {
+            panic!("a rule on a register value")
+        };
+        assert_eq!(rule.classify(0x8000_0000_0000_0000, 0), Status::Ok);
+        assert_eq!(rule.classify(7, 0), Status::Failed);
     }
 
     #[test]
@@ -396,7 +512,7 @@ mod tests {
         let functions: Vec<_> = manifest.probes.iter().map(|probe| probe.function.as_str()).collect();
         assert_eq!(functions, ["a::spawn", "a::respawn"]);
         assert_eq!(manifest.probes[1].model, Some(Model::Constant("solo".to_string())));
-        assert_eq!(manifest.probes[0].memory_bytes.unwrap().scale, 1_048_576.0);
+        assert_eq!(manifest.probes[0].memory_bytes.as_ref().unwrap().scale, 1_048_576.0);
     }
 
     fn error_of(text: &str) -> (String, Class) {

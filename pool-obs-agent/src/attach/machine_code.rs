@@ -212,6 +212,16 @@ impl FunctionCode {
     /// (or at least accepts) with `reads` — the argument registers the manifest reads, and the
     /// memory they point at — still as they were at entry. The block ends at the first branch
     /// or at an instruction another branch jumps to, so that the site runs once per call.
+    /// Where an inlined instance that starts at `offset` really starts: its first instruction
+    /// that is not a `nop`. The compiler counts the padding that aligns a jump target as the
+    /// instance's; it is never executed when a jump leads there, and does nothing when it is.
+    /// `None` if no instruction starts at `offset`.
+    pub fn inlined_entry(&self, offset: u64) -> Option<Site> {
+        let first = self.ops.iter().position(|op| op.offset == offset)?;
+        let op = self.ops[first..].iter().find(|op| op.instruction.mnemonic() != Mnemonic::Nop)?;
+        Some(Site { offset: op.offset, sp_offset: 0, handling: op.handling(), instruction: op.text() })
+    }
+
     pub fn entry_site(&self, reads: &[Register]) -> Result<Site, Unprobeable> {
         let first = self.ops.first().ok_or(Unprobeable::Undecodable)?;
         let site = |op: &Op, sp_offset: i32| Site {

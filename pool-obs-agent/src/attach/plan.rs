@@ -10,11 +10,15 @@ use pool_obs_common::{
 
 use super::{
     machine_code::{FunctionCode, Handling, Site, Unprobeable, decoder_register},
+    source::{
+        SourceInfo,
+        compile::{Scope, Side, rebase_stack, show},
+    },
     symbols::{Symbol, SymbolTable},
 };
 use crate::{
     error::{Class, Refusal},
-    manifest::{At, Manifest, Model, Probe},
+    manifest::{At, Manifest, Model, Probe, ProbeOutcome, Value},
     outcome::OutcomeRule,
 };
 
@@ -28,6 +32,8 @@ pub struct Plan {
     /// What user space needs to know of each spec's events.
     pub probes: Vec<ProbeInfo>,
     pub attachments: Vec<Attachment>,
+    /// Each source-path value as compiled at each site.
+    pub compiled: Vec<Compiled>,
 }
 
 #[derive(Clone, Debug)]
@@ -104,24 +110,37 @@ impl Choice {
     }
 }
 
-pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> {
-    let mut plan = Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new() };
+pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceInfo>) -> anyhow::Result<Plan> {
+    let mut plan =
+        Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new(), compiled: Vec::new() };
     for probe in &manifest.probes {
+        if probe.reads_source_paths() {
+            let source = source.ok_or_else(|| {
+                Refusal::new(
+                    Class::SourceValue,
+                    format!(
+                        "the probe on {} names values by their source paths, which needs the binary's \
+                         debug info, and none was found: build with `debug = \"line-tables-only\"` or more, \
+                         give --debug-file, or use the register syntax",
+                        probe.function
+                    ),
+                )
+            })?;
+            plan.source_probe(probe, symbols, source)?;
+            continue;
+        }
         let copies = symbols.locate(&probe.function)?;
-        let cookie = plan.push(spec_of(probe), info_of(probe, &copies[0].name));
+        let rule = match &probe.outcome {
+            Some(ProbeOutcome::Constant(status)) => Some(OutcomeRule::constant(*status)),
+            Some(ProbeOutcome::Rule { rule, .. }) => Some(rule.clone()),
+            Some(ProbeOutcome::Variants { .. }) | None => None,
+        };
+        let cookie = plan.push(register_spec(probe), info_of(probe, &copies[0].name, rule));
         for symbol in copies {
             let code = symbols.code(symbol);
-            let spec = &plan.specs[cookie as usize];
-            let sites = match probe.at {
-                At::Entry => entry_site(Program::Entry, spec, &code),
-                // The call is opened at entry, where the values the return probe takes from the
-                // arguments are read.
-                At::Return => entry_site(Program::Call, spec, &code).and_then(|mut sites| {
-                    sites.extend(return_sites(probe.unsafe_uretprobe, &code)?);
-                    Ok(sites)
-                }),
-            }
-            .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
+            let spec = plan.specs[cookie as usize];
+            let sites = out_of_line_sites(probe, &spec, &code)
+                .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
             for choice in sites {
                 plan.attach(symbol, cookie, choice);
             }
@@ -133,12 +152,129 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Plan> 
     Ok(plan)
 }
 
+/// The binary's debug info, read only when some probe names values by source paths.
+pub fn source_for(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Option<SourceInfo>> {
+    if !manifest.probes.iter().any(Probe::reads_source_paths) {
+        return Ok(None);
+    }
+    let Some(path) = symbols.debug_info() else { return Ok(None) };
+    Ok(SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?)
+}
+
+/// The sites of an out-of-line copy: its entry, and its returns for a return probe.
+fn out_of_line_sites(probe: &Probe, spec: &ProbeSpec, code: &FunctionCode) -> Result<Sites, Unprobeable> {
+    match probe.at {
+        At::Entry => entry_site(Program::Entry, spec, code),
+        // The call is opened at entry, where the values the return probe takes from the
+        // arguments are read.
+        At::Return => entry_site(Program::Call, spec, code).and_then(|mut sites| {
+            sites.extend(return_sites(probe.unsafe_uretprobe, code)?);
+            Ok(sites)
+        }),
+    }
+}
+
+/// One value of a probe compiled at one site, for `check` to show.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The site: the function, and where it runs.
+    pub site: String,
+    pub field: &'static str,
+    pub path: String,
+    pub expression: String,
+}
+
 type Sites = Vec<Choice>;
 
 impl Plan {
     /// What each probe is, by index, for people: its function and event.
     pub fn probe_names(&self) -> Vec<String> {
         self.probes.iter().map(|probe| format!("{}, {}", probe.function, probe.event.name())).collect()
+    }
+
+    /// A probe whose values are source paths: one spec per site, each compiled against the
+    /// debug info at the site's address, for every out-of-line copy and inlined instance.
+    fn source_probe(
+        &mut self,
+        probe: &Probe,
+        symbols: &SymbolTable,
+        source: &SourceInfo,
+    ) -> anyhow::Result<()> {
+        let refuse = |message: String| anyhow::Error::from(Refusal::new(Class::SourceValue, message));
+        let sites = source.sites(&probe.function).map_err(|problem| {
+            let class =
+                if problem.contains("matches") { Class::AmbiguousFunction } else { Class::FunctionNotFound };
+            anyhow::Error::from(Refusal::new(class, problem))
+        })?;
+        let mut placed = 0;
+        for site in sites {
+            // Code the linker dropped, or outside any function with a symbol.
+            let Some(symbol) = symbols.containing(site.address) else { continue };
+            let shown = match &site.inlined {
+                Some(inlined) => {
+                    format!("{} (inlined into {} at {})", site.function, symbol.name, inlined.call)
+                }
+                None => site.function.clone(),
+            };
+            if site.inlined.is_some() && probe.at == At::Return {
+                return Err(refuse(format!(
+                    "cannot probe the return of {shown}: an inlined call has no return of its own; \
+                     use an entry-side event on the function that receives its result"
+                )));
+            }
+            let side = if probe.at == At::Return { Side::Return } else { Side::Entry };
+            let code = symbols.code(symbol);
+            // An inlined instance's probe sits on its first real instruction, and its values are
+            // located there.
+            let entry = match &site.inlined {
+                None => None,
+                Some(_) => Some(code.inlined_entry(site.address - symbol.address).ok_or_else(|| {
+                    refuse(format!("{shown}: no instruction starts at {:#x}", site.address))
+                })?),
+            };
+            let moved = entry.as_ref().map(|entry| site.at(symbol.address + entry.offset));
+            let scope = Scope::new(source, moved.as_ref().unwrap_or(site), side).map_err(refuse)?;
+            let (mut spec, rule, compiled) =
+                source_spec(probe, &scope).map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+            let choices = match (&site.inlined, entry) {
+                (Some(inlined), Some(at)) => {
+                    if let Handling::Refused(why) = at.handling {
+                        return Err(Refusal::new(
+                            Class::Unprobeable,
+                            format!("cannot probe {shown}: the kernel refuses `{}` ({why})", at.instruction),
+                        )
+                        .into());
+                    }
+                    let reason = format!("inlined at {}, {}", inlined.call, at.handling);
+                    vec![Choice::safe(Program::Entry, at, reason)]
+                }
+                _ => out_of_line_sites(probe, &spec, &code)
+                    .map_err(|problem| unprobeable(&site.function, probe.at, problem))?,
+            };
+            // Values relative to the stack pointer at entry follow an entry probe moved past pushes.
+            if let Some(entry) =
+                choices.first().filter(|choice| matches!(choice.program, Program::Entry | Program::Call))
+            {
+                for scalar in spec_scalars_mut(&mut spec) {
+                    rebase_stack(scalar, entry.site.sp_offset);
+                }
+            }
+            let cookie = self.push(spec, info_of(probe, &shown, rule));
+            self.compiled.extend(compiled.into_iter().map(|(field, path, expression)| Compiled {
+                site: format!("{shown} at {:#x}", moved.as_ref().map_or(site.address, |moved| moved.address)),
+                field,
+                path,
+                expression,
+            }));
+            for choice in choices {
+                self.attach(symbol, cookie, choice);
+                placed += 1;
+            }
+        }
+        if placed == 0 {
+            return Err(refuse(format!("{} has no code in the binary to probe", probe.function)));
+        }
+        Ok(())
     }
 
     fn push(&mut self, spec: ProbeSpec, info: ProbeInfo) -> u32 {
@@ -241,35 +377,98 @@ fn registers_read(spec: &ProbeSpec) -> Vec<iced_x86::Register> {
         .collect()
 }
 
-fn spec_of(probe: &Probe) -> ProbeSpec {
-    let or_absent = |scalar: Option<Scalar>| scalar.unwrap_or_default();
+/// The spec of a probe whose values are all in the register syntax.
+fn register_spec(probe: &Probe) -> ProbeSpec {
+    let scalar = |value: &Option<Value>| match value {
+        Some(Value::Registers(scalar)) => *scalar,
+        _ => Scalar::default(),
+    };
     let read_model = match &probe.model {
         Some(Model::Read(model)) => Some(*model),
-        Some(Model::Constant(_)) | None => None,
+        _ => None,
     };
     ProbeSpec {
         kind: probe.event as u32,
-        model_ptr: or_absent(read_model.map(|model| model.ptr)),
-        model_len: or_absent(read_model.map(|model| model.len)),
-        worker_id: or_absent(probe.worker_id),
-        request_id: or_absent(probe.request_id),
-        memory_bytes: or_absent(probe.memory_bytes.map(|memory| memory.value)),
-        outcome: or_absent(probe.outcome.as_ref().and_then(|outcome| outcome.value)),
+        model_ptr: read_model.map(|model| model.ptr).unwrap_or_default(),
+        model_len: read_model.map(|model| model.len).unwrap_or_default(),
+        worker_id: scalar(&probe.worker_id),
+        request_id: scalar(&probe.request_id),
+        memory_bytes: scalar(&probe.memory_bytes.as_ref().map(|memory| memory.value.clone())),
+        outcome: match &probe.outcome {
+            Some(ProbeOutcome::Rule { value, .. }) => *value,
+            _ => Scalar::default(),
+        },
         ..ProbeSpec::default()
     }
 }
 
-fn info_of(probe: &Probe, function: &str) -> ProbeInfo {
+/// (field, path, compiled expression) for `check`.
+type Shown = Vec<(&'static str, String, String)>;
+
+/// The spec of a probe at one site, with its outcome rule there (variant values differ from
+/// one enum to another, not from one site to another, but the rule is compiled with the rest).
+fn source_spec(probe: &Probe, scope: &Scope) -> Result<(ProbeSpec, Option<OutcomeRule>, Shown), String> {
+    let mut spec = register_spec(probe);
+    let mut shown: Shown = Vec::new();
+    let mut integer = |field: &'static str, value: &Option<Value>, into: &mut Scalar| -> Result<(), String> {
+        if let Some(Value::Path(path)) = value {
+            *into = scope.integer(path)?;
+            shown.push((field, path.clone(), show(into)));
+        }
+        Ok(())
+    };
+    integer("worker_id", &probe.worker_id, &mut spec.worker_id)?;
+    integer("request_id", &probe.request_id, &mut spec.request_id)?;
+    let memory = probe.memory_bytes.as_ref().map(|memory| memory.value.clone());
+    integer("memory_bytes", &memory, &mut spec.memory_bytes)?;
+    if let Some(Model::Path(path)) = &probe.model {
+        let model = scope.string(path)?;
+        spec.model_ptr = model.ptr;
+        spec.model_len = model.len;
+        shown.push(("model", path.clone(), format!("str({}, {})", show(&model.ptr), show(&model.len))));
+    }
+    let rule = match &probe.outcome {
+        Some(ProbeOutcome::Constant(status)) => Some(OutcomeRule::constant(*status)),
+        Some(ProbeOutcome::Rule { rule, .. }) => Some(rule.clone()),
+        Some(ProbeOutcome::Variants { path, arms }) => {
+            let (value, detail, rule) = scope.variants(path, arms)?;
+            spec.outcome = value;
+            let mut expression = format!("variant of {}", show(&value));
+            if let Some(detail) = detail {
+                spec.outcome_detail = detail;
+                expression += &format!(", inner variant of {}", show(&detail));
+            }
+            shown.push(("outcome", path.clone(), expression));
+            Some(rule)
+        }
+        None => None,
+    };
+    Ok((spec, rule, shown))
+}
+
+fn spec_scalars_mut(spec: &mut ProbeSpec) -> [&mut Scalar; 7] {
+    [
+        &mut spec.model_ptr,
+        &mut spec.model_len,
+        &mut spec.worker_id,
+        &mut spec.request_id,
+        &mut spec.memory_bytes,
+        &mut spec.outcome,
+        &mut spec.outcome_detail,
+    ]
+}
+
+fn info_of(probe: &Probe, function: &str, outcome: Option<OutcomeRule>) -> ProbeInfo {
     ProbeInfo {
         function: function.to_string(),
         event: probe.event,
-        outcome: probe.outcome.as_ref().map(|outcome| outcome.rule.clone()),
+        outcome,
         has_request_id: probe.request_id.is_some(),
         has_worker_id: probe.worker_id.is_some(),
         constant_model: match &probe.model {
             Some(Model::Constant(model)) => Some(model.clone()),
             _ => None,
         },
-        memory_scale: probe.memory_bytes.map_or(1.0, |memory| memory.scale),
+        memory_scale: probe.memory_bytes.as_ref().map_or(1.0, |memory| memory.scale),
     }
 }

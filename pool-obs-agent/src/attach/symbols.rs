@@ -138,6 +138,11 @@ impl SymbolTable {
         FunctionCode::decode(bytes, symbol.address)
     }
 
+    /// The function whose code holds `address`.
+    pub fn containing(&self, address: u64) -> Option<&Symbol> {
+        self.symbols.iter().find(|symbol| (symbol.address..symbol.address + symbol.size).contains(&address))
+    }
+
     /// Whether some function has a symbol under this demangled name.
     pub fn has_function(&self, name: &str) -> bool {
         self.symbols.iter().any(|symbol| symbol.name == name)

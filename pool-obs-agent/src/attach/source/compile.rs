@@ -1,0 +1,622 @@
+//! Compiles a value path (`job.model`, `return.Ok.id`) at one site into the [`Scalar`]s the
+//! kernel programs evaluate: the path's first name is a parameter located by DWARF at the
+//! site's address, each later name a field, and pointers on the way (`&`, `Box`, `Arc`, `Rc`)
+//! are read through. Whatever cannot be read at that address is refused, with what can.
+
+use pool_obs_common::probe::{Base, MAX_DEREFS, Register, Scalar};
+
+use super::{
+    Parameter, Site, SourceInfo,
+    location::{Address, Location, Origin},
+    types::{Member, Shape, Type, TypeId, Variants},
+};
+use crate::{
+    manifest::{VariantArm, value::StrValue},
+    outcome::{Arm, OutcomeRule, Status, Test},
+};
+
+/// Fields that smart pointers and their insides keep the pointer or the value in: `Arc`'s
+/// `ptr`, `NonNull`'s `pointer`, `ArcInner`'s `data`, `RcInner`'s `value`, `Pin`'s `__pointer`.
+const SEE_THROUGH: [&str; 5] = ["ptr", "pointer", "__pointer", "data", "value"];
+/// How many pointers and wrappers one step of a path may pass through.
+const MAX_HOPS: usize = 8;
+
+/// Which side of a call a value is read on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Entry,
+    /// At a return of an out-of-line copy: `return` names the value returned.
+    Return,
+}
+
+/// One site's view of the debug info: where each parameter is at its address.
+pub struct Scope<'a> {
+    info: &'a SourceInfo,
+    site: &'a Site,
+    parameters: Vec<Parameter>,
+    side: Side,
+}
+
+/// A value found by a path: its type and where it is.
+#[derive(Clone, Debug)]
+struct Found {
+    ty: Type,
+    location: Location,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(info: &'a SourceInfo, site: &'a Site, side: Side) -> Result<Self, String> {
+        Ok(Self { info, site, parameters: info.parameters(site)?, side })
+    }
+
+    /// An integer of any width up to 8 bytes.
+    pub fn integer(&self, path: &str) -> Result<Scalar, String> {
+        let found = self.walk(path)?;
+        let found = self.through_pointers(found, path)?;
+        match found.ty.shape {
+            Shape::Integer | Shape::Enumeration(_) if (1..=8).contains(&found.ty.size) => {
+                read(&found.location, found.ty.size as u8, path)
+            }
+            _ => Err(format!("`{path}` is a `{}`, not an integer", found.ty.name)),
+        }
+    }
+
+    /// A string: `&str`, `String`, `&[u8]`, `Vec<u8>` or `Cow<str>`.
+    pub fn string(&self, path: &str) -> Result<StrValue, String> {
+        let found = self.walk(path)?;
+        let found = self.through_pointers(found, path)?;
+        let (ptr, len) = self
+            .string_parts(found.ty.clone(), 0)
+            .map_err(|problem| format!("`{path}` is a `{}`, not a string ({problem})", found.ty.name))?;
+        Ok(StrValue {
+            ptr: read(&field(&found.location, ptr, 8, path)?, 8, path)?,
+            len: read(&field(&found.location, len, 8, path)?, 8, path)?,
+        })
+    }
+
+    /// An outcome decided by the enum variant at `path`: the value (the discriminant), the
+    /// detail (the inner enum's, for arms such as `Err(JobError::Timeout)`) and the rule.
+    pub fn variants(
+        &self,
+        path: &str,
+        arms: &[VariantArm],
+    ) -> Result<(Scalar, Option<Scalar>, OutcomeRule), String> {
+        let found = self.walk(path)?;
+        let found = self.through_pointers(found, path)?;
+        let outer = Decoder::of(self, &found.ty, path)?;
+        let value = outer.read(&found.location, path)?;
+        let mut detail: Option<(String, Decoder, Scalar)> = None;
+        let mut nested = Vec::new();
+        let mut plain = Vec::new();
+        let mut otherwise = None;
+        for arm in arms {
+            if arm.variant == "_" {
+                otherwise = Some(arm.status);
+                continue;
+            }
+            let variant = outer.variant(&arm.variant, &found.ty.name)?;
+            let Some(inner_name) = &arm.inner else {
+                plain.push(Arm { status: arm.status, value: outer.test(variant), detail: None });
+                continue;
+            };
+            if let Some((outer_name, _, _)) = &detail
+                && outer_name != &arm.variant
+            {
+                return Err(format!(
+                    "arms look inside two variants, `{outer_name}` and `{}`: only one can be",
+                    arm.variant
+                ));
+            }
+            if detail.is_none() {
+                let (ty, location) = outer.payload(self, variant, &found.location, path)?;
+                let inner = Decoder::of(self, &ty, &format!("{path} as {}", arm.variant))?;
+                let scalar = inner.read(&location, path)?;
+                detail = Some((arm.variant.clone(), inner, scalar));
+            }
+            let (_, inner, _) = detail.as_ref().expect("set above");
+            let inner_variant = inner.variant(inner_name, &arm.variant)?;
+            nested.push(Arm {
+                status: arm.status,
+                value: outer.test(variant),
+                detail: Some(inner.test(inner_variant)),
+            });
+        }
+        if otherwise.is_none() {
+            let uncovered: Vec<&str> = outer
+                .names()
+                .into_iter()
+                .filter(|name| !arms.iter().any(|arm| arm.variant == *name && arm.inner.is_none()))
+                .collect();
+            if !uncovered.is_empty() {
+                return Err(format!(
+                    "no arm for {} of `{}`: add one, or \"_\" for the rest",
+                    uncovered.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", "),
+                    found.ty.name
+                ));
+            }
+        }
+        nested.extend(plain);
+        let rule = OutcomeRule { arms: nested, otherwise: otherwise.unwrap_or(Status::Failed) };
+        Ok((value, detail.map(|(_, _, scalar)| scalar), rule))
+    }
+
+    /// The parameters and where each is here, or why not: what `check` shows, and what a
+    /// refusal suggests instead.
+    pub fn available(&self) -> String {
+        let names: Vec<String> = self
+            .parameters
+            .iter()
+            .filter(|parameter| parameter.location.is_ok())
+            .map(|parameter| format!("`{}`", parameter.name))
+            .collect();
+        let mut names = names;
+        if self.side == Side::Return {
+            names.push("`return`".to_string());
+        }
+        if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+    }
+
+    /// The value at `path`; a part of it the compiler did not keep is refused with what is
+    /// available instead.
+    fn walk(&self, path: &str) -> Result<Found, String> {
+        self.walk_steps(path).map_err(|problem| {
+            if problem.contains("optimised out") && !problem.contains("available here") {
+                format!("{problem}: available here: {}", self.available())
+            } else {
+                problem
+            }
+        })
+    }
+
+    fn walk_steps(&self, path: &str) -> Result<Found, String> {
+        let mut steps = path.split('.');
+        let first = steps.next().unwrap_or_default();
+        let mut found = self.root(first, path)?;
+        for step in steps {
+            found = self.step(found, step, path)?;
+        }
+        Ok(found)
+    }
+
+    fn root(&self, name: &str, path: &str) -> Result<Found, String> {
+        if name == "return" {
+            return match self.side {
+                Side::Return => self.returned(path),
+                Side::Entry => Err(format!(
+                    "`{path}` reads the returned value, which only exists with `at = \"return\"`"
+                )),
+            };
+        }
+        let Some(parameter) = self.parameters.iter().find(|parameter| parameter.name == name) else {
+            return Err(format!(
+                "`{}` has no parameter `{name}`: it has {}",
+                self.site.function,
+                self.all_names()
+            ));
+        };
+        let location = parameter.location.clone().map_err(|why| {
+            format!("`{name}` is {why} at {}: available here: {}", self.where_(), self.available())
+        })?;
+        let ty = self.type_of(parameter.ty, name)?;
+        Ok(Found { ty, location })
+    }
+
+    /// Where a value the function returns is, by the Rust ABI on x86-64: over 16 bytes it is
+    /// written through a hidden pointer, which the function returns in rax; up to 8 bytes it is
+    /// in rax; up to 16 in rax and rdx, split where a pair of scalars splits.
+    fn returned(&self, path: &str) -> Result<Found, String> {
+        let id = self
+            .info
+            .return_type(self.site)
+            .ok_or_else(|| format!("`{path}`: `{}` returns nothing", self.site.function))?;
+        let ty = self.type_of(Some(id), "return")?;
+        let rax = Location::Register { origin: Origin::Return(0), byte_offset: 0 };
+        let rdx = Location::Register { origin: Origin::Return(1), byte_offset: 0 };
+        let location = match ty.size {
+            0 => return Err(format!("`{path}`: `{}` returns nothing", self.site.function)),
+            1..=8 => rax,
+            9..=16 => {
+                let split = self.pair_split(&ty).unwrap_or(8);
+                Location::Pieces(vec![(split, Some(rax)), (ty.size - split, Some(rdx))])
+            }
+            _ => Location::Memory(Address::of(Origin::Return(0))),
+        };
+        Ok(Found { ty, location })
+    }
+
+    /// Where a 9-to-16-byte value returned as a pair of scalars splits between rax and rdx:
+    /// at its second scalar's offset (an `Option<u32>` splits at 4). A value of any other shape
+    /// is returned as its memory image, split at 8.
+    fn pair_split(&self, ty: &Type) -> Option<u64> {
+        let mut offsets = std::collections::BTreeSet::new();
+        self.leaves(ty, 0, &mut offsets, 0);
+        let offsets: Vec<u64> = offsets.into_iter().collect();
+        match offsets.as_slice() {
+            [0, second] if *second < 8 => Some(*second),
+            _ => None,
+        }
+    }
+
+    fn leaves(&self, ty: &Type, at: u64, offsets: &mut std::collections::BTreeSet<u64>, depth: usize) {
+        if depth > 6 {
+            return;
+        }
+        match &ty.shape {
+            Shape::Struct { members, variants } => {
+                let members = members.iter().chain(variants.iter().flat_map(|variants| {
+                    std::iter::once(&variants.discriminant)
+                        .chain(variants.variants.iter().map(|variant| &variant.member))
+                }));
+                for member in members {
+                    if let Ok(inner) = self.info.units().type_of(member.ty)
+                        && inner.size > 0
+                    {
+                        self.leaves(&inner, at + member.offset, offsets, depth + 1);
+                    }
+                }
+            }
+            _ if ty.size > 0 => {
+                offsets.insert(at);
+            }
+            _ => {}
+        }
+    }
+
+    fn step(&self, found: Found, name: &str, path: &str) -> Result<Found, String> {
+        let mut found = found;
+        let wanted =
+            if name.chars().all(|c| c.is_ascii_digit()) { format!("__{name}") } else { name.to_string() };
+        for _ in 0..MAX_HOPS {
+            match &found.ty.shape {
+                Shape::Pointer(target) => {
+                    let target = *target;
+                    found = Found {
+                        ty: self.type_of(target, path)?,
+                        location: dereference(&found.location, path)?,
+                    };
+                }
+                Shape::Struct { members, variants } => {
+                    let by_name = |member: &&Member| member.name == wanted;
+                    if let Some(member) = members.iter().find(by_name) {
+                        return self.member(&found, member, path);
+                    }
+                    if let Some(variant) =
+                        variants.iter().flat_map(|v| v.variants.iter()).find(|v| v.name == wanted)
+                    {
+                        return self.member(&found, &variant.member, path);
+                    }
+                    let Some(inner) = SEE_THROUGH
+                        .iter()
+                        .find_map(|through| members.iter().find(|member| member.name == *through))
+                    else {
+                        let fields: Vec<String> = members
+                            .iter()
+                            .map(|member| member.name.clone())
+                            .chain(variants.iter().flat_map(|v| v.variants.iter().map(|v| v.name.clone())))
+                            .map(|name| format!("`{}`", name.trim_start_matches("__")))
+                            .collect();
+                        return Err(format!(
+                            "`{path}`: `{}` has no field `{name}`; it has {}",
+                            found.ty.name,
+                            if fields.is_empty() { "none".to_string() } else { fields.join(", ") }
+                        ));
+                    };
+                    found = self.member(&found, inner, path)?;
+                }
+                _ => return Err(format!("`{path}`: `{}` has no fields, so no `{name}`", found.ty.name)),
+            }
+        }
+        Err(format!("`{path}`: too many pointers to follow to `{name}`"))
+    }
+
+    fn member(&self, found: &Found, member: &Member, path: &str) -> Result<Found, String> {
+        let ty = self.type_of(Some(member.ty), path)?;
+        let location = field(&found.location, member.offset, ty.size.max(1), path)?;
+        Ok(Found { ty, location })
+    }
+
+    /// A value that is a pointer (`&T`, `Box<T>`) stands for what it points at.
+    fn through_pointers(&self, found: Found, path: &str) -> Result<Found, String> {
+        let mut found = found;
+        for _ in 0..MAX_HOPS {
+            let Shape::Pointer(target) = found.ty.shape else { return Ok(found) };
+            found = Found { ty: self.type_of(target, path)?, location: dereference(&found.location, path)? };
+        }
+        Err(format!("`{path}`: too many pointers to follow"))
+    }
+
+    /// The offsets of a string's pointer and length within it.
+    fn string_parts(&self, ty: Type, depth: usize) -> Result<(u64, u64), String> {
+        if depth > MAX_HOPS {
+            return Err("nested too deep".to_string());
+        }
+        let Shape::Struct { members, variants } = &ty.shape else {
+            return Err("no pointer and length".to_string());
+        };
+        let named = |name: &str| members.iter().find(|member| member.name == name);
+        if let (Some(ptr), Some(len)) = (named("data_ptr"), named("length")) {
+            return Ok((ptr.offset, len.offset));
+        }
+        if let Some(vec) = named("vec") {
+            let (ptr, len) = self.string_parts(self.info.units().type_of(vec.ty)?, depth + 1)?;
+            return Ok((vec.offset + ptr, vec.offset + len));
+        }
+        if let (Some(buf), Some(len)) = (named("buf"), named("len")) {
+            let ptr = self.first_pointer(buf.ty, depth)?;
+            return Ok((buf.offset + ptr, len.offset));
+        }
+        if let Some(variants) = variants {
+            // `Cow<str>`: every variant must keep its bytes at the same offsets.
+            let mut parts = None;
+            for variant in &variants.variants {
+                let payload = self.info.units().type_of(variant.member.ty)?;
+                let inner = match &payload.shape {
+                    Shape::Struct { members, .. } if members.len() == 1 => members[0].clone(),
+                    _ => return Err(format!("variant `{}` holds no string", variant.name)),
+                };
+                let (ptr, len) = self.string_parts(self.info.units().type_of(inner.ty)?, depth + 1)?;
+                let at = variant.member.offset + inner.offset;
+                let these = (at + ptr, at + len);
+                if parts.is_some_and(|parts| parts != these) {
+                    return Err("its variants keep their bytes in different places".to_string());
+                }
+                parts = Some(these);
+            }
+            return parts.ok_or_else(|| "no variants".to_string());
+        }
+        Err("no pointer and length".to_string())
+    }
+
+    fn first_pointer(&self, id: TypeId, depth: usize) -> Result<u64, String> {
+        if depth > MAX_HOPS {
+            return Err("nested too deep".to_string());
+        }
+        let ty = self.info.units().type_of(id)?;
+        match &ty.shape {
+            Shape::Pointer(_) => Ok(0),
+            Shape::Struct { members, .. } => members
+                .iter()
+                .find_map(|member| self.first_pointer(member.ty, depth + 1).ok().map(|at| member.offset + at))
+                .ok_or_else(|| "no pointer".to_string()),
+            _ => Err("no pointer".to_string()),
+        }
+    }
+
+    fn type_of(&self, id: Option<TypeId>, what: &str) -> Result<Type, String> {
+        let id = id.ok_or_else(|| format!("`{what}` has no type in the debug info"))?;
+        self.info.units().type_of(id)
+    }
+
+    fn all_names(&self) -> String {
+        let names: Vec<String> =
+            self.parameters.iter().map(|parameter| format!("`{}`", parameter.name)).collect();
+        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+    }
+
+    fn where_(&self) -> String {
+        match &self.site.inlined {
+            Some(inlined) => format!("{:#x} (inlined at {})", self.site.address, inlined.call),
+            None => format!("{:#x}", self.site.address),
+        }
+    }
+}
+
+/// How an enum's variant is read: its discriminant field, or the value of a fieldless enum.
+struct Decoder {
+    /// The discriminant's offset in the enum and its size.
+    at: u64,
+    size: u8,
+    variants: Vec<(String, Option<u64>, Option<Member>)>,
+}
+
+impl Decoder {
+    fn of(scope: &Scope, ty: &Type, path: &str) -> Result<Self, String> {
+        match &ty.shape {
+            Shape::Struct { variants: Some(Variants { discriminant, variants }), .. } => {
+                let size = scope.info.units().type_of(discriminant.ty)?.size;
+                if !(1..=8).contains(&size) {
+                    return Err(format!(
+                        "`{path}`: the {size}-byte discriminant of `{}` is too wide",
+                        ty.name
+                    ));
+                }
+                Ok(Decoder {
+                    at: discriminant.offset,
+                    size: size as u8,
+                    variants: variants
+                        .iter()
+                        .map(|variant| (variant.name.clone(), variant.value, Some(variant.member.clone())))
+                        .collect(),
+                })
+            }
+            Shape::Enumeration(enumerators) if (1..=8).contains(&ty.size) => Ok(Decoder {
+                at: 0,
+                size: ty.size as u8,
+                variants: enumerators
+                    .iter()
+                    .map(|(name, value)| (name.clone(), Some(*value), None))
+                    .collect(),
+            }),
+            _ => Err(format!("`{path}` is a `{}`, which has no variants", ty.name)),
+        }
+    }
+
+    fn read(&self, location: &Location, path: &str) -> Result<Scalar, String> {
+        read(&field(location, self.at, u64::from(self.size), path)?, self.size, path)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.variants.iter().map(|(name, _, _)| name.as_str()).collect()
+    }
+
+    fn variant(&self, name: &str, of: &str) -> Result<usize, String> {
+        self.variants
+            .iter()
+            .position(|(variant, _, _)| variant == name)
+            .ok_or_else(|| format!("`{of}` has no variant `{name}`: it has {}", self.names().join(", ")))
+    }
+
+    fn test(&self, variant: usize) -> Test {
+        match self.variants[variant].1 {
+            Some(value) => Test::OneOf(vec![value]),
+            None => Test::NoneOf(self.variants.iter().filter_map(|(_, value, _)| *value).collect()),
+        }
+    }
+
+    /// The enum inside a variant such as `Err(JobError)`: its type and where it is.
+    fn payload(
+        &self,
+        scope: &Scope,
+        variant: usize,
+        location: &Location,
+        path: &str,
+    ) -> Result<(Type, Location), String> {
+        let (name, _, member) = &self.variants[variant];
+        let member = member.as_ref().ok_or_else(|| format!("`{name}` holds no value"))?;
+        let payload = scope.info.units().type_of(member.ty)?;
+        let Shape::Struct { members, .. } = &payload.shape else {
+            return Err(format!("`{name}` holds no value"));
+        };
+        let [inner] = members.as_slice() else {
+            return Err(format!("`{name}` holds {} values; arms can look into one", members.len()));
+        };
+        let ty = scope.info.units().type_of(inner.ty)?;
+        let location = field(location, member.offset + inner.offset, ty.size.max(1), path)?;
+        Ok((ty, location))
+    }
+}
+
+/// The part of a value `size` bytes long at `offset` in it.
+fn field(location: &Location, offset: u64, size: u64, path: &str) -> Result<Location, String> {
+    match location {
+        Location::Memory(address) => Ok(Location::Memory(address.clone().offset(offset as i64))),
+        Location::Register { origin, byte_offset } => {
+            let at = u64::from(*byte_offset) + offset;
+            if at + size.min(8) > 8 {
+                return Err(format!("`{path}` lies past the end of the register holding it"));
+            }
+            Ok(Location::Register { origin: *origin, byte_offset: at as u8 })
+        }
+        Location::Computed(_) if offset == 0 => Ok(location.clone()),
+        Location::Computed(_) => {
+            Err(format!("`{path}` is part of a value the compiler computes, not stores"))
+        }
+        Location::Constant(value) => {
+            Ok(Location::Constant(value.checked_shr(8 * offset as u32).unwrap_or(0)))
+        }
+        Location::Pieces(pieces) => {
+            let mut start = 0;
+            for (piece_size, piece) in pieces {
+                if offset >= start && offset + size <= start + piece_size {
+                    return match piece {
+                        Some(piece) => field(piece, offset - start, size, path),
+                        None => {
+                            Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
+                        }
+                    };
+                }
+                if offset < start + piece_size && offset + size > start + piece_size {
+                    return Err(format!("`{path}` straddles the pieces the value is split into"));
+                }
+                start += piece_size;
+            }
+            Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
+        }
+    }
+}
+
+/// What a pointer held at `location` points at.
+fn dereference(location: &Location, path: &str) -> Result<Location, String> {
+    match location {
+        Location::Memory(address) => Ok(Location::Memory(address.clone().load())),
+        Location::Register { origin, byte_offset: 0 } => Ok(Location::Memory(Address::of(*origin))),
+        Location::Computed(address) => Ok(Location::Memory(address.clone())),
+        Location::Pieces(_) => dereference(&field(location, 0, 8, path)?, path),
+        _ => Err(format!("`{path}` goes through a pointer the compiler did not keep")),
+    }
+}
+
+/// The scalar the kernel evaluates to read `size` bytes at `location`.
+fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
+    let start = |origin: Origin| match origin {
+        Origin::General(register) => (Base::Register, register as u8),
+        Origin::Return(index) => (Base::Return, index),
+    };
+    let from = |address: &Address, extra_load: bool| {
+        let mut loads = address.loads.clone();
+        let mut addend = address.addend;
+        if extra_load {
+            loads.push(addend);
+            addend = 0;
+        }
+        if loads.len() > MAX_DEREFS {
+            return Err(format!(
+                "`{path}` takes {} pointer loads; at most {MAX_DEREFS} are supported",
+                loads.len()
+            ));
+        }
+        let (base, reg) = start(address.origin);
+        let mut offsets = [0; MAX_DEREFS];
+        offsets[..loads.len()].copy_from_slice(&loads);
+        Ok(Scalar {
+            base: base as u8,
+            reg,
+            derefs: loads.len() as u8,
+            size,
+            offsets,
+            addend,
+            ..Scalar::default()
+        })
+    };
+    match location {
+        Location::Memory(address) => from(address, true),
+        Location::Computed(address) => from(address, false),
+        Location::Register { origin, byte_offset } => {
+            let (base, reg) = start(*origin);
+            Ok(Scalar { base: base as u8, reg, size, shift: byte_offset * 8, ..Scalar::default() })
+        }
+        Location::Constant(value) => {
+            Ok(Scalar { base: Base::Constant as u8, constant: *value, size, ..Scalar::default() })
+        }
+        Location::Pieces(_) => read(&field(location, 0, u64::from(size), path)?, size, path),
+    }
+}
+
+/// A scalar as `check` shows it: `*(*(rsp + 0x50) + 0x8) as u64`.
+pub fn show(scalar: &Scalar) -> String {
+    let mut text = match scalar.base() {
+        Some(Base::Constant) => return format!("{:#x}", scalar.constant),
+        Some(Base::Absent) | None => return "-".to_string(),
+        Some(Base::Register) => {
+            Register::from_u8(scalar.reg).map_or("?".to_string(), |register| register.name().to_string())
+        }
+        Some(Base::Return) => ["ret", "ret1"].get(scalar.reg as usize).unwrap_or(&"?").to_string(),
+    };
+    for offset in &scalar.offsets[..scalar.derefs as usize] {
+        text = match offset {
+            0 => format!("*{text}"),
+            offset if *offset < 0 => format!("*({text} - {:#x})", offset.unsigned_abs()),
+            offset => format!("*({text} + {offset:#x})"),
+        };
+    }
+    if scalar.addend != 0 {
+        text = format!("({text} + {:#x})", scalar.addend);
+    }
+    if scalar.shift != 0 {
+        text = format!("({text} >> {})", scalar.shift);
+    }
+    format!("{text} as u{}", u32::from(scalar.size) * 8)
+}
+
+/// Moves values read relative to the stack pointer at a function's entry to a probe placed
+/// after its prologue pushed `sp_offset` bytes.
+pub fn rebase_stack(scalar: &mut Scalar, sp_offset: i32) {
+    if scalar.base() != Some(Base::Register) || scalar.reg != Register::Rsp as u8 || sp_offset == 0 {
+        return;
+    }
+    if scalar.derefs > 0 {
+        scalar.offsets[0] += i64::from(sp_offset);
+    } else {
+        scalar.addend += i64::from(sp_offset);
+    }
+}

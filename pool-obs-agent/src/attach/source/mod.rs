@@ -1,0 +1,390 @@
+//! A manifest in the pool's own terms: `model = "job.model"`, `outcome` by variant names,
+//! compiled against the binary's DWARF for every place the function runs: its out-of-line
+//! copies and each instance the optimiser inlined into a caller, each with its own locations.
+//! [`compile`] turns a value path into what the kernel programs evaluate; this module finds
+//! the sites and their parameters.
+
+pub mod compile;
+pub mod location;
+pub mod types;
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use gimli::{
+    AttributeValue, DebugInfoOffset, DebuggingInformationEntry, Dwarf, EndianArcSlice, Reader as _,
+    RunTimeEndian, Unit, UnitOffset, UnitSectionOffset, constants,
+};
+use object::{Object, ObjectSection};
+
+use super::symbols::glob_match;
+use location::Location;
+use types::TypeId;
+
+type R = EndianArcSlice<RunTimeEndian>;
+
+/// Every unit of the binary's DWARF, parsed once.
+pub struct DebugUnits {
+    dwarf: Dwarf<R>,
+    units: Vec<Unit<R>>,
+    /// Where each unit starts in `.debug_info`, for references across units.
+    starts: Vec<DebugInfoOffset>,
+}
+
+/// Where a function runs: a copy of its own, or an instance inlined into another function.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// The function's demangled name, without the hash.
+    pub function: String,
+    pub mangled: String,
+    /// The site's first instruction, as a virtual address.
+    pub address: u64,
+    /// `None` for an out-of-line copy.
+    pub inlined: Option<Inlined>,
+    unit: usize,
+    entry: UnitOffset,
+    frame_base: Option<Location>,
+}
+
+impl Site {
+    /// The same site, probed at another of its addresses.
+    pub fn at(&self, address: u64) -> Site {
+        Site { address, ..self.clone() }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Inlined {
+    /// The source line of the call that was inlined, as `file:line`.
+    pub call: String,
+}
+
+/// A parameter of the function at one site.
+#[derive(Clone, Debug)]
+pub struct Parameter {
+    pub name: String,
+    pub ty: Option<TypeId>,
+    /// Where it is at the site's address; `Err` says why it is not available there.
+    pub location: Result<Location, String>,
+}
+
+pub struct SourceInfo {
+    units: DebugUnits,
+    sites: Vec<Site>,
+}
+
+impl SourceInfo {
+    /// The binary's debug info, or `None` when it has none.
+    pub fn read(path: &Path) -> Result<Option<Self>, String> {
+        let data = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let file = object::File::parse(&*data).map_err(|error| error.to_string())?;
+        if file.section_by_name(".debug_info").is_none() {
+            return Ok(None);
+        }
+        let load = |id: gimli::SectionId| -> Result<R, gimli::Error> {
+            let bytes = file
+                .section_by_name(id.name())
+                .and_then(|section| section.uncompressed_data().ok())
+                .unwrap_or_default();
+            Ok(EndianArcSlice::new(Arc::from(&*bytes), RunTimeEndian::Little))
+        };
+        let dwarf = Dwarf::load(load).map_err(|error| format!("reading DWARF: {error}"))?;
+        let mut units = Vec::new();
+        let mut starts = Vec::new();
+        let mut headers = dwarf.units();
+        while let Some(header) = headers.next().map_err(|error| error.to_string())? {
+            let Some(start) = header.offset().as_debug_info_offset() else { continue };
+            starts.push(start);
+            units.push(dwarf.unit(header).map_err(|error| error.to_string())?);
+        }
+        let units = DebugUnits { dwarf, units, starts };
+        let sites = units.sites().map_err(|error| format!("reading DWARF: {error}"))?;
+        Ok(Some(SourceInfo { units, sites }))
+    }
+
+    /// Every site of the one function that `pattern` names (a demangled name, `*` matching any
+    /// run of characters, or a mangled name), out-of-line copies first.
+    pub fn sites(&self, pattern: &str) -> Result<Vec<&Site>, String> {
+        let mut functions: BTreeMap<&str, &str> = BTreeMap::new();
+        for site in &self.sites {
+            if site.mangled == pattern || glob_match(pattern, &site.function) {
+                functions.insert(&site.mangled, &site.function);
+            }
+        }
+        match functions.len() {
+            0 => Err(format!("the debug info has no function matching `{pattern}`")),
+            1 => {
+                let mangled = *functions.keys().next().expect("one");
+                let mut sites: Vec<&Site> =
+                    self.sites.iter().filter(|site| site.mangled == mangled).collect();
+                sites.sort_by_key(|site| (site.inlined.is_some(), site.address));
+                sites.dedup_by_key(|site| site.address);
+                Ok(sites)
+            }
+            _ => {
+                let shown: Vec<String> =
+                    functions.iter().map(|(mangled, name)| format!("{name} (mangled {mangled})")).collect();
+                Err(format!(
+                    "`{pattern}` matches {} functions, name one by its mangled name: {}",
+                    shown.len(),
+                    shown.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// The site's parameters, each located at the site's address.
+    pub fn parameters(&self, site: &Site) -> Result<Vec<Parameter>, String> {
+        self.units.parameters(site).map_err(|error| error.to_string())
+    }
+
+    /// The function's return type, if it returns a value.
+    pub fn return_type(&self, site: &Site) -> Option<TypeId> {
+        let unit = &self.units.units[site.unit];
+        let entry = unit.entry(site.entry).ok()?;
+        self.units.inherited_type(site.unit, &entry)
+    }
+
+    pub fn units(&self) -> &DebugUnits {
+        &self.units
+    }
+}
+
+impl DebugUnits {
+    fn sites(&self) -> gimli::Result<Vec<Site>> {
+        let mut sites = Vec::new();
+        let mut names: BTreeMap<(usize, UnitOffset), Option<String>> = BTreeMap::new();
+        for (index, unit) in self.units.iter().enumerate() {
+            // The frame base of the function each entry is in, by depth.
+            let mut frames: Vec<(isize, Option<Location>)> = Vec::new();
+            let mut depth = 0isize;
+            let mut entries = unit.entries();
+            while let Some((delta, entry)) = entries.next_dfs()? {
+                depth += delta;
+                while frames.last().is_some_and(|(at, _)| *at >= depth) {
+                    frames.pop();
+                }
+                let tag = entry.tag();
+                if tag != constants::DW_TAG_subprogram && tag != constants::DW_TAG_inlined_subroutine {
+                    continue;
+                }
+                let concrete = tag == constants::DW_TAG_inlined_subroutine
+                    || (entry.attr(constants::DW_AT_inline)?.is_none()
+                        && entry.attr(constants::DW_AT_declaration)?.is_none());
+                let Some(address) = self.entry_address(unit, entry)?.filter(|address| *address > 1) else {
+                    continue;
+                };
+                if !concrete {
+                    continue;
+                }
+                if tag == constants::DW_TAG_subprogram {
+                    let frame_base = match entry.attr_value(constants::DW_AT_frame_base)? {
+                        Some(AttributeValue::Exprloc(expression)) => {
+                            location::evaluate(expression, unit.encoding(), None).ok().flatten()
+                        }
+                        _ => None,
+                    };
+                    frames.push((depth, frame_base));
+                }
+                let frame_base = frames.last().and_then(|(_, base)| base.clone());
+                let mangled = names
+                    .entry((index, entry.offset()))
+                    .or_insert_with(|| self.linkage_name(index, entry))
+                    .clone();
+                let Some(mangled) = mangled else { continue };
+                let inlined = (tag == constants::DW_TAG_inlined_subroutine).then(|| Inlined {
+                    call: self.call_site(unit, entry).unwrap_or_else(|| "?".to_string()),
+                });
+                sites.push(Site {
+                    function: format!("{:#}", rustc_demangle::demangle(&mangled)),
+                    mangled,
+                    address,
+                    inlined,
+                    unit: index,
+                    entry: entry.offset(),
+                    frame_base,
+                });
+            }
+        }
+        Ok(sites)
+    }
+
+    /// Where a function or inlined instance starts: its entry pc, else its lowest address
+    /// (`low_pc`, or the first of its ranges, as gdb takes it).
+    fn entry_address(
+        &self,
+        unit: &Unit<R>,
+        entry: &DebuggingInformationEntry<R>,
+    ) -> gimli::Result<Option<u64>> {
+        for attribute in [constants::DW_AT_entry_pc, constants::DW_AT_low_pc] {
+            if let Some(value) = entry.attr_value(attribute)? {
+                return self.dwarf.attr_address(unit, value);
+            }
+        }
+        let Some(ranges) = self.dwarf.die_ranges(unit, entry).ok() else { return Ok(None) };
+        let mut ranges = ranges;
+        Ok(ranges.next()?.map(|range| range.begin))
+    }
+
+    fn call_site(&self, unit: &Unit<R>, entry: &DebuggingInformationEntry<R>) -> Option<String> {
+        let line = entry.attr_value(constants::DW_AT_call_line).ok()??.udata_value()?;
+        let file = match entry.attr_value(constants::DW_AT_call_file).ok()?? {
+            AttributeValue::FileIndex(index) => index,
+            _ => return Some(format!("line {line}")),
+        };
+        let program = unit.line_program.as_ref()?;
+        let header = program.header();
+        let file = header.file(file)?;
+        let name = self.dwarf.attr_string(unit, file.path_name()).ok()?;
+        let name = name.to_string_lossy().ok()?.into_owned();
+        let short = name.rsplit('/').next().unwrap_or(&name).to_string();
+        Some(format!("{short}:{line}"))
+    }
+
+    /// The mangled name of the function an entry is or instantiates, through its abstract
+    /// origin and specification.
+    fn linkage_name(&self, unit: usize, entry: &DebuggingInformationEntry<R>) -> Option<String> {
+        let owner = self.owner_of(unit, entry, constants::DW_AT_linkage_name)?;
+        let value = owner.1.attr_value(constants::DW_AT_linkage_name).ok()??;
+        let text = self.dwarf.attr_string(&self.units[owner.0], value).ok()?;
+        Some(text.to_string_lossy().ok()?.into_owned())
+    }
+
+    /// The entry that carries `attribute` for `entry`: itself, or what it completes.
+    fn owner_of<'a>(
+        &'a self,
+        unit: usize,
+        entry: &DebuggingInformationEntry<R>,
+        attribute: gimli::DwAt,
+    ) -> Option<(usize, DebuggingInformationEntry<'a, 'a, R>)> {
+        let mut current = (unit, self.units[unit].entry(entry.offset()).ok()?);
+        for _ in 0..8 {
+            if current.1.attr(attribute).ok()?.is_some() {
+                return Some(current);
+            }
+            let link = [constants::DW_AT_abstract_origin, constants::DW_AT_specification]
+                .into_iter()
+                .find_map(|link| current.1.attr_value(link).ok().flatten())?;
+            let (next_unit, offset) = self.resolve(current.0, link)?;
+            current = (next_unit, self.units[next_unit].entry(offset).ok()?);
+        }
+        None
+    }
+
+    /// A reference attribute, as (unit, offset).
+    fn resolve(&self, unit: usize, value: AttributeValue<R>) -> Option<(usize, UnitOffset)> {
+        match value {
+            AttributeValue::UnitRef(offset) => Some((unit, offset)),
+            AttributeValue::DebugInfoRef(offset) => {
+                let index = self.starts.partition_point(|start| start.0 <= offset.0).checked_sub(1)?;
+                let unit_offset =
+                    UnitSectionOffset::DebugInfoOffset(offset).to_unit_offset(&self.units[index])?;
+                Some((index, unit_offset))
+            }
+            _ => None,
+        }
+    }
+
+    fn name_of(&self, unit: usize, entry: &DebuggingInformationEntry<R>) -> Option<String> {
+        let (owner_unit, owner) = self.owner_of(unit, entry, constants::DW_AT_name)?;
+        let value = owner.attr_value(constants::DW_AT_name).ok()??;
+        let text = self.dwarf.attr_string(&self.units[owner_unit], value).ok()?;
+        Some(text.to_string_lossy().ok()?.into_owned())
+    }
+
+    /// The type of an entry, through its abstract origin.
+    fn inherited_type(&self, unit: usize, entry: &DebuggingInformationEntry<R>) -> Option<TypeId> {
+        let (owner_unit, owner) = self.owner_of(unit, entry, constants::DW_AT_type)?;
+        self.type_attr(owner_unit, &owner)
+    }
+
+    fn type_attr(&self, unit: usize, entry: &DebuggingInformationEntry<R>) -> Option<TypeId> {
+        let value = entry.attr_value(constants::DW_AT_type).ok()??;
+        let (unit, offset) = self.resolve(unit, value)?;
+        Some(TypeId { unit, offset })
+    }
+
+    /// The site's parameters: those its entry lists, located, then those only the function's
+    /// abstract entry lists, which the compiler dropped here.
+    fn parameters(&self, site: &Site) -> gimli::Result<Vec<Parameter>> {
+        let mut parameters = Vec::new();
+        self.each_parameter(site.unit, site.entry, |entry| {
+            let name = self.name_of(site.unit, entry).unwrap_or_else(|| "_".to_string());
+            let ty = self.inherited_type(site.unit, entry);
+            let location = self.location_at(site, entry)?;
+            parameters.push(Parameter { name, ty, location });
+            Ok(())
+        })?;
+        let unit = &self.units[site.unit];
+        let entry = unit.entry(site.entry)?;
+        let origin = [constants::DW_AT_abstract_origin, constants::DW_AT_specification]
+            .into_iter()
+            .find_map(|link| entry.attr_value(link).ok().flatten())
+            .and_then(|link| self.resolve(site.unit, link));
+        if let Some((origin_unit, origin)) = origin {
+            let mut dropped = Vec::new();
+            self.each_parameter(origin_unit, origin, |entry| {
+                let name = self.name_of(origin_unit, entry).unwrap_or_else(|| "_".to_string());
+                if !parameters.iter().any(|parameter| parameter.name == name) {
+                    let ty = self.type_attr(origin_unit, entry);
+                    dropped.push(Parameter { name, ty, location: Err("optimised out".to_string()) });
+                }
+                Ok(())
+            })?;
+            parameters.extend(dropped);
+        }
+        Ok(parameters)
+    }
+
+    fn each_parameter(
+        &self,
+        unit: usize,
+        offset: UnitOffset,
+        mut visit: impl FnMut(&DebuggingInformationEntry<R>) -> gimli::Result<()>,
+    ) -> gimli::Result<()> {
+        let mut tree = self.units[unit].entries_tree(Some(offset))?;
+        let root = tree.root()?;
+        let mut children = root.children();
+        while let Some(child) = children.next()? {
+            if child.entry().tag() == constants::DW_TAG_formal_parameter {
+                visit(child.entry())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the parameter `entry` is at the site's address.
+    fn location_at(
+        &self,
+        site: &Site,
+        entry: &DebuggingInformationEntry<R>,
+    ) -> gimli::Result<Result<Location, String>> {
+        let unit = &self.units[site.unit];
+        let optimised_out = || Err("optimised out".to_string());
+        let expression = match entry.attr_value(constants::DW_AT_location)? {
+            None => return Ok(optimised_out()),
+            Some(AttributeValue::Exprloc(expression)) => expression,
+            Some(value) => {
+                let Some(offset) = self.dwarf.attr_locations_offset(unit, value)? else {
+                    return Ok(optimised_out());
+                };
+                let mut list = self.dwarf.locations(unit, offset)?;
+                let mut found = None;
+                while let Some(item) = list.next()? {
+                    if item.range.begin <= site.address && site.address < item.range.end {
+                        found = Some(item.data);
+                        break;
+                    }
+                }
+                match found {
+                    Some(expression) => expression,
+                    None => return Ok(Err(format!("optimised out at {:#x}", site.address))),
+                }
+            }
+        };
+        Ok(match location::evaluate(expression, unit.encoding(), site.frame_base.as_ref()) {
+            Ok(Some(location)) => Ok(location),
+            Ok(None) => optimised_out(),
+            Err(unsupported) => Err(format!("computed by {unsupported}, which pool-obs does not evaluate,")),
+        })
+    }
+}
