@@ -79,12 +79,18 @@ fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms(
     assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");
 }
 
-/// `check` on job-pool with one probe: its exit code and what it printed.
-fn check(probe: &str) -> (i32, String) {
-    static CHECKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nth = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// A manifest of one probe, in a file of its own.
+fn one_probe(probe: &str) -> std::path::PathBuf {
+    static MANIFESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nth = MANIFESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("pool-obs-source-{}-{nth}.toml", std::process::id()));
     std::fs::write(&path, format!("[[probe]]\n{probe}\n")).expect("write the manifest");
+    path
+}
+
+/// `check` on job-pool with one probe: its exit code and what it printed.
+fn check(probe: &str) -> (i32, String) {
+    let path = one_probe(probe);
     let output = Command::new(binary("pool-obs-agent"))
         .args(["check", "--binary", binary("job-pool").to_str().unwrap(), "--manifest"])
         .arg(&path)
@@ -117,6 +123,22 @@ fn a_value_the_compiler_did_not_keep_is_refused_naming_what_is_there() {
     assert_eq!(code, 19, "{text}");
     assert!(text.contains("`prompt.length` is optimised out"), "{text}");
     assert!(text.contains("available here: `weights`, `prompt`"), "{text}");
+
+    // Attaching refuses it too, with the line `check` printed.
+    let start = StartFile::new("job-pool-refused");
+    let pool = Pool::start_named("job-pool", start.arg().as_ref());
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["--pid", &pool.pid().to_string(), "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(one_probe(
+            "event = \"request_started\"\nfunction = \"job_pool::infer\"\nrequest_id = \"prompt.length\"",
+        ))
+        .output()
+        .expect("run pool-obs-agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(21), "{stderr}");
+    let line = text.lines().find(|line| line.contains("is optimised out")).expect("check's line").trim();
+    let refused = line.trim_start_matches("✗ ");
+    assert_eq!(stderr.trim_end(), format!("pool-obs-agent: error: {refused}"));
 }
 
 #[test]
