@@ -27,6 +27,24 @@ pub enum Class {
     SourceValue = 21,
 }
 
+impl Class {
+    pub const ALL: [Class; 13] = [
+        Class::Other,
+        Class::FunctionNotFound,
+        Class::AmbiguousFunction,
+        Class::StrippedBinary,
+        Class::InlinedFunction,
+        Class::Process,
+        Class::Privilege,
+        Class::NoUprobes,
+        Class::ManifestSyntax,
+        Class::ManifestNames,
+        Class::CheckFailed,
+        Class::Unprobeable,
+        Class::SourceValue,
+    ];
+}
+
 /// An error of a known class.
 #[derive(Debug)]
 pub struct Refusal {
@@ -47,3 +65,24 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::Class;
+
+    #[test]
+    fn the_readme_lists_every_exit_code_and_no_other() {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("| code | meaning |").nth(1).expect("the README's exit code table");
+        let listed: BTreeSet<u8> = table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| line.split('|').nth(1)?.trim().parse().ok())
+            .collect();
+        let defined: BTreeSet<u8> = Class::ALL.iter().map(|class| *class as u8).collect();
+        assert_eq!(listed, defined);
+    }
+}
