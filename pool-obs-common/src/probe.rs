@@ -129,7 +129,10 @@ pub struct Scalar {
     pub size: u8,
     /// Bits to shift the value right by before truncating it.
     pub shift: u8,
-    pub _reserved: [u8; 3],
+    /// Non-zero: at a return probe, read this value at the return, though it starts from a
+    /// register saved at entry (the pointer to a result returned through memory).
+    pub at_return: u8,
+    pub _reserved: [u8; 2],
     pub offsets: [i64; MAX_DEREFS],
     /// Added after the loads: a constant address offset that no load follows.
     pub addend: i64,
@@ -142,10 +145,10 @@ pub struct Scalar {
 pub const MAX_OPEN_CALLS: usize = 8;
 
 impl Scalar {
-    /// Whether the value comes from a return register: at a return probe it is read at the
-    /// return; every other value is read at the call's entry.
+    /// Whether the value is the returned one: at a return probe it is read at the return;
+    /// every other value is read at the call's entry.
     pub const fn reads_return(&self) -> bool {
-        self.base == Base::Return as u8
+        self.base == Base::Return as u8 || self.at_return != 0
     }
 
     pub const fn base(&self) -> Option<Base> {

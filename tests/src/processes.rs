@@ -45,7 +45,13 @@ impl Pool {
 
     /// Starts one of the reference pools and waits until it says it is ready.
     pub fn start_named(name: &str, args: &[String]) -> Self {
-        let mut child = Command::new(binary(name))
+        Self::start_binary(&binary(name), args)
+    }
+
+    /// Starts a reference pool from a copy of its binary (say, one without debug info).
+    pub fn start_binary(path: &Path, args: &[String]) -> Self {
+        let name = path.file_name().map_or("pool".into(), |name| name.to_string_lossy().into_owned());
+        let mut child = Command::new(path)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

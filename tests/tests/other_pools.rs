@@ -10,11 +10,17 @@ use pool_obs_tests::{
     processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
 };
 
-/// Runs `pool` under load with the agent attached by PID; returns what each side counted.
+/// Runs `pool` under load with the agent attached by PID and its manifest in source terms;
+/// returns what each side counted.
 fn profile(pool_name: &str, load: &[&str]) -> (Summary, Exposition) {
-    let start = StartFile::new(pool_name);
-    let mut pool = Pool::start_named(pool_name, &[args(load), start.arg().to_vec()].concat());
-    let agent = Agent::attach(pool.pid(), &manifest(&format!("{pool_name}.toml")), free_address(), &[]);
+    profile_binary(&binary(pool_name), &manifest(&format!("{pool_name}.toml")), load)
+}
+
+fn profile_binary(pool_binary: &Path, manifest: &Path, load: &[&str]) -> (Summary, Exposition) {
+    // Named for the manifest: tests run side by side, each with a start file of its own.
+    let start = StartFile::new(&manifest.file_stem().expect("a manifest file").to_string_lossy());
+    let mut pool = Pool::start_binary(pool_binary, &[args(load), start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), manifest, free_address(), &[]);
     start.start();
     let summary = pool.summary();
     pool.wait_for_exit();
@@ -66,6 +72,25 @@ fn a_pool_passing_structs_and_returning_results_is_counted_exactly() {
     for model in summary.models.keys() {
         assert_eq!(metrics.value("pool_worker_memory_bytes", &[("model", model)]), Some(0.0));
     }
+}
+
+#[test]
+fn a_binary_without_debug_info_is_counted_exactly_from_a_manifest_in_registers() {
+    let directory = std::env::temp_dir().join(format!("pool-obs-no-dwarf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).expect("a directory");
+    let pool = directory.join("kv-pool");
+    std::fs::copy(binary("kv-pool"), &pool).expect("copy the pool");
+    let status = Command::new("objcopy").args(["--strip-debug"]).arg(&pool).status().expect("run objcopy");
+    assert!(status.success(), "objcopy --strip-debug");
+    // Source paths need the debug info, and say so.
+    let (code, printed) = check(&pool, &manifest("kv-pool.toml"), &[]);
+    assert_eq!(code, 19, "{printed}");
+    assert!(printed.contains("which needs the binary's debug info, and none was found"), "{printed}");
+    let load = ["--requests", "6000", "--rate", "3000"];
+    let (summary, metrics) = profile_binary(&pool, &manifest("kv-pool-registers.toml"), &load);
+    assert_counts_equal(&summary, &metrics);
+    let _ = std::fs::remove_dir_all(&directory);
 }
 
 #[test]
@@ -163,8 +188,12 @@ fn debug_info_shipped_apart_from_the_binary_is_found_as_gdb_finds_it() {
     objcopy(&["--only-keep-debug", "kv-pool", "kv-pool.debug"]);
     objcopy(&["--strip-debug", "kv-pool"]);
     objcopy(&["--add-gnu-debuglink=kv-pool.debug", "kv-pool"]);
-    let check = |extra: &[&str]| check(&pool, &manifest("kv-pool.toml"), extra);
-    // Beside the binary, by its debuglink: the registers are checked against the parameters.
+    // Beside the binary, by its debuglink: source paths compile, and the registers are checked
+    // against the parameters.
+    let (code, printed) = check(&pool, &manifest("kv-pool.toml"), &[]);
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.contains("✓ model = \"spec.model\": str(*(rsi + 0x8) as u64"), "{printed}");
+    let check = |extra: &[&str]| check(&pool, &manifest("kv-pool-registers.toml"), extra);
     let (code, printed) = check(&[]);
     assert_eq!(code, 0, "{printed}");
     assert!(
@@ -222,11 +251,9 @@ fn init_writes_from_the_signatures_a_manifest_that_check_accepts() {
 #[test]
 fn debug_probes_log_a_wrong_offset_with_the_probe_and_field() {
     // The job's id read one pointer hop too far: the id itself is taken for an address.
-    let wrong = std::fs::read_to_string(manifest("kv-pool.toml")).expect("the kv-pool manifest").replacen(
-        "request_id = \"*(arg2 + 56)\"",
-        "request_id = \"*(*(arg2 + 56))\"",
-        1,
-    );
+    let wrong = std::fs::read_to_string(manifest("kv-pool-registers.toml"))
+        .expect("the kv-pool manifest")
+        .replacen("request_id = \"*(arg2 + 56)\"", "request_id = \"*(*(arg2 + 56))\"", 1);
     let path = std::env::temp_dir().join(format!("pool-obs-wrong-offset-{}.toml", std::process::id()));
     std::fs::write(&path, wrong).expect("write the manifest");
     let start = StartFile::new("debug-probes");

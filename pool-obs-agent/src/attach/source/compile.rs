@@ -202,8 +202,9 @@ impl<'a> Scope<'a> {
     }
 
     /// Where a value the function returns is, by the Rust ABI on x86-64: over 16 bytes it is
-    /// written through a hidden pointer, which the function returns in rax; up to 8 bytes it is
-    /// in rax; up to 16 in rax and rdx, split where a pair of scalars splits.
+    /// written through the hidden pointer the caller passed in rdi (which, unlike C, the
+    /// function need not return in rax); up to 8 bytes it is in rax; up to 16 in rax and rdx,
+    /// split where a pair of scalars splits.
     fn returned(&self, path: &str) -> Result<Found, String> {
         let id = self
             .info
@@ -219,7 +220,7 @@ impl<'a> Scope<'a> {
                 let split = self.pair_split(&ty).unwrap_or(8);
                 Location::Pieces(vec![(split, Some(rax)), (ty.size - split, Some(rdx))])
             }
-            _ => Location::Memory(Address::of(Origin::Return(0))),
+            _ => Location::Memory(Address::of(Origin::ResultPointer)),
         };
         Ok(Found { ty, location })
     }
@@ -538,9 +539,11 @@ fn dereference(location: &Location, path: &str) -> Result<Location, String> {
 
 /// The scalar the kernel evaluates to read `size` bytes at `location`.
 fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
+    // (base, register, read at the return)
     let start = |origin: Origin| match origin {
-        Origin::General(register) => (Base::Register, register as u8),
-        Origin::Return(index) => (Base::Return, index),
+        Origin::General(register) => (Base::Register, register as u8, 0),
+        Origin::Return(index) => (Base::Return, index, 1),
+        Origin::ResultPointer => (Base::Register, Register::Rdi as u8, 1),
     };
     let from = |address: &Address, extra_load: bool| {
         let mut loads = address.loads.clone();
@@ -555,7 +558,7 @@ fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
                 loads.len()
             ));
         }
-        let (base, reg) = start(address.origin);
+        let (base, reg, at_return) = start(address.origin);
         let mut offsets = [0; MAX_DEREFS];
         offsets[..loads.len()].copy_from_slice(&loads);
         Ok(Scalar {
@@ -565,6 +568,7 @@ fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
             size,
             offsets,
             addend,
+            at_return,
             ..Scalar::default()
         })
     };
@@ -572,8 +576,8 @@ fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
         Location::Memory(address) => from(address, true),
         Location::Computed(address) => from(address, false),
         Location::Register { origin, byte_offset } => {
-            let (base, reg) = start(*origin);
-            Ok(Scalar { base: base as u8, reg, size, shift: byte_offset * 8, ..Scalar::default() })
+            let (base, reg, at_return) = start(*origin);
+            Ok(Scalar { base: base as u8, reg, size, shift: byte_offset * 8, at_return, ..Scalar::default() })
         }
         Location::Constant(value) => {
             Ok(Scalar { base: Base::Constant as u8, constant: *value, size, ..Scalar::default() })
@@ -605,7 +609,12 @@ pub fn show(scalar: &Scalar) -> String {
     if scalar.shift != 0 {
         text = format!("({text} >> {})", scalar.shift);
     }
-    format!("{text} as u{}", u32::from(scalar.size) * 8)
+    let when = if scalar.at_return != 0 && scalar.base() == Some(Base::Register) {
+        " at the return (rdi as at entry)"
+    } else {
+        ""
+    };
+    format!("{text} as u{}{when}", u32::from(scalar.size) * 8)
 }
 
 /// Moves values read relative to the stack pointer at a function's entry to a probe placed

@@ -14,6 +14,9 @@ pub enum Origin {
     General(Register),
     /// Return register 0 (rax) or 1 (rdx), at a return.
     Return(u8),
+    /// At a return, the pointer the caller passed in rdi for a result returned through memory:
+    /// the Rust ABI does not return it in rax.
+    ResultPointer,
 }
 
 /// An address: a register, then loads of `*(value + offset)`, then `addend` added.
