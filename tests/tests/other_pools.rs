@@ -132,7 +132,7 @@ fn check_demo_pool_with(text: &str) -> (i32, String) {
 /// Runs `check` on the demo pool with its manifest edited by `edit`.
 fn check_demo_manifest(edit: impl Fn(String) -> String) -> (i32, String) {
     check_demo_pool_with(&edit(
-        std::fs::read_to_string(manifest("demo-pool.toml")).expect("the demo manifest"),
+        std::fs::read_to_string(manifest("demo-pool-registers.toml")).expect("the demo manifest"),
     ))
 }
 

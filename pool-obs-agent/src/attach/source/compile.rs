@@ -6,7 +6,7 @@
 use pool_obs_common::probe::{Base, MAX_DEREFS, Register, Scalar};
 
 use super::{
-    Parameter, Site, SourceInfo,
+    Parameter, Site, SourceInfo, abi,
     location::{Address, Location, Origin},
     types::{Member, Shape, Type, TypeId, Variants},
 };
@@ -46,7 +46,11 @@ struct Found {
 
 impl<'a> Scope<'a> {
     pub fn new(info: &'a SourceInfo, site: &'a Site, side: Side) -> Result<Self, String> {
-        Ok(Self { info, site, parameters: info.parameters(site)?, side })
+        let mut parameters = info.parameters(site)?;
+        if site.inlined.is_none() {
+            at_entry(info, site, &mut parameters);
+        }
+        Ok(Self { info, site, parameters, side })
     }
 
     /// An integer of any width up to 8 bytes.
@@ -217,50 +221,12 @@ impl<'a> Scope<'a> {
             0 => return Err(format!("`{path}`: `{}` returns nothing", self.site.function)),
             1..=8 => rax,
             9..=16 => {
-                let split = self.pair_split(&ty).unwrap_or(8);
+                let split = abi::return_split(self.info.units(), &ty);
                 Location::Pieces(vec![(split, Some(rax)), (ty.size - split, Some(rdx))])
             }
             _ => Location::Memory(Address::of(Origin::ResultPointer)),
         };
         Ok(Found { ty, location })
-    }
-
-    /// Where a 9-to-16-byte value returned as a pair of scalars splits between rax and rdx:
-    /// at its second scalar's offset (an `Option<u32>` splits at 4). A value of any other shape
-    /// is returned as its memory image, split at 8.
-    fn pair_split(&self, ty: &Type) -> Option<u64> {
-        let mut offsets = std::collections::BTreeSet::new();
-        self.leaves(ty, 0, &mut offsets, 0);
-        let offsets: Vec<u64> = offsets.into_iter().collect();
-        match offsets.as_slice() {
-            [0, second] if *second < 8 => Some(*second),
-            _ => None,
-        }
-    }
-
-    fn leaves(&self, ty: &Type, at: u64, offsets: &mut std::collections::BTreeSet<u64>, depth: usize) {
-        if depth > 6 {
-            return;
-        }
-        match &ty.shape {
-            Shape::Struct { members, variants } => {
-                let members = members.iter().chain(variants.iter().flat_map(|variants| {
-                    std::iter::once(&variants.discriminant)
-                        .chain(variants.variants.iter().map(|variant| &variant.member))
-                }));
-                for member in members {
-                    if let Ok(inner) = self.info.units().type_of(member.ty)
-                        && inner.size > 0
-                    {
-                        self.leaves(&inner, at + member.offset, offsets, depth + 1);
-                    }
-                }
-            }
-            _ if ty.size > 0 => {
-                offsets.insert(at);
-            }
-            _ => {}
-        }
     }
 
     fn step(&self, found: Found, name: &str, path: &str) -> Result<Found, String> {
@@ -399,6 +365,41 @@ impl<'a> Scope<'a> {
             Some(inlined) => format!("{:#x} (inlined at {})", self.site.address, inlined.call),
             None => format!("{:#x}", self.site.address),
         }
+    }
+}
+
+/// At an out-of-line function's first instruction, a parameter that DWARF keeps in a stack
+/// slot for the whole function is still in the register the caller passed it in: it is read
+/// there, as the ABI places it, when the parameters DWARF locates in registers there agree
+/// with the ABI (the optimiser did not change the function's signature).
+fn at_entry(info: &SourceInfo, site: &Site, parameters: &mut [Parameter]) {
+    let types: Vec<Option<TypeId>> = parameters.iter().map(|parameter| parameter.ty).collect();
+    let by_abi = abi::arguments(info.units(), &types, info.return_type(site));
+    let in_registers = |location: &Location| match location {
+        Location::Register { .. } => true,
+        Location::Pieces(pieces) => {
+            pieces.iter().all(|(_, piece)| matches!(piece, Some(Location::Register { .. })))
+        }
+        _ => false,
+    };
+    let agrees = parameters.iter().zip(&by_abi).all(|(parameter, abi)| match &parameter.location {
+        Ok(location) if in_registers(location) => abi.as_ref() == Some(location),
+        _ => true,
+    });
+    for (parameter, abi) in parameters.iter_mut().zip(by_abi) {
+        let in_stack_slot = matches!(
+            &parameter.location,
+            Ok(Location::Memory(Address { origin: Origin::General(Register::Rsp | Register::Rbp), .. }))
+        );
+        if !(parameter.whole_scope && in_stack_slot) {
+            continue;
+        }
+        parameter.location = match abi {
+            Some(location) if agrees => Ok(location),
+            _ => Err("in a stack slot written only after the function's entry, and the optimiser changed \
+                      the function's signature, so its register at entry is not known"
+                .to_string()),
+        };
     }
 }
 

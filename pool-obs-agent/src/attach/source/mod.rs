@@ -4,6 +4,7 @@
 //! [`compile`] turns a value path into what the kernel programs evaluate; this module finds
 //! the sites and their parameters.
 
+pub mod abi;
 pub mod compile;
 pub mod location;
 pub mod types;
@@ -65,6 +66,9 @@ pub struct Parameter {
     pub ty: Option<TypeId>,
     /// Where it is at the site's address; `Err` says why it is not available there.
     pub location: Result<Location, String>,
+    /// The location is one for the whole function, not a list by address: for a stack slot,
+    /// only true once the slot is written.
+    pub whole_scope: bool,
 }
 
 pub struct SourceInfo {
@@ -310,8 +314,10 @@ impl DebugUnits {
         self.each_parameter(site.unit, site.entry, |entry| {
             let name = self.name_of(site.unit, entry).unwrap_or_else(|| "_".to_string());
             let ty = self.inherited_type(site.unit, entry);
+            let whole_scope =
+                matches!(entry.attr_value(constants::DW_AT_location)?, Some(AttributeValue::Exprloc(_)));
             let location = self.location_at(site, entry)?;
-            parameters.push(Parameter { name, ty, location });
+            parameters.push(Parameter { name, ty, location, whole_scope });
             Ok(())
         })?;
         let unit = &self.units[site.unit];
@@ -326,7 +332,8 @@ impl DebugUnits {
                 let name = self.name_of(origin_unit, entry).unwrap_or_else(|| "_".to_string());
                 if !parameters.iter().any(|parameter| parameter.name == name) {
                     let ty = self.type_attr(origin_unit, entry);
-                    dropped.push(Parameter { name, ty, location: Err("optimised out".to_string()) });
+                    let location = Err("optimised out".to_string());
+                    dropped.push(Parameter { name, ty, location, whole_scope: false });
                 }
                 Ok(())
             })?;
