@@ -230,19 +230,22 @@ fn init_writes_from_the_signatures_a_manifest_that_check_accepts() {
         .expect("run pool-obs-agent init");
     let written = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{written}{}", String::from_utf8_lossy(&output.stderr));
-    // The register map, from the debug info: the hidden result pointer shifts every argument.
+    // In the pool's own terms, from the debug info: each value compiled before it is suggested.
     for line in [
-        "#   arg0: the hidden pointer to the 24-byte result",
-        "#   arg2: the pointer of `model: &[u8]`",
-        "#   (on the stack, which a manifest cannot read): `work_us: u64`",
-        "model = \"str(arg2, arg3)\"",
-        "request_id = \"arg4\"",
-        "worker_id = \"arg5\"",
-        "model = \"str(arg1, arg2)\"",
-        "# memory_bytes = \"arg4\"",
+        "# fn demo_pool::pool::Pool::serve(self: &demo_pool::pool::Pool, model: &[u8], request_id: u64, \
+         worker_id: u64, work_us: u64) -> Result<u64, alloc::string::String>",
+        "#   runs in 1 out-of-line copy and 0 inlined instances",
+        "model = \"model\"",
+        "request_id = \"request_id\"",
+        "worker_id = \"worker_id\"",
+        "# at = \"return\"",
+        "# outcome = { Ok = \"ok\", Err = \"failed\" }",
+        "# memory_bytes = \"memory_bytes\"",
     ] {
         assert!(written.lines().any(|written| written == line), "`{line}` in:\n{written}");
     }
+    // `spawn_worker` never uses its `self`.
+    assert!(written.contains("#   `self` is optimised out at 0x"), "{written}");
     let (code, printed) = check_demo_pool_with(&written);
     assert_eq!(code, 0, "{printed}");
     assert!(printed.contains("ok: 2 probes check out") && !printed.contains('✗'), "{printed}");

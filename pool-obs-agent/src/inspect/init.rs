@@ -1,25 +1,28 @@
-//! `init`: a starter manifest for the functions a user names, written from their signatures in
-//! the debug info, so that a first manifest starts from which register holds which parameter
-//! rather than from the calling convention. What it writes parses, and `check` accepts it; the
-//! user chooses the events and keeps the values they need.
+//! `init`: a starter manifest for the functions a user names, written in the pool's own terms
+//! from their signatures in the debug info: parameters and their types, the return type and
+//! its variants, where the function runs. Every value it suggests is one the compiler kept,
+//! compiled as attaching would compile it, so `check` accepts what it writes; the user chooses
+//! the events and keeps the values they need.
 
 use anyhow::Result;
-use pool_obs_common::probe::Register;
 
-use super::{Slot, describe, register_slots, symbol_table};
+use super::symbol_table;
 use crate::{
-    attach::dwarf::{DebugInfo, FunctionInfo, Param, TypeKind},
+    attach::source::{
+        Site, SourceInfo,
+        compile::{Scope, Side},
+    },
     cli::{Binary, DebugFile},
     error::{Class, Refusal},
 };
 
 pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Result<()> {
     let table = symbol_table(binary, debug_file)?;
-    let debug = match table.debug_info() {
-        Some(path) => DebugInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
+    let source = match table.debug_info() {
+        Some(path) => SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
         None => None,
     };
-    let Some(debug) = debug else {
+    let Some(source) = source else {
         let message = "init reads the functions' signatures from the debug info, and the binary has none: \
                        build with `debug = \"full\"` in [profile.release], or give --debug-file";
         return Err(Refusal::new(Class::Other, message).into());
@@ -31,78 +34,121 @@ pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Res
          # request_ended), keep the values it takes, and run `pool-obs-agent check` on the result.\n",
     );
     for pattern in patterns {
-        let copies = table.locate(pattern)?;
-        let name = &copies[0].name;
-        let function = debug.function_at(copies[0].address);
-        manifest += &probe(name, function);
+        let sites = source.sites(pattern).map_err(|problem| {
+            let class =
+                if problem.contains("matches") { Class::AmbiguousFunction } else { Class::FunctionNotFound };
+            Refusal::new(class, problem)
+        })?;
+        manifest += &probe(&source, &sites).map_err(|problem| Refusal::new(Class::SourceValue, problem))?;
     }
     print!("{manifest}");
     Ok(())
 }
 
-/// One commented `[[probe]]` table for `name`.
-fn probe(name: &str, function: Option<&FunctionInfo>) -> String {
-    let mut text = String::from("\n");
-    let Some(function) = function else {
-        text += &format!("# {name}: no signature in the debug info\n[[probe]]\nevent = \"request_ended\"\n");
-        text += &format!("function = \"{name}\"\noutcome = \"ok\"\n");
-        return text;
-    };
-    let params: Vec<String> =
-        function.params.iter().map(|param| format!("{}: {}", param.name, param.ty.name)).collect();
-    let returns = function.returns.as_ref().map_or(String::new(), |returns| format!(" -> {}", returns.name));
-    text += &format!("# fn {name}({}){returns}\n", params.join(", "));
-    let slots = register_slots(function);
-    for (register, slot) in slots.iter().enumerate() {
-        if register < Register::ARGUMENTS.len() {
-            text += &format!("#   arg{register}: {}\n", describe(slot));
-        } else {
-            text += &format!("#   (on the stack, which a manifest cannot read): {}\n", describe(slot));
+/// One commented `[[probe]]` table for the function the sites run.
+fn probe(source: &SourceInfo, sites: &[&Site]) -> Result<String, String> {
+    let site = sites[0];
+    let name = &site.function;
+    let scope = Scope::new(source, site, Side::Entry)?;
+    let parameters = source.parameters(site)?;
+    let shown: Vec<String> = parameters
+        .iter()
+        .map(|parameter| format!("{}: {}", parameter.name, source.type_name(parameter.ty)))
+        .collect();
+    let returns = source.return_type(site);
+    let arrow = returns.map_or(String::new(), |ty| format!(" -> {}", source.type_name(Some(ty))));
+    let mut text = format!("\n# fn {name}({}){arrow}\n", shown.join(", "));
+    let inlined = sites.iter().filter(|site| site.inlined.is_some()).count();
+    let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    text += &format!(
+        "#   runs in {} and {}\n",
+        count(sites.len() - inlined, "out-of-line copy", "out-of-line copies"),
+        count(inlined, "inlined instance", "inlined instances")
+    );
+    for parameter in &parameters {
+        if let Err(why) = &parameter.location {
+            text += &format!("#   `{}` is {why} at {:#x}\n", parameter.name, site.address);
         }
     }
     text += &format!("[[probe]]\nevent = \"request_ended\"\nfunction = \"{name}\"\noutcome = \"ok\"\n");
-    let values = suggestions(&slots);
-    if values.is_empty() {
-        text += "# no parameter looks like a model key or an id: add values by hand\n";
-    }
     let mut written: Vec<&str> = Vec::new();
-    for (key, value, confident) in values {
+    for (key, path, confident) in suggestions(&scope, &parameters) {
         // A key once: a second guess for it stays a comment.
         let comment = if confident && !written.contains(&key) { "" } else { "# " };
         if comment.is_empty() {
             written.push(key);
         }
-        text += &format!("{comment}{key} = \"{value}\"\n");
+        text += &format!("{comment}{key} = \"{path}\"\n");
     }
-    text
+    if written.is_empty() {
+        text += "# no parameter looks like a model key or an id: add values by hand\n";
+    }
+    // Outcomes by variant: of a parameter, or of the result at a return.
+    for parameter in parameters.iter().filter(|parameter| parameter.location.is_ok()) {
+        if let Some(variants) = scope.variant_names(&parameter.name) {
+            text += &format!("# outcome = {{ value = \"{}\", {} }}\n", parameter.name, arms(&variants));
+        }
+    }
+    if inlined == 0 && returns.is_some() {
+        let at_return = Scope::new(source, site, Side::Return)?;
+        if let Some(variants) = at_return.variant_names("return") {
+            text += &format!("# at = \"return\"\n# outcome = {{ {} }}\n", arms(&variants));
+        }
+    }
+    Ok(text)
 }
 
-/// The values a probe could read, guessed from the parameters' types and names: the first
-/// string-like parameter as the model key, integers named for requests and workers as ids.
-/// A guess from a name alone is commented out.
-fn suggestions(slots: &[Slot]) -> Vec<(&'static str, String, bool)> {
-    let mut values = Vec::new();
-    let string_like = |param: &Param| matches!(param.ty.name.as_str(), "&str" | "&[u8]");
-    if let Some(register) =
-        slots.iter().position(|slot| matches!(slot, Slot::Half(param, 0) if string_like(param)))
-    {
-        values.push(("model", format!("str(arg{register}, arg{})", register + 1), true));
-    }
-    for (register, slot) in slots.iter().enumerate().take(Register::ARGUMENTS.len()) {
-        let Slot::Whole(param) = slot else { continue };
-        if param.ty.kind != TypeKind::Other || !param.ty.name.starts_with('u') {
-            continue;
+/// An arm per variant: `Ok` is ok, a variant named like a timeout is one, the rest failed.
+fn arms(variants: &[String]) -> String {
+    let status = |variant: &str| {
+        let lower = variant.to_lowercase();
+        if lower == "ok" || lower == "some" || lower == "served" {
+            "ok"
+        } else if lower.contains("timeout") || lower.contains("expired") {
+            "timeout"
+        } else {
+            "failed"
         }
-        let name = param.name.to_lowercase();
-        if name.contains("request") {
-            values.push(("request_id", format!("arg{register}"), true));
-        } else if name.contains("worker") {
-            values.push(("worker_id", format!("arg{register}"), true));
-        } else if name == "id" || name.ends_with("_id") {
-            values.push(("request_id", format!("arg{register}"), false));
-        } else if name.contains("mem") {
+    };
+    variants
+        .iter()
+        .map(|variant| format!("{variant} = \"{}\"", status(variant)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The values a probe could read, guessed from names and types and compiled to be sure they
+/// can be read: the first string parameter (or string field of one) as the model key, integers
+/// named for requests, workers and memory as those. A guess from a name alone is commented.
+fn suggestions(
+    scope: &Scope,
+    parameters: &[crate::attach::source::Parameter],
+) -> Vec<(&'static str, String, bool)> {
+    let mut paths = Vec::new();
+    for parameter in parameters.iter().filter(|parameter| parameter.location.is_ok()) {
+        paths.push(parameter.name.clone());
+        for field in scope.field_names(&parameter.name) {
+            paths.push(format!("{}.{field}", parameter.name));
+        }
+    }
+    let mut values = Vec::new();
+    if let Some(model) = paths.iter().find(|path| {
+        let last = path.rsplit('.').next().unwrap_or(path);
+        (!path.contains('.') || ["model", "name", "key"].contains(&last)) && scope.string(path).is_ok()
+    }) {
+        values.push(("model", model.clone(), true));
+    }
+    for path in paths.iter().filter(|path| scope.integer(path).is_ok()) {
+        let last = path.rsplit('.').next().unwrap_or(path).to_lowercase();
+        if last.contains("request") {
+            values.push(("request_id", path.clone(), true));
+        } else if last.contains("worker") {
+            values.push(("worker_id", path.clone(), true));
+        } else if last == "id" || last.ends_with("_id") {
+            values.push(("request_id", path.clone(), false));
+        } else if last.contains("mem") {
             // Only `worker_spawned` takes it: a comment until the event is chosen.
-            values.push(("memory_bytes", format!("arg{register}"), false));
+            values.push(("memory_bytes", path.clone(), false));
         }
     }
     values

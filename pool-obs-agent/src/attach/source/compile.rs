@@ -144,6 +144,29 @@ impl<'a> Scope<'a> {
         Ok((value, detail.map(|(_, _, scalar)| scalar), rule))
     }
 
+    /// The variants of the enum at `path`, if it is one.
+    pub fn variant_names(&self, path: &str) -> Option<Vec<String>> {
+        let found = self.through_pointers(self.walk(path).ok()?, path).ok()?;
+        let decoder = Decoder::of(self, &found.ty, path).ok()?;
+        Some(decoder.names().into_iter().map(str::to_string).collect())
+    }
+
+    /// The fields of the struct at `path` (through pointers), for `init`'s suggestions.
+    pub fn field_names(&self, path: &str) -> Vec<String> {
+        let Some(found) = self.walk(path).ok().and_then(|found| self.through_pointers(found, path).ok())
+        else {
+            return Vec::new();
+        };
+        match &found.ty.shape {
+            Shape::Struct { members, variants: None } => members
+                .iter()
+                .filter(|member| !member.name.starts_with("__") && !member.name.is_empty())
+                .map(|member| member.name.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The parameters and where each is here, or why not: what `check` shows, and what a
     /// refusal suggests instead.
     pub fn available(&self) -> String {

@@ -148,6 +148,11 @@ impl SourceInfo {
         self.units.inherited_type(site.unit, &entry)
     }
 
+    /// A type's name as the debug info has it, for people.
+    pub fn type_name(&self, ty: Option<TypeId>) -> String {
+        ty.and_then(|ty| self.units.type_of(ty).ok()).map_or_else(|| "?".to_string(), |ty| ty.name)
+    }
+
     pub fn units(&self) -> &DebugUnits {
         &self.units
     }
@@ -322,14 +327,15 @@ impl DebugUnits {
         })?;
         let unit = &self.units[site.unit];
         let entry = unit.entry(site.entry)?;
-        let origin = [constants::DW_AT_abstract_origin, constants::DW_AT_specification]
-            .into_iter()
-            .find_map(|link| entry.attr_value(link).ok().flatten())
+        // The abstract entry names every parameter; a declaration (DW_AT_specification) lists
+        // only their types.
+        let origin = entry
+            .attr_value(constants::DW_AT_abstract_origin)?
             .and_then(|link| self.resolve(site.unit, link));
         if let Some((origin_unit, origin)) = origin {
             let mut dropped = Vec::new();
             self.each_parameter(origin_unit, origin, |entry| {
-                let name = self.name_of(origin_unit, entry).unwrap_or_else(|| "_".to_string());
+                let Some(name) = self.name_of(origin_unit, entry) else { return Ok(()) };
                 if !parameters.iter().any(|parameter| parameter.name == name) {
                     let ty = self.type_attr(origin_unit, entry);
                     let location = Err("optimised out".to_string());
