@@ -490,18 +490,49 @@ mod tests {
     use super::*;
 
     const DEMO: &str = include_str!("../../tests/manifests/demo-pool.toml");
+    const DEMO_REGISTERS: &str = include_str!("../../tests/manifests/demo-pool-registers.toml");
 
-    #[test]
-    fn the_demo_manifest_parses() {
-        let manifest = parse(DEMO, "demo-pool.toml").unwrap();
+    fn responded(text: &str) -> Probe {
+        let manifest = parse(text, "demo-pool.toml").unwrap();
         let ended: Vec<_> = manifest.probes.iter().filter(|p| p.event == EventKind::RequestEnded).collect();
         assert_eq!(ended.len(), 2);
-        let responded = ended.iter().find(|p| p.function.ends_with("respond")).unwrap();
+        ended.iter().find(|p| p.function.ends_with("respond")).map(|probe| (*probe).clone()).unwrap()
+    }
+
+    #[test]
+    fn the_demo_manifest_parses_in_source_terms() {
+        let responded = responded(DEMO);
+        assert_eq!(responded.model, Some(Model::Path("model".to_string())));
+        assert_eq!(responded.request_id, Some(Value::Path("request_id".to_string())));
+        let Some(ProbeOutcome::Variants { path, arms }) = responded.outcome else {
+            panic!("an outcome by variants")
+        };
+        assert_eq!(path, "result");
+        let arms: Vec<_> = arms.iter().map(|arm| (arm.variant.as_str(), arm.status)).collect();
+        assert_eq!(arms, [("Err", Status::Failed), ("Ok", Status::Ok)]);
+    }
+
+    #[test]
+    fn the_demo_manifest_parses_in_registers() {
+        let responded = responded(DEMO_REGISTERS);
         let Some(ProbeOutcome::Rule { rule, .. }) = responded.outcome.as_ref() else {
             panic!("a rule on a register value")
         };
         assert_eq!(rule.classify(0x8000_0000_0000_0000, 0), Status::Ok);
         assert_eq!(rule.classify(7, 0), Status::Failed);
+    }
+
+    #[test]
+    fn variant_patterns() {
+        assert_eq!(parse_variant_pattern("Ok"), Some(("Ok".to_string(), None)));
+        let timeout = Some(("Err".to_string(), Some("Timeout".to_string())));
+        assert_eq!(parse_variant_pattern("Err(JobError::Timeout)"), timeout);
+        assert_eq!(parse_variant_pattern("Err(Timeout)"), timeout);
+        assert_eq!(parse_variant_pattern("_"), Some(("_".to_string(), None)));
+        assert_eq!(parse_variant_pattern("Err(_)"), None);
+        assert_eq!(parse_variant_pattern("Err(Timeout"), None);
+        assert!(is_source_path("job.model") && is_source_path("return.Ok.0") && is_source_path("self"));
+        assert!(!is_source_path("arg1") && !is_source_path("ret") && !is_source_path("*(arg0 + 8)"));
     }
 
     #[test]

@@ -107,6 +107,27 @@ pub fn evaluate(
                 Some(Entry::Address(address)) => stack.push(Entry::Address(address.load())),
                 _ => return Err("DW_OP_deref of a constant".to_string()),
             },
+            Operation::Plus | Operation::Minus => {
+                let (Some(right), Some(left)) = (stack.pop(), stack.pop()) else {
+                    return Err(format!("{operation:?} on a stack of fewer than two values"));
+                };
+                let minus = matches!(operation, Operation::Minus);
+                stack.push(match (left, right) {
+                    (Entry::Address(address), Entry::Constant(constant)) => {
+                        let by = if minus { (constant as i64).wrapping_neg() } else { constant as i64 };
+                        Entry::Address(address.offset(by))
+                    }
+                    (Entry::Constant(constant), Entry::Address(address)) if !minus => {
+                        Entry::Address(address.offset(constant as i64))
+                    }
+                    (Entry::Constant(left), Entry::Constant(right)) => Entry::Constant(if minus {
+                        left.wrapping_sub(right)
+                    } else {
+                        left.wrapping_add(right)
+                    }),
+                    _ => return Err(format!("the DWARF operation {operation:?} on two registers")),
+                });
+            }
             Operation::UnsignedConstant { value } => stack.push(Entry::Constant(value)),
             Operation::SignedConstant { value } => stack.push(Entry::Constant(value as u64)),
             Operation::StackValue => {
@@ -201,6 +222,14 @@ mod tests {
                 (8, Some(Location::register(Register::Rax))),
             ])
         );
+    }
+
+    #[test]
+    fn a_pointer_computed_by_subtracting_a_constant() {
+        // DW_OP_breg7 +8, DW_OP_deref, DW_OP_constu 0x28, DW_OP_minus, DW_OP_stack_value
+        let computed = evaluate_bytes(&[0x77, 8, 0x06, 0x10, 0x28, 0x1c, 0x9f], None).unwrap().unwrap();
+        let address = Address::of(Origin::General(Register::Rsp)).offset(8).load().offset(-0x28);
+        assert_eq!(computed, Location::Computed(address));
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct WorkerSpec {
 }
 
 pub struct Worker {
-    pub spec: WorkerSpec,
+    /// Shared with the pool's bookkeeping.
+    pub spec: Arc<WorkerSpec>,
     weights: Vec<u8>,
     served: u64,
 }
@@ -100,7 +101,7 @@ pub struct Registry {
 impl Registry {
     pub fn spawn(&mut self, spec: WorkerSpec) {
         let weights = vec![spec.id as u8; spec.mem_bytes as usize];
-        self.workers.insert(spec.model.clone(), Worker { spec, weights, served: 0 });
+        self.workers.insert(spec.model.clone(), Worker { spec: Arc::new(spec), weights, served: 0 });
     }
 
     pub fn evict(&mut self, worker: Worker) {
