@@ -1,7 +1,6 @@
 //! Loads the kernel programs and attaches them to the target's functions.
 
 pub mod debug_file;
-pub mod dwarf;
 pub mod machine_code;
 pub mod plan;
 pub mod source;

@@ -11,8 +11,11 @@ use pool_obs_common::probe::{Base, Register, Scalar};
 
 use crate::{
     attach::{
-        dwarf::{DebugInfo, FunctionInfo, Param, TypeKind},
         plan,
+        source::{
+            SourceInfo,
+            signature::{FunctionInfo, Param, TypeKind},
+        },
         symbols::{SymbolTable, glob_match},
     },
     cli::{Binary, DebugFile},
@@ -67,13 +70,13 @@ pub fn symbols(binary: &Binary, debug: &DebugFile, pattern: Option<&str>) -> Res
     // What the optimiser inlined everywhere has no symbol: the debug info still knows it.
     let debug = table
         .debug_info()
-        .map(DebugInfo::read)
+        .map(SourceInfo::read)
         .transpose()
-        .map_err(|error| Refusal::new(Class::Other, error))?;
+        .map_err(|error| Refusal::new(Class::Other, error))?
+        .flatten();
     let inlined: Vec<(&str, usize)> = debug
         .iter()
-        .flatten()
-        .flat_map(DebugInfo::inlined_functions)
+        .flat_map(SourceInfo::inlined_functions)
         .filter(|(name, instances)| *instances > 0 && glob_match(&glob, name) && !table.has_function(name))
         .collect();
     if !inlined.is_empty() {
@@ -94,15 +97,14 @@ pub fn symbols(binary: &Binary, debug: &DebugFile, pattern: Option<&str>) -> Res
 pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> Result<()> {
     let manifest = manifest::load(manifest_path)?;
     let table = symbol_table(binary, debug_file)?;
-    let debug = match table.debug_info() {
-        Some(path) => DebugInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
+    let source = match table.debug_info() {
+        Some(path) => SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
         None => None,
     };
     match table.debug_info() {
         None => println!("no debug info found: functions are checked, registers are not"),
         Some(path) => println!("debug info: {}", path.display()),
     }
-    let source = plan::source_for(&manifest, &table)?;
     let mut problems = 0;
     for probe in &manifest.probes {
         let at = if probe.at == At::Entry { "entry" } else { "return" };
@@ -137,10 +139,10 @@ pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> R
             );
         }
         let symbol = copies[0];
-        let Some(function) = debug.as_ref().and_then(|debug| debug.function_at(symbol.address)) else {
+        let Some(function) = source.as_ref().and_then(|source| source.function_at(symbol.address)) else {
             continue;
         };
-        let slots = register_slots(function);
+        let slots = register_slots(&function);
         for (field, verdict) in verdicts(probe, &slots) {
             match verdict {
                 Ok(meaning) => println!("  ✓ {field}: {meaning}"),
@@ -335,7 +337,7 @@ mod tests {
     use pool_obs_common::event::EventKind;
 
     use super::*;
-    use crate::{attach::dwarf::TypeInfo, manifest::value::parse_scalar};
+    use crate::{attach::source::signature::TypeInfo, manifest::value::parse_scalar};
 
     fn param(name: &str, ty: &str, size: u64, kind: TypeKind) -> Param {
         Param { name: name.to_string(), ty: TypeInfo { name: ty.to_string(), size, kind } }

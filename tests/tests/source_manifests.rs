@@ -36,7 +36,7 @@ fn every_function_the_manifest_names_was_inlined_and_has_no_symbol() {
 #[test]
 fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms() {
     let start = StartFile::new("job-pool");
-    let load = args(&["--requests", "6000", "--rate", "2000"]);
+    let load = args(&["--requests", "4000", "--rate", "600"]);
     let mut pool = Pool::start_named("job-pool", &[load, start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest("job-pool.toml"), free_address(), &[]);
     start.start();
@@ -68,6 +68,7 @@ fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms(
             .value("pool_request_duration_quantile_seconds", &[("model", model), ("quantile", "0.99")])
             .expect("a p99")
             * 1000.0;
+        eprintln!("{model}: p99 {p99_ms:.4} ms, the pool's {:.4} ms", truth.p99_ms);
         assert!(
             (p99_ms - truth.p99_ms).abs() <= 0.01 * truth.p99_ms,
             "{model}: p99 {p99_ms} ms, the pool's {} ms",
@@ -118,20 +119,19 @@ fn check_shows_each_site_and_the_expression_each_value_compiles_to() {
 
 #[test]
 fn a_value_the_compiler_did_not_keep_is_refused_naming_what_is_there() {
-    let (code, text) =
-        check("event = \"request_started\"\nfunction = \"job_pool::infer\"\nrequest_id = \"prompt.length\"");
+    // `finish` reads its `served_by` only in a debug assertion: a release build drops it.
+    let probe = "event = \"request_ended\"\nfunction = \"job_pool::finish\"\nrequest_id = \"served_by\"\noutcome = \"ok\"";
+    let (code, text) = check(probe);
     assert_eq!(code, 19, "{text}");
-    assert!(text.contains("`prompt.length` is optimised out"), "{text}");
-    assert!(text.contains("available here: `weights`, `prompt`"), "{text}");
+    assert!(text.contains("`served_by` is optimised out at 0x"), "{text}");
+    assert!(text.contains("available here: `job`, `result`"), "{text}");
 
     // Attaching refuses it too, with the line `check` printed.
     let start = StartFile::new("job-pool-refused");
     let pool = Pool::start_named("job-pool", start.arg().as_ref());
     let output = Command::new(binary("pool-obs-agent"))
         .args(["--pid", &pool.pid().to_string(), "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(one_probe(
-            "event = \"request_started\"\nfunction = \"job_pool::infer\"\nrequest_id = \"prompt.length\"",
-        ))
+        .arg(one_probe(probe))
         .output()
         .expect("run pool-obs-agent");
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -8,7 +8,7 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-use super::{debug_file, dwarf::DebugInfo, machine_code::FunctionCode};
+use super::{debug_file, machine_code::FunctionCode, source::SourceInfo};
 use crate::error::{Class, Refusal};
 
 /// A function that can be probed.
@@ -193,7 +193,7 @@ impl SymbolTable {
     }
 
     fn inlined(&self, pattern: &str) -> Option<String> {
-        let debug = DebugInfo::read(self.debug.as_ref()?).ok()??;
+        let debug = SourceInfo::read(self.debug.as_ref()?).ok()??;
         debug.inlined(pattern).map(str::to_string)
     }
 

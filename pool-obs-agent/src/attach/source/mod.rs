@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod compile;
 pub mod location;
+pub mod signature;
 pub mod types;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
@@ -312,40 +313,45 @@ impl DebugUnits {
         Some(TypeId { unit, offset })
     }
 
-    /// The site's parameters: those its entry lists, located, then those only the function's
-    /// abstract entry lists, which the compiler dropped here.
+    /// The site's parameters, in the function's order: each located at the site's address, or
+    /// optimised out where the site's entry does not list it (its abstract entry names them
+    /// all).
     fn parameters(&self, site: &Site) -> gimli::Result<Vec<Parameter>> {
-        let mut parameters = Vec::new();
+        let mut listed = Vec::new();
         self.each_parameter(site.unit, site.entry, |entry| {
             let name = self.name_of(site.unit, entry).unwrap_or_else(|| "_".to_string());
             let ty = self.inherited_type(site.unit, entry);
             let whole_scope =
                 matches!(entry.attr_value(constants::DW_AT_location)?, Some(AttributeValue::Exprloc(_)));
             let location = self.location_at(site, entry)?;
-            parameters.push(Parameter { name, ty, location, whole_scope });
+            listed.push(Parameter { name, ty, location, whole_scope });
             Ok(())
         })?;
         let unit = &self.units[site.unit];
         let entry = unit.entry(site.entry)?;
-        // The abstract entry names every parameter; a declaration (DW_AT_specification) lists
-        // only their types.
-        let origin = entry
+        // A declaration (DW_AT_specification) lists only the parameters' types.
+        let Some((origin_unit, origin)) = entry
             .attr_value(constants::DW_AT_abstract_origin)?
-            .and_then(|link| self.resolve(site.unit, link));
-        if let Some((origin_unit, origin)) = origin {
-            let mut dropped = Vec::new();
-            self.each_parameter(origin_unit, origin, |entry| {
-                let Some(name) = self.name_of(origin_unit, entry) else { return Ok(()) };
-                if !parameters.iter().any(|parameter| parameter.name == name) {
-                    let ty = self.type_attr(origin_unit, entry);
-                    let location = Err("optimised out".to_string());
-                    dropped.push(Parameter { name, ty, location, whole_scope: false });
-                }
-                Ok(())
-            })?;
-            parameters.extend(dropped);
-        }
-        Ok(parameters)
+            .and_then(|link| self.resolve(site.unit, link))
+        else {
+            return Ok(listed);
+        };
+        let mut ordered = Vec::new();
+        self.each_parameter(origin_unit, origin, |entry| {
+            let Some(name) = self.name_of(origin_unit, entry) else { return Ok(()) };
+            match listed.iter().position(|parameter| parameter.name == name) {
+                Some(index) => ordered.push(listed.remove(index)),
+                None => ordered.push(Parameter {
+                    name,
+                    ty: self.type_attr(origin_unit, entry),
+                    location: Err("optimised out".to_string()),
+                    whole_scope: false,
+                }),
+            }
+            Ok(())
+        })?;
+        ordered.extend(listed);
+        Ok(ordered)
     }
 
     fn each_parameter(

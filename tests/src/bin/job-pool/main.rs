@@ -31,10 +31,10 @@ use pool_obs_tests::{
 struct Options {
     #[arg(long, value_delimiter = ',', default_value = "llama-7b,mistral-7b,bge-small")]
     models: Vec<String>,
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 4000)]
     requests: u64,
     /// Requests per second.
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 600.0)]
     rate: f64,
     /// A model's worker is replaced after serving this many requests.
     #[arg(long, default_value_t = 400)]
@@ -121,7 +121,8 @@ impl Registry {
     }
 }
 
-/// The model itself: a few passes over the prompt and the weights.
+/// The model itself: a few passes over the prompt and the weights, then the wait for the
+/// accelerator, longer for a longer prompt.
 pub fn infer(weights: &[u8], prompt: &[u32], fails: bool) -> Result<String, String> {
     let mut state = 0u64;
     for pass in 0..40u64 {
@@ -130,6 +131,7 @@ pub fn infer(weights: &[u8], prompt: &[u32], fails: bool) -> Result<String, Stri
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(u64::from(weight) ^ pass);
         }
     }
+    thread::sleep(Duration::from_micros(40 * prompt.len() as u64));
     if fails { Err(format!("model diverged at state {state:x}")) } else { Ok(format!("{state:016x}")) }
 }
 
@@ -142,9 +144,10 @@ pub fn serve(worker: &mut Worker, job: &Job) -> Result<String, JobError> {
     infer(&worker.weights, &job.prompt, job.fails).map_err(JobError::Model)
 }
 
-/// Sends the result to the client.
-pub fn finish(job: Job, result: Result<String, JobError>) {
+/// Sends the result to the client. `served_by` is for debug builds' checks only.
+pub fn finish(job: Job, result: Result<String, JobError>, served_by: u64) {
     let latency = job.submitted.elapsed();
+    debug_assert!(served_by > 0 || result.is_err(), "a result comes from a worker");
     log_result(&job, &result);
     let _ = job.reply.send(Reply { model: job.model, latency, result });
 }
@@ -200,7 +203,8 @@ impl Pool {
             let result = serve(worker, &job);
             let retire = worker.served >= recycle_after;
             let model = job.model.clone();
-            finish(job, result);
+            let served_by = worker.spec.id;
+            finish(job, result, served_by);
             if retire && let Some(worker) = registry.workers.remove(&model) {
                 registry.evict(worker);
                 lifecycle.evictions += 1;
