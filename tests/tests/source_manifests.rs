@@ -36,7 +36,7 @@ fn every_function_the_manifest_names_was_inlined_and_has_no_symbol() {
 #[test]
 fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms() {
     let start = StartFile::new("job-pool");
-    let load = args(&["--requests", "4000", "--rate", "600"]);
+    let load = args(&["--requests", "2500", "--rate", "250"]);
     let mut pool = Pool::start_named("job-pool", &[load, start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest("job-pool.toml"), free_address(), &[]);
     start.start();

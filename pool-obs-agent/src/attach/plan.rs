@@ -12,7 +12,8 @@ use super::{
     machine_code::{FunctionCode, Handling, Site, Unprobeable, decoder_register},
     source::{
         SourceInfo,
-        compile::{Scope, Side, rebase_stack, show},
+        compile::{Scope, Side},
+        place::{rebase_stack, show},
     },
     symbols::{Symbol, SymbolTable},
 };

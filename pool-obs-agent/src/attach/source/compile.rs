@@ -2,18 +2,17 @@
 //! kernel programs evaluate: the path's first name is a parameter located by DWARF at the
 //! site's address, each later name a field, and pointers on the way (`&`, `Box`, `Arc`, `Rc`)
 //! are read through. Whatever cannot be read at that address is refused, with what can.
+//! Outcomes by variant names are in [`super::variants`].
 
-use pool_obs_common::probe::{Base, MAX_DEREFS, Register, Scalar};
+use pool_obs_common::probe::{Register, Scalar};
 
 use super::{
     Parameter, Site, SourceInfo, abi,
     location::{Address, Location, Origin},
-    types::{Member, Shape, Type, TypeId, Variants},
+    place::{dereference, field, read},
+    types::{Member, Shape, Type, TypeId},
 };
-use crate::{
-    manifest::{VariantArm, value::StrValue},
-    outcome::{Arm, OutcomeRule, Status, Test},
-};
+use crate::manifest::value::StrValue;
 
 /// Fields that smart pointers and their insides keep the pointer or the value in: `Arc`'s
 /// `ptr`, `NonNull`'s `pointer`, `ArcInner`'s `data`, `RcInner`'s `value`, `Pin`'s `__pointer`.
@@ -31,7 +30,7 @@ pub enum Side {
 
 /// One site's view of the debug info: where each parameter is at its address.
 pub struct Scope<'a> {
-    info: &'a SourceInfo,
+    pub(super) info: &'a SourceInfo,
     site: &'a Site,
     parameters: Vec<Parameter>,
     side: Side,
@@ -39,9 +38,9 @@ pub struct Scope<'a> {
 
 /// A value found by a path: its type and where it is.
 #[derive(Clone, Debug)]
-struct Found {
-    ty: Type,
-    location: Location,
+pub(super) struct Found {
+    pub(super) ty: Type,
+    pub(super) location: Location,
 }
 
 impl<'a> Scope<'a> {
@@ -78,79 +77,6 @@ impl<'a> Scope<'a> {
         })
     }
 
-    /// An outcome decided by the enum variant at `path`: the value (the discriminant), the
-    /// detail (the inner enum's, for arms such as `Err(JobError::Timeout)`) and the rule.
-    pub fn variants(
-        &self,
-        path: &str,
-        arms: &[VariantArm],
-    ) -> Result<(Scalar, Option<Scalar>, OutcomeRule), String> {
-        let found = self.walk(path)?;
-        let found = self.through_pointers(found, path)?;
-        let outer = Decoder::of(self, &found.ty, path)?;
-        let value = outer.read(&found.location, path)?;
-        let mut detail: Option<(String, Decoder, Scalar)> = None;
-        let mut nested = Vec::new();
-        let mut plain = Vec::new();
-        let mut otherwise = None;
-        for arm in arms {
-            if arm.variant == "_" {
-                otherwise = Some(arm.status);
-                continue;
-            }
-            let variant = outer.variant(&arm.variant, &found.ty.name)?;
-            let Some(inner_name) = &arm.inner else {
-                plain.push(Arm { status: arm.status, value: outer.test(variant), detail: None });
-                continue;
-            };
-            if let Some((outer_name, _, _)) = &detail
-                && outer_name != &arm.variant
-            {
-                return Err(format!(
-                    "arms look inside two variants, `{outer_name}` and `{}`: only one can be",
-                    arm.variant
-                ));
-            }
-            if detail.is_none() {
-                let (ty, location) = outer.payload(self, variant, &found.location, path)?;
-                let inner = Decoder::of(self, &ty, &format!("{path} as {}", arm.variant))?;
-                let scalar = inner.read(&location, path)?;
-                detail = Some((arm.variant.clone(), inner, scalar));
-            }
-            let (_, inner, _) = detail.as_ref().expect("set above");
-            let inner_variant = inner.variant(inner_name, &arm.variant)?;
-            nested.push(Arm {
-                status: arm.status,
-                value: outer.test(variant),
-                detail: Some(inner.test(inner_variant)),
-            });
-        }
-        if otherwise.is_none() {
-            let uncovered: Vec<&str> = outer
-                .names()
-                .into_iter()
-                .filter(|name| !arms.iter().any(|arm| arm.variant == *name && arm.inner.is_none()))
-                .collect();
-            if !uncovered.is_empty() {
-                return Err(format!(
-                    "no arm for {} of `{}`: add one, or \"_\" for the rest",
-                    uncovered.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", "),
-                    found.ty.name
-                ));
-            }
-        }
-        nested.extend(plain);
-        let rule = OutcomeRule { arms: nested, otherwise: otherwise.unwrap_or(Status::Failed) };
-        Ok((value, detail.map(|(_, _, scalar)| scalar), rule))
-    }
-
-    /// The variants of the enum at `path`, if it is one.
-    pub fn variant_names(&self, path: &str) -> Option<Vec<String>> {
-        let found = self.through_pointers(self.walk(path).ok()?, path).ok()?;
-        let decoder = Decoder::of(self, &found.ty, path).ok()?;
-        Some(decoder.names().into_iter().map(str::to_string).collect())
-    }
-
     /// The fields of the struct at `path` (through pointers), for `init`'s suggestions.
     pub fn field_names(&self, path: &str) -> Vec<String> {
         let Some(found) = self.walk(path).ok().and_then(|found| self.through_pointers(found, path).ok())
@@ -185,7 +111,7 @@ impl<'a> Scope<'a> {
 
     /// The value at `path`; a part of it the compiler did not keep is refused with what is
     /// available instead.
-    fn walk(&self, path: &str) -> Result<Found, String> {
+    pub(super) fn walk(&self, path: &str) -> Result<Found, String> {
         self.walk_steps(path).map_err(|problem| {
             if problem.contains("optimised out") && !problem.contains("available here") {
                 format!("{problem}: available here: {}", self.available())
@@ -306,7 +232,7 @@ impl<'a> Scope<'a> {
     }
 
     /// A value that is a pointer (`&T`, `Box<T>`) stands for what it points at.
-    fn through_pointers(&self, found: Found, path: &str) -> Result<Found, String> {
+    pub(super) fn through_pointers(&self, found: Found, path: &str) -> Result<Found, String> {
         let mut found = found;
         for _ in 0..MAX_HOPS {
             let Shape::Pointer(target) = found.ty.shape else { return Ok(found) };
@@ -423,233 +349,5 @@ fn at_entry(info: &SourceInfo, site: &Site, parameters: &mut [Parameter]) {
                       the function's signature, so its register at entry is not known"
                 .to_string()),
         };
-    }
-}
-
-/// How an enum's variant is read: its discriminant field, or the value of a fieldless enum.
-struct Decoder {
-    /// The discriminant's offset in the enum and its size.
-    at: u64,
-    size: u8,
-    variants: Vec<(String, Option<u64>, Option<Member>)>,
-}
-
-impl Decoder {
-    fn of(scope: &Scope, ty: &Type, path: &str) -> Result<Self, String> {
-        match &ty.shape {
-            Shape::Struct { variants: Some(Variants { discriminant, variants }), .. } => {
-                let size = scope.info.units().type_of(discriminant.ty)?.size;
-                if !(1..=8).contains(&size) {
-                    return Err(format!(
-                        "`{path}`: the {size}-byte discriminant of `{}` is too wide",
-                        ty.name
-                    ));
-                }
-                Ok(Decoder {
-                    at: discriminant.offset,
-                    size: size as u8,
-                    variants: variants
-                        .iter()
-                        .map(|variant| (variant.name.clone(), variant.value, Some(variant.member.clone())))
-                        .collect(),
-                })
-            }
-            Shape::Enumeration(enumerators) if (1..=8).contains(&ty.size) => Ok(Decoder {
-                at: 0,
-                size: ty.size as u8,
-                variants: enumerators
-                    .iter()
-                    .map(|(name, value)| (name.clone(), Some(*value), None))
-                    .collect(),
-            }),
-            _ => Err(format!("`{path}` is a `{}`, which has no variants", ty.name)),
-        }
-    }
-
-    fn read(&self, location: &Location, path: &str) -> Result<Scalar, String> {
-        read(&field(location, self.at, u64::from(self.size), path)?, self.size, path)
-    }
-
-    fn names(&self) -> Vec<&str> {
-        self.variants.iter().map(|(name, _, _)| name.as_str()).collect()
-    }
-
-    fn variant(&self, name: &str, of: &str) -> Result<usize, String> {
-        self.variants
-            .iter()
-            .position(|(variant, _, _)| variant == name)
-            .ok_or_else(|| format!("`{of}` has no variant `{name}`: it has {}", self.names().join(", ")))
-    }
-
-    fn test(&self, variant: usize) -> Test {
-        match self.variants[variant].1 {
-            Some(value) => Test::OneOf(vec![value]),
-            None => Test::NoneOf(self.variants.iter().filter_map(|(_, value, _)| *value).collect()),
-        }
-    }
-
-    /// The enum inside a variant such as `Err(JobError)`: its type and where it is.
-    fn payload(
-        &self,
-        scope: &Scope,
-        variant: usize,
-        location: &Location,
-        path: &str,
-    ) -> Result<(Type, Location), String> {
-        let (name, _, member) = &self.variants[variant];
-        let member = member.as_ref().ok_or_else(|| format!("`{name}` holds no value"))?;
-        let payload = scope.info.units().type_of(member.ty)?;
-        let Shape::Struct { members, .. } = &payload.shape else {
-            return Err(format!("`{name}` holds no value"));
-        };
-        let [inner] = members.as_slice() else {
-            return Err(format!("`{name}` holds {} values; arms can look into one", members.len()));
-        };
-        let ty = scope.info.units().type_of(inner.ty)?;
-        let location = field(location, member.offset + inner.offset, ty.size.max(1), path)?;
-        Ok((ty, location))
-    }
-}
-
-/// The part of a value `size` bytes long at `offset` in it.
-fn field(location: &Location, offset: u64, size: u64, path: &str) -> Result<Location, String> {
-    match location {
-        Location::Memory(address) => Ok(Location::Memory(address.clone().offset(offset as i64))),
-        Location::Register { origin, byte_offset } => {
-            let at = u64::from(*byte_offset) + offset;
-            if at + size.min(8) > 8 {
-                return Err(format!("`{path}` lies past the end of the register holding it"));
-            }
-            Ok(Location::Register { origin: *origin, byte_offset: at as u8 })
-        }
-        Location::Computed(_) if offset == 0 => Ok(location.clone()),
-        Location::Computed(_) => {
-            Err(format!("`{path}` is part of a value the compiler computes, not stores"))
-        }
-        Location::Constant(value) => {
-            Ok(Location::Constant(value.checked_shr(8 * offset as u32).unwrap_or(0)))
-        }
-        Location::Pieces(pieces) => {
-            let mut start = 0;
-            for (piece_size, piece) in pieces {
-                if offset >= start && offset + size <= start + piece_size {
-                    return match piece {
-                        Some(piece) => field(piece, offset - start, size, path),
-                        None => {
-                            Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
-                        }
-                    };
-                }
-                if offset < start + piece_size && offset + size > start + piece_size {
-                    return Err(format!("`{path}` straddles the pieces the value is split into"));
-                }
-                start += piece_size;
-            }
-            Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
-        }
-    }
-}
-
-/// What a pointer held at `location` points at.
-fn dereference(location: &Location, path: &str) -> Result<Location, String> {
-    match location {
-        Location::Memory(address) => Ok(Location::Memory(address.clone().load())),
-        Location::Register { origin, byte_offset: 0 } => Ok(Location::Memory(Address::of(*origin))),
-        Location::Computed(address) => Ok(Location::Memory(address.clone())),
-        Location::Pieces(_) => dereference(&field(location, 0, 8, path)?, path),
-        _ => Err(format!("`{path}` goes through a pointer the compiler did not keep")),
-    }
-}
-
-/// The scalar the kernel evaluates to read `size` bytes at `location`.
-fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
-    // (base, register, read at the return)
-    let start = |origin: Origin| match origin {
-        Origin::General(register) => (Base::Register, register as u8, 0),
-        Origin::Return(index) => (Base::Return, index, 1),
-        Origin::ResultPointer => (Base::Register, Register::Rdi as u8, 1),
-    };
-    let from = |address: &Address, extra_load: bool| {
-        let mut loads = address.loads.clone();
-        let mut addend = address.addend;
-        if extra_load {
-            loads.push(addend);
-            addend = 0;
-        }
-        if loads.len() > MAX_DEREFS {
-            return Err(format!(
-                "`{path}` takes {} pointer loads; at most {MAX_DEREFS} are supported",
-                loads.len()
-            ));
-        }
-        let (base, reg, at_return) = start(address.origin);
-        let mut offsets = [0; MAX_DEREFS];
-        offsets[..loads.len()].copy_from_slice(&loads);
-        Ok(Scalar {
-            base: base as u8,
-            reg,
-            derefs: loads.len() as u8,
-            size,
-            offsets,
-            addend,
-            at_return,
-            ..Scalar::default()
-        })
-    };
-    match location {
-        Location::Memory(address) => from(address, true),
-        Location::Computed(address) => from(address, false),
-        Location::Register { origin, byte_offset } => {
-            let (base, reg, at_return) = start(*origin);
-            Ok(Scalar { base: base as u8, reg, size, shift: byte_offset * 8, at_return, ..Scalar::default() })
-        }
-        Location::Constant(value) => {
-            Ok(Scalar { base: Base::Constant as u8, constant: *value, size, ..Scalar::default() })
-        }
-        Location::Pieces(_) => read(&field(location, 0, u64::from(size), path)?, size, path),
-    }
-}
-
-/// A scalar as `check` shows it: `*(*(rsp + 0x50) + 0x8) as u64`.
-pub fn show(scalar: &Scalar) -> String {
-    let mut text = match scalar.base() {
-        Some(Base::Constant) => return format!("{:#x}", scalar.constant),
-        Some(Base::Absent) | None => return "-".to_string(),
-        Some(Base::Register) => {
-            Register::from_u8(scalar.reg).map_or("?".to_string(), |register| register.name().to_string())
-        }
-        Some(Base::Return) => ["ret", "ret1"].get(scalar.reg as usize).unwrap_or(&"?").to_string(),
-    };
-    for offset in &scalar.offsets[..scalar.derefs as usize] {
-        text = match offset {
-            0 => format!("*{text}"),
-            offset if *offset < 0 => format!("*({text} - {:#x})", offset.unsigned_abs()),
-            offset => format!("*({text} + {offset:#x})"),
-        };
-    }
-    if scalar.addend != 0 {
-        text = format!("({text} + {:#x})", scalar.addend);
-    }
-    if scalar.shift != 0 {
-        text = format!("({text} >> {})", scalar.shift);
-    }
-    let when = if scalar.at_return != 0 && scalar.base() == Some(Base::Register) {
-        " at the return (rdi as at entry)"
-    } else {
-        ""
-    };
-    format!("{text} as u{}{when}", u32::from(scalar.size) * 8)
-}
-
-/// Moves values read relative to the stack pointer at a function's entry to a probe placed
-/// after its prologue pushed `sp_offset` bytes.
-pub fn rebase_stack(scalar: &mut Scalar, sp_offset: i32) {
-    if scalar.base() != Some(Base::Register) || scalar.reg != Register::Rsp as u8 || sp_offset == 0 {
-        return;
-    }
-    if scalar.derefs > 0 {
-        scalar.offsets[0] += i64::from(sp_offset);
-    } else {
-        scalar.addend += i64::from(sp_offset);
     }
 }

@@ -7,8 +7,10 @@
 pub mod abi;
 pub mod compile;
 pub mod location;
+pub mod place;
 pub mod signature;
 pub mod types;
+pub mod variants;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 

@@ -31,13 +31,13 @@ use pool_obs_tests::{
 struct Options {
     #[arg(long, value_delimiter = ',', default_value = "llama-7b,mistral-7b,bge-small")]
     models: Vec<String>,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 2500)]
     requests: u64,
     /// Requests per second.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = 250.0)]
     rate: f64,
     /// A model's worker is replaced after serving this many requests.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 150)]
     recycle_after: u64,
     #[arg(long, default_value_t = 0.05)]
     fail_rate: f64,
@@ -131,7 +131,7 @@ pub fn infer(weights: &[u8], prompt: &[u32], fails: bool) -> Result<String, Stri
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(u64::from(weight) ^ pass);
         }
     }
-    thread::sleep(Duration::from_micros(40 * prompt.len() as u64));
+    thread::sleep(Duration::from_micros(100 * prompt.len() as u64));
     if fails { Err(format!("model diverged at state {state:x}")) } else { Ok(format!("{state:016x}")) }
 }
 
