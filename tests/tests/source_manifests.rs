@@ -80,6 +80,31 @@ fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms(
     assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");
 }
 
+#[test]
+fn a_pool_of_boxed_closures_is_counted_by_what_each_closure_captured() {
+    let start = StartFile::new("closure-pool");
+    let load = args(&["--requests", "2000", "--rate", "1000"]);
+    let mut pool = Pool::start_named("closure-pool", &[load, start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), &manifest("closure-pool.toml"), free_address(), &[]);
+    start.start();
+    let summary = pool.summary();
+    pool.wait_for_exit();
+    let requests = summary.models.values().map(|model| model.requests.total()).sum();
+    let metrics = agent.metrics_after(requests);
+    assert_eq!(summary.models.len(), 2);
+    for (model, truth) in &summary.models {
+        // The model label comes from the closure's captured `model`, joined to the reply by the
+        // captured `id`.
+        for (status, count) in [("ok", truth.requests.ok), ("failed", truth.requests.failed)] {
+            assert!(count > 0, "{model}: the load has {status} requests");
+            let counted = metrics.value("pool_requests_total", &[("model", model), ("status", status)]);
+            assert_eq!(counted, Some(count as f64), "{model} {status}");
+        }
+    }
+    assert_eq!(metrics.value("pool_obs_read_failures_total", &[]), Some(0.0));
+    assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");
+}
+
 /// A manifest of one probe, in a file of its own.
 fn one_probe(probe: &str) -> std::path::PathBuf {
     static MANIFESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -212,14 +212,36 @@ impl FunctionCode {
     /// (or at least accepts) with `reads` — the argument registers the manifest reads, and the
     /// memory they point at — still as they were at entry. The block ends at the first branch
     /// or at an instruction another branch jumps to, so that the site runs once per call.
-    /// Where an inlined instance that starts at `offset` really starts: its first instruction
-    /// that is not a `nop`. The compiler counts the padding that aligns a jump target as the
-    /// instance's; it is never executed when a jump leads there, and does nothing when it is.
-    /// `None` if no instruction starts at `offset`.
-    pub fn inlined_entry(&self, offset: u64) -> Option<Site> {
-        let first = self.ops.iter().position(|op| op.offset == offset)?;
-        let op = self.ops[first..].iter().find(|op| op.instruction.mnemonic() != Mnemonic::Nop)?;
-        Some(Site { offset: op.offset, sp_offset: 0, handling: op.handling(), instruction: op.text() })
+    /// Where a probe on an inlined instance that starts at `offset` may sit, best first: its
+    /// first instruction that is not a `nop` (the compiler counts the padding that aligns a
+    /// jump target as the instance's; it is never executed when a jump leads there, and does
+    /// nothing when it is), then the instructions that follow it in a straight line, for values
+    /// the compiler makes available a few instructions in. None is a jump target, so every
+    /// pass through the instance's entry passes each of them once. Empty if no instruction
+    /// starts at `offset`.
+    pub fn inlined_entries(&self, offset: u64) -> Vec<Site> {
+        const AT_MOST: usize = 8;
+        let Some(first) = self.ops.iter().position(|op| op.offset == offset) else { return Vec::new() };
+        let Some(start) = self.ops[first..].iter().position(|op| op.instruction.mnemonic() != Mnemonic::Nop)
+        else {
+            return Vec::new();
+        };
+        let mut sites = Vec::new();
+        for (index, op) in self.ops[first + start..].iter().enumerate().take(AT_MOST) {
+            if index > 0 && self.targets.contains(&op.offset) {
+                break;
+            }
+            sites.push(Site {
+                offset: op.offset,
+                sp_offset: 0,
+                handling: op.handling(),
+                instruction: op.text(),
+            });
+            if op.instruction.flow_control() != FlowControl::Next {
+                break;
+            }
+        }
+        sites
     }
 
     pub fn entry_site(&self, reads: &[Register]) -> Result<Site, Unprobeable> {

@@ -11,7 +11,7 @@ use pool_obs_common::{
 use super::{
     machine_code::{FunctionCode, Handling, Site, Unprobeable, decoder_register},
     source::{
-        SourceInfo,
+        self, SourceInfo,
         compile::{Scope, Side},
         place::{rebase_stack, show},
     },
@@ -225,32 +225,22 @@ impl Plan {
             }
             let side = if probe.at == At::Return { Side::Return } else { Side::Entry };
             let code = symbols.code(symbol);
-            // An inlined instance's probe sits on its first real instruction, and its values are
-            // located there.
-            let entry = match &site.inlined {
-                None => None,
-                Some(_) => Some(code.inlined_entry(site.address - symbol.address).ok_or_else(|| {
-                    refuse(format!("{shown}: no instruction starts at {:#x}", site.address))
-                })?),
-            };
-            let moved = entry.as_ref().map(|entry| site.at(symbol.address + entry.offset));
-            let scope = Scope::new(source, moved.as_ref().unwrap_or(site), side).map_err(refuse)?;
-            let (mut spec, rule, compiled) =
-                source_spec(probe, &scope).map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-            let choices = match (&site.inlined, entry) {
-                (Some(inlined), Some(at)) => {
-                    if let Handling::Refused(why) = at.handling {
-                        return Err(Refusal::new(
-                            Class::Unprobeable,
-                            format!("cannot probe {shown}: the kernel refuses `{}` ({why})", at.instruction),
-                        )
-                        .into());
-                    }
-                    let reason = format!("inlined at {}, {}", inlined.call, at.handling);
-                    vec![Choice::safe(Program::Entry, at, reason)]
+            let (address, mut spec, rule, compiled, choices) = match &site.inlined {
+                None => {
+                    let scope = Scope::new(source, site, side).map_err(refuse)?;
+                    let (spec, rule, compiled) = source_spec(probe, &scope)
+                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                    let choices = out_of_line_sites(probe, &spec, &code)
+                        .map_err(|problem| unprobeable(&site.function, probe.at, problem))?;
+                    (site.address, spec, rule, compiled, choices)
                 }
-                _ => out_of_line_sites(probe, &spec, &code)
-                    .map_err(|problem| unprobeable(&site.function, probe.at, problem))?,
+                Some(inlined) => {
+                    let (at, spec, rule, compiled) = inlined_site(probe, source, site, symbol, &code)
+                        .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
+                    let reason = format!("inlined at {}, {}", inlined.call, at.handling);
+                    let address = symbol.address + at.offset;
+                    (address, spec, rule, compiled, vec![Choice::safe(Program::Entry, at, reason)])
+                }
             };
             // Values relative to the stack pointer at entry follow an entry probe moved past pushes.
             if let Some(entry) =
@@ -262,7 +252,7 @@ impl Plan {
             }
             let cookie = self.push(spec, info_of(probe, &shown, rule));
             self.compiled.extend(compiled.into_iter().map(|(field, path, expression)| Compiled {
-                site: format!("{shown} at {:#x}", moved.as_ref().map_or(site.address, |moved| moved.address)),
+                site: format!("{shown} at {address:#x}"),
                 field,
                 path,
                 expression,
@@ -376,6 +366,37 @@ fn registers_read(spec: &ProbeSpec) -> Vec<iced_x86::Register> {
         .filter(|register| *register != Register::Rsp)
         .map(decoder_register)
         .collect()
+}
+
+/// Where a probe on an inlined instance sits, and its spec there: the first place of
+/// [`FunctionCode::inlined_entries`] that the kernel accepts and where every value can be
+/// read. The refusal is that of the first place.
+fn inlined_site(
+    probe: &Probe,
+    source: &SourceInfo,
+    site: &source::Site,
+    symbol: &Symbol,
+    code: &FunctionCode,
+) -> Result<(Site, ProbeSpec, Option<OutcomeRule>, Shown), (Class, String)> {
+    let places = code.inlined_entries(site.address - symbol.address);
+    let mut first_problem = None;
+    for at in places {
+        let problem = match at.handling {
+            Handling::Refused(why) => {
+                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
+            }
+            _ => {
+                let moved = site.at(symbol.address + at.offset);
+                match Scope::new(source, &moved, Side::Entry).and_then(|scope| source_spec(probe, &scope)) {
+                    Ok((spec, rule, compiled)) => return Ok((at, spec, rule, compiled)),
+                    Err(problem) => (Class::SourceValue, problem),
+                }
+            }
+        };
+        first_problem.get_or_insert(problem);
+    }
+    Err(first_problem
+        .unwrap_or((Class::SourceValue, format!("no instruction starts at {:#x}", site.address))))
 }
 
 /// The spec of a probe whose values are all in the register syntax.

@@ -33,6 +33,8 @@ pub struct Scope<'a> {
     pub(super) info: &'a SourceInfo,
     site: &'a Site,
     parameters: Vec<Parameter>,
+    /// A closure's captured variables, found by name after its parameters.
+    captures: Vec<Parameter>,
     side: Side,
 }
 
@@ -46,10 +48,17 @@ pub(super) struct Found {
 impl<'a> Scope<'a> {
     pub fn new(info: &'a SourceInfo, site: &'a Site, side: Side) -> Result<Self, String> {
         let mut parameters = info.parameters(site)?;
+        let mut captures = info.captures(site)?;
         if site.inlined.is_none() {
             at_entry(info, site, &mut parameters);
+            // A capture in a stack slot is copied there by the closure's own code.
+            for capture in
+                captures.iter_mut().filter(|capture| capture.whole_scope && in_stack_slot(&capture.location))
+            {
+                capture.location = Err("in a stack slot the closure writes only after its entry".to_string());
+            }
         }
-        Ok(Self { info, site, parameters, side })
+        Ok(Self { info, site, parameters, captures, side })
     }
 
     /// An integer of any width up to 8 bytes.
@@ -99,6 +108,7 @@ impl<'a> Scope<'a> {
         let names: Vec<String> = self
             .parameters
             .iter()
+            .chain(&self.captures)
             .filter(|parameter| parameter.location.is_ok())
             .map(|parameter| format!("`{}`", parameter.name))
             .collect();
@@ -140,7 +150,9 @@ impl<'a> Scope<'a> {
                 )),
             };
         }
-        let Some(parameter) = self.parameters.iter().find(|parameter| parameter.name == name) else {
+        let Some(parameter) =
+            self.parameters.iter().chain(&self.captures).find(|parameter| parameter.name == name)
+        else {
             return Err(format!(
                 "`{}` has no parameter `{name}`: it has {}",
                 self.site.function,
@@ -304,8 +316,12 @@ impl<'a> Scope<'a> {
     }
 
     fn all_names(&self) -> String {
-        let names: Vec<String> =
-            self.parameters.iter().map(|parameter| format!("`{}`", parameter.name)).collect();
+        let names: Vec<String> = self
+            .parameters
+            .iter()
+            .chain(&self.captures)
+            .map(|parameter| format!("`{}`", parameter.name))
+            .collect();
         if names.is_empty() { "none".to_string() } else { names.join(", ") }
     }
 
@@ -336,11 +352,7 @@ fn at_entry(info: &SourceInfo, site: &Site, parameters: &mut [Parameter]) {
         _ => true,
     });
     for (parameter, abi) in parameters.iter_mut().zip(by_abi) {
-        let in_stack_slot = matches!(
-            &parameter.location,
-            Ok(Location::Memory(Address { origin: Origin::General(Register::Rsp | Register::Rbp), .. }))
-        );
-        if !(parameter.whole_scope && in_stack_slot) {
+        if !(parameter.whole_scope && in_stack_slot(&parameter.location)) {
             continue;
         }
         parameter.location = match abi {
@@ -350,4 +362,11 @@ fn at_entry(info: &SourceInfo, site: &Site, parameters: &mut [Parameter]) {
                 .to_string()),
         };
     }
+}
+
+fn in_stack_slot(location: &Result<Location, String>) -> bool {
+    matches!(
+        location,
+        Ok(Location::Memory(Address { origin: Origin::General(Register::Rsp | Register::Rbp), .. }))
+    )
 }

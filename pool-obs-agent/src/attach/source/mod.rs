@@ -39,6 +39,9 @@ pub struct DebugUnits {
 pub struct Site {
     /// The function's demangled name, without the hash.
     pub function: String,
+    /// The name that tells it apart: its demangled name, with a closure's number as DWARF
+    /// gives it (`pool::main::{closure#1}`) where several closures share one.
+    pub key: String,
     pub mangled: String,
     /// The site's first instruction, as a virtual address.
     pub address: u64,
@@ -113,8 +116,8 @@ impl SourceInfo {
     pub fn sites(&self, pattern: &str) -> Result<Vec<&Site>, String> {
         let mut functions: BTreeMap<&str, &str> = BTreeMap::new();
         for site in &self.sites {
-            if site.mangled == pattern || glob_match(pattern, &site.function) {
-                functions.insert(&site.mangled, &site.function);
+            if site.mangled == pattern || glob_match(pattern, &site.function) || site.key == pattern {
+                functions.insert(&site.mangled, &site.key);
             }
         }
         match functions.len() {
@@ -142,6 +145,11 @@ impl SourceInfo {
     /// The site's parameters, each located at the site's address.
     pub fn parameters(&self, site: &Site) -> Result<Vec<Parameter>, String> {
         self.units.parameters(site).map_err(|error| error.to_string())
+    }
+
+    /// What a closure captured, located at the site's address (nothing for other functions).
+    pub fn captures(&self, site: &Site) -> Result<Vec<Parameter>, String> {
+        self.units.captures(site).map_err(|error| error.to_string())
     }
 
     /// The function's return type, if it returns a value.
@@ -206,8 +214,15 @@ impl DebugUnits {
                 let inlined = (tag == constants::DW_TAG_inlined_subroutine).then(|| Inlined {
                     call: self.call_site(unit, entry).unwrap_or_else(|| "?".to_string()),
                 });
+                let demangled = format!("{:#}", rustc_demangle::demangle(&mangled));
+                // Closures share one demangled name; DWARF numbers them.
+                let key = match (demangled.strip_suffix("{{closure}}"), self.name_of(index, entry)) {
+                    (Some(path), Some(name)) if name.starts_with("{closure#") => format!("{path}{name}"),
+                    _ => demangled.clone(),
+                };
                 sites.push(Site {
-                    function: format!("{:#}", rustc_demangle::demangle(&mangled)),
+                    function: demangled,
+                    key,
                     mangled,
                     address,
                     inlined,
@@ -356,17 +371,46 @@ impl DebugUnits {
         Ok(ordered)
     }
 
+    /// The variables a closure captured, which rustc describes as variables of the closure's
+    /// body, each located at the site's address.
+    fn captures(&self, site: &Site) -> gimli::Result<Vec<Parameter>> {
+        let mut captures = Vec::new();
+        if !site.function.ends_with("{{closure}}") {
+            return Ok(captures);
+        }
+        self.each_child(site.unit, site.entry, constants::DW_TAG_variable, |entry| {
+            let Some(name) = self.name_of(site.unit, entry) else { return Ok(()) };
+            let ty = self.inherited_type(site.unit, entry);
+            let whole_scope =
+                matches!(entry.attr_value(constants::DW_AT_location)?, Some(AttributeValue::Exprloc(_)));
+            let location = self.location_at(site, entry)?;
+            captures.push(Parameter { name, ty, location, whole_scope });
+            Ok(())
+        })?;
+        Ok(captures)
+    }
+
     fn each_parameter(
         &self,
         unit: usize,
         offset: UnitOffset,
+        visit: impl FnMut(&DebuggingInformationEntry<R>) -> gimli::Result<()>,
+    ) -> gimli::Result<()> {
+        self.each_child(unit, offset, constants::DW_TAG_formal_parameter, visit)
+    }
+
+    fn each_child(
+        &self,
+        unit: usize,
+        offset: UnitOffset,
+        tag: gimli::DwTag,
         mut visit: impl FnMut(&DebuggingInformationEntry<R>) -> gimli::Result<()>,
     ) -> gimli::Result<()> {
         let mut tree = self.units[unit].entries_tree(Some(offset))?;
         let root = tree.root()?;
         let mut children = root.children();
         while let Some(child) = children.next()? {
-            if child.entry().tag() == constants::DW_TAG_formal_parameter {
+            if child.entry().tag() == tag {
                 visit(child.entry())?;
             }
         }
@@ -398,7 +442,7 @@ impl DebugUnits {
                 }
                 match found {
                     Some(expression) => expression,
-                    None => return Ok(Err(format!("optimised out at {:#x}", site.address))),
+                    None => return Ok(optimised_out()),
                 }
             }
         };

@@ -60,17 +60,22 @@ impl SourceInfo {
         Some(FunctionInfo { address, params, returns: self.return_type(site).and_then(info) })
     }
 
-    /// Every function with inlined instances, by demangled name, with how many it has.
+    /// Every function with inlined instances, by demangled name (a closure's with its number),
+    /// with how many it has.
     pub fn inlined_functions(&self) -> BTreeMap<&str, usize> {
         let mut inlined = BTreeMap::new();
         for site in self.sites.iter().filter(|site| site.inlined.is_some()) {
-            *inlined.entry(site.function.as_str()).or_default() += 1;
+            *inlined.entry(site.key.as_str()).or_default() += 1;
         }
         inlined
     }
 
     /// A function matching `pattern` that the compiler inlined into its callers.
     pub fn inlined(&self, pattern: &str) -> Option<&str> {
-        self.inlined_functions().into_keys().find(|name| glob_match(pattern, name))
+        self.sites
+            .iter()
+            .filter(|site| site.inlined.is_some())
+            .find(|site| glob_match(pattern, &site.function) || glob_match(pattern, &site.key))
+            .map(|site| site.function.as_str())
     }
 }
