@@ -213,9 +213,9 @@ impl Plan {
             let Some(symbol) = symbols.containing(site.address) else { continue };
             let shown = match &site.inlined {
                 Some(inlined) => {
-                    format!("{} (inlined into {} at {})", site.function, symbol.name, inlined.call)
+                    format!("{} (inlined into {} at {})", site.key, symbol.name, inlined.call)
                 }
-                None => site.function.clone(),
+                None => site.key.clone(),
             };
             if site.inlined.is_some() && probe.at == At::Return {
                 return Err(refuse(format!(

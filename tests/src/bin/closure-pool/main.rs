@@ -1,10 +1,12 @@
 //! `closure-pool`: a thread pool of boxed closures, as `threadpool` and `rayon::spawn` users
-//! write one: each request is a `move` closure that captures its model and id, queued as a
+//! write one: each request is a `move` closure that captures its model (a `Cow<str>`, borrowed
+//! from the configuration or owned) and its id, queued as a
 //! `Box<dyn FnOnce() + Send>` and run by whichever worker takes it. Built in release as
 //! written: the closure is inlined into the shim that calls it, and its captures are what a
 //! manifest names. What the client receives is the ground truth the tests compare with.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     hint::black_box,
     path::PathBuf,
@@ -108,18 +110,21 @@ pub fn run_model(model: &str, id: u64, fails: bool) -> Result<u64, ModelError> {
 /// Hands a request's result back to its client.
 pub fn respond(
     replies: &mpsc::Sender<Reply>,
-    model: String,
+    model: Cow<'static, str>,
     id: u64,
     submitted: Instant,
     result: Result<u64, ModelError>,
 ) {
     let latency = submitted.elapsed();
     black_box(id);
-    let _ = replies.send(Reply { model, latency, result });
+    let _ = replies.send(Reply { model: model.into_owned(), latency, result });
 }
 
 fn main() {
     let options = Options::parse();
+    // The configured models' names live as long as the pool.
+    let models: Vec<&'static str> =
+        options.models.iter().map(|model| &*Box::leak(model.clone().into_boxed_str())).collect();
     let pool = ThreadPool::new(options.workers);
     let (replies, received) = mpsc::channel::<Reply>();
     let client = thread::spawn(move || {
@@ -138,7 +143,10 @@ fn main() {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
-        let model = options.models[id as usize % options.models.len()].clone();
+        // A request names its model by the configured name, or (one in four) by its own copy.
+        let name = models[id as usize % models.len()];
+        let model: Cow<'static, str> =
+            if id % 4 == 0 { Cow::Owned(name.to_string()) } else { Cow::Borrowed(name) };
         let fails = unit_interval(options.seed, id, 1) < options.fail_rate;
         let replies = replies.clone();
         let submitted = Instant::now();
