@@ -5,6 +5,7 @@ pub mod machine_code;
 pub mod plan;
 pub mod source;
 pub mod symbols;
+pub mod verdicts;
 
 use std::num::NonZeroU32;
 

@@ -136,7 +136,7 @@ async fn run(options: Options) -> Result<()> {
         &target.shown(),
         options.debug.debug_file.as_deref(),
     )?;
-    let source = plan::source_for(&manifest, &symbols)?;
+    let source = plan::source_for(&symbols)?;
     let plan = plan::plan(&manifest, &symbols, source.as_ref())?;
     drop(source);
     http::raise_open_file_limit();

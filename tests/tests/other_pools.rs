@@ -155,6 +155,30 @@ fn check_catches_a_wrong_register_and_a_missing_hidden_pointer_shift() {
         printed.contains("✗ worker_id: arg2 is the length of `model: &[u8]`, not a whole integer"),
         "{printed}"
     );
+    // Attaching refuses it too, rather than export a length as a worker id.
+    let wrong =
+        std::fs::read_to_string(manifest("demo-pool-registers.toml")).expect("the demo manifest").replacen(
+            "worker_id = \"arg3\"\nmemory_bytes = \"arg4\"",
+            "worker_id = \"arg2\"\nmemory_bytes = \"arg4\"",
+            1,
+        );
+    let path = std::env::temp_dir().join(format!("pool-obs-wrong-register-{}.toml", std::process::id()));
+    std::fs::write(&path, wrong).expect("write the manifest");
+    let start = StartFile::new("wrong-register");
+    let pool = Pool::start_named("demo-pool", start.arg().as_ref());
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["--pid", &pool.pid().to_string(), "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(&path)
+        .output()
+        .expect("run pool-obs-agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(21), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "pool-obs-agent: error: demo_pool::pool::Pool::spawn_worker: worker_id: arg2 is the length of \
+         `model: &[u8]`, not a whole integer (`pool-obs-agent check` shows every value)"
+    );
+    let _ = std::fs::remove_file(&path);
 
     // `serve` read as if its 24-byte result did not take arg0.
     let (code, printed) = check_demo_manifest(|text| {

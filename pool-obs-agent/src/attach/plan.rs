@@ -16,6 +16,7 @@ use super::{
         place::{rebase_stack, show},
     },
     symbols::{Symbol, SymbolTable},
+    verdicts,
 };
 use crate::{
     error::{Class, Refusal},
@@ -131,6 +132,19 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
             continue;
         }
         let copies = symbols.locate(&probe.function)?;
+        if let Some(function) = source.and_then(|source| source.function_at(copies[0].address)) {
+            let slots = verdicts::register_slots(&function);
+            if let Some((field, problem)) = verdicts::verdicts(probe, &slots)
+                .into_iter()
+                .find_map(|(field, verdict)| verdict.err().map(|problem| (field, problem)))
+            {
+                let message = format!(
+                    "{}: {field}: {problem} (`pool-obs-agent check` shows every value)",
+                    copies[0].name
+                );
+                return Err(Refusal::new(Class::SourceValue, message).into());
+            }
+        }
         let rule = match &probe.outcome {
             Some(ProbeOutcome::Constant(status)) => Some(OutcomeRule::constant(*status)),
             Some(ProbeOutcome::Rule { rule, .. }) => Some(rule.clone()),
@@ -153,11 +167,9 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
     Ok(plan)
 }
 
-/// The binary's debug info, read only when some probe names values by source paths.
-pub fn source_for(manifest: &Manifest, symbols: &SymbolTable) -> anyhow::Result<Option<SourceInfo>> {
-    if !manifest.probes.iter().any(Probe::reads_source_paths) {
-        return Ok(None);
-    }
+/// The binary's debug info, if it has any: source paths are compiled against it, and register
+/// values checked against the functions' signatures.
+pub fn source_for(symbols: &SymbolTable) -> anyhow::Result<Option<SourceInfo>> {
     let Some(path) = symbols.debug_info() else { return Ok(None) };
     Ok(SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?)
 }
@@ -225,21 +237,21 @@ impl Plan {
             }
             let side = if probe.at == At::Return { Side::Return } else { Side::Entry };
             let code = symbols.code(symbol);
-            let (address, mut spec, rule, compiled, choices) = match &site.inlined {
+            let (address, SiteSpec { mut spec, rule, shown: compiled }, choices) = match &site.inlined {
                 None => {
                     let scope = Scope::new(source, site, side).map_err(refuse)?;
-                    let (spec, rule, compiled) = source_spec(probe, &scope)
+                    let compiled = source_spec(probe, &scope)
                         .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                    let choices = out_of_line_sites(probe, &spec, &code)
+                    let choices = out_of_line_sites(probe, &compiled.spec, &code)
                         .map_err(|problem| unprobeable(&site.function, probe.at, problem))?;
-                    (site.address, spec, rule, compiled, choices)
+                    (site.address, compiled, choices)
                 }
                 Some(inlined) => {
-                    let (at, spec, rule, compiled) = inlined_site(probe, source, site, symbol, &code)
+                    let (at, compiled) = inlined_site(probe, source, site, symbol, &code)
                         .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
                     let reason = format!("inlined at {}, {}", inlined.call, at.handling);
                     let address = symbol.address + at.offset;
-                    (address, spec, rule, compiled, vec![Choice::safe(Program::Entry, at, reason)])
+                    (address, compiled, vec![Choice::safe(Program::Entry, at, reason)])
                 }
             };
             // Values relative to the stack pointer at entry follow an entry probe moved past pushes.
@@ -377,7 +389,7 @@ fn inlined_site(
     site: &source::Site,
     symbol: &Symbol,
     code: &FunctionCode,
-) -> Result<(Site, ProbeSpec, Option<OutcomeRule>, Shown), (Class, String)> {
+) -> Result<(Site, SiteSpec), (Class, String)> {
     let places = code.inlined_entries(site.address - symbol.address);
     let mut first_problem = None;
     for at in places {
@@ -388,7 +400,7 @@ fn inlined_site(
             _ => {
                 let moved = site.at(symbol.address + at.offset);
                 match Scope::new(source, &moved, Side::Entry).and_then(|scope| source_spec(probe, &scope)) {
-                    Ok((spec, rule, compiled)) => return Ok((at, spec, rule, compiled)),
+                    Ok(compiled) => return Ok((at, compiled)),
                     Err(problem) => (Class::SourceValue, problem),
                 }
             }
@@ -427,9 +439,17 @@ fn register_spec(probe: &Probe) -> ProbeSpec {
 /// (field, path, compiled expression) for `check`.
 type Shown = Vec<(&'static str, String, String)>;
 
-/// The spec of a probe at one site, with its outcome rule there (variant values differ from
-/// one enum to another, not from one site to another, but the rule is compiled with the rest).
-fn source_spec(probe: &Probe, scope: &Scope) -> Result<(ProbeSpec, Option<OutcomeRule>, Shown), String> {
+/// A probe compiled at one site: its spec, its outcome rule there (variant values differ from
+/// one enum to another, not from one site to another, but the rule is compiled with the rest),
+/// and each value's expression for `check`.
+struct SiteSpec {
+    spec: ProbeSpec,
+    rule: Option<OutcomeRule>,
+    shown: Shown,
+}
+
+/// A probe whose values are source paths, compiled at one site.
+fn source_spec(probe: &Probe, scope: &Scope) -> Result<SiteSpec, String> {
     let mut spec = register_spec(probe);
     let mut shown: Shown = Vec::new();
     let mut integer = |field: &'static str, value: &Option<Value>, into: &mut Scalar| -> Result<(), String> {
@@ -465,7 +485,7 @@ fn source_spec(probe: &Probe, scope: &Scope) -> Result<(ProbeSpec, Option<Outcom
         }
         None => None,
     };
-    Ok((spec, rule, shown))
+    Ok(SiteSpec { spec, rule, shown })
 }
 
 fn spec_scalars_mut(spec: &mut ProbeSpec) -> [&mut Scalar; 7] {
