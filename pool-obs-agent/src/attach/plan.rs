@@ -1,5 +1,5 @@
-//! Turns the manifest and the pool's binary into what gets loaded: one [`ProbeSpec`] per probe,
-//! and the probe sites to attach, each chosen from the function's machine code so that no probe
+//! Turns the manifest and the pool's binary into what gets loaded: one [`ProbeSpec`] per probe
+//! (per site, for values named by source paths: [`sourced`]), and the probe sites to attach, each chosen from the function's machine code so that no probe
 //! can harm the pool: return probes never put a uretprobe where a panic could unwind through
 //! it, and entry probes move off instructions the kernel refuses or single-steps.
 
@@ -8,16 +8,16 @@ use pool_obs_common::{
     probe::{Base, Cookie, ProbeSpec, Register, Scalar},
 };
 
+mod sourced;
+
 use super::{
     machine_code::{FunctionCode, Handling, Site, Unprobeable, decoder_register},
-    source::{
-        self, SourceInfo,
-        compile::{Scope, Side},
-        place::{rebase_stack, show},
-    },
+    source::SourceInfo,
     symbols::{Symbol, SymbolTable},
     verdicts,
 };
+pub use sourced::Compiled;
+
 use crate::{
     error::{Class, Refusal},
     manifest::{At, Manifest, Model, Probe, ProbeOutcome, Value},
@@ -187,97 +187,12 @@ fn out_of_line_sites(probe: &Probe, spec: &ProbeSpec, code: &FunctionCode) -> Re
     }
 }
 
-/// One value of a probe compiled at one site, for `check` to show.
-#[derive(Clone, Debug)]
-pub struct Compiled {
-    /// The site: the function, and where it runs.
-    pub site: String,
-    pub field: &'static str,
-    pub path: String,
-    pub expression: String,
-}
-
 type Sites = Vec<Choice>;
 
 impl Plan {
     /// What each probe is, by index, for people: its function and event.
     pub fn probe_names(&self) -> Vec<String> {
         self.probes.iter().map(|probe| format!("{}, {}", probe.function, probe.event.name())).collect()
-    }
-
-    /// A probe whose values are source paths: one spec per site, each compiled against the
-    /// debug info at the site's address, for every out-of-line copy and inlined instance.
-    fn source_probe(
-        &mut self,
-        probe: &Probe,
-        symbols: &SymbolTable,
-        source: &SourceInfo,
-    ) -> anyhow::Result<()> {
-        let refuse = |message: String| anyhow::Error::from(Refusal::new(Class::SourceValue, message));
-        let sites = source.sites(&probe.function).map_err(|problem| {
-            let class =
-                if problem.contains("matches") { Class::AmbiguousFunction } else { Class::FunctionNotFound };
-            anyhow::Error::from(Refusal::new(class, problem))
-        })?;
-        let mut placed = 0;
-        for site in sites {
-            // Code the linker dropped, or outside any function with a symbol.
-            let Some(symbol) = symbols.containing(site.address) else { continue };
-            let shown = match &site.inlined {
-                Some(inlined) => {
-                    format!("{} (inlined into {} at {})", site.key, symbol.name, inlined.call)
-                }
-                None => site.key.clone(),
-            };
-            if site.inlined.is_some() && probe.at == At::Return {
-                return Err(refuse(format!(
-                    "cannot probe the return of {shown}: an inlined call has no return of its own; \
-                     use an entry-side event on the function that receives its result"
-                )));
-            }
-            let side = if probe.at == At::Return { Side::Return } else { Side::Entry };
-            let code = symbols.code(symbol);
-            let (address, SiteSpec { mut spec, rule, shown: compiled }, choices) = match &site.inlined {
-                None => {
-                    let scope = Scope::new(source, site, side).map_err(refuse)?;
-                    let compiled = source_spec(probe, &scope)
-                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                    let choices = out_of_line_sites(probe, &compiled.spec, &code)
-                        .map_err(|problem| unprobeable(&site.function, probe.at, problem))?;
-                    (site.address, compiled, choices)
-                }
-                Some(inlined) => {
-                    let (at, compiled) = inlined_site(probe, source, site, symbol, &code)
-                        .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
-                    let reason = format!("inlined at {}, {}", inlined.call, at.handling);
-                    let address = symbol.address + at.offset;
-                    (address, compiled, vec![Choice::safe(Program::Entry, at, reason)])
-                }
-            };
-            // Values relative to the stack pointer at entry follow an entry probe moved past pushes.
-            if let Some(entry) =
-                choices.first().filter(|choice| matches!(choice.program, Program::Entry | Program::Call))
-            {
-                for scalar in spec_scalars_mut(&mut spec) {
-                    rebase_stack(scalar, entry.site.sp_offset);
-                }
-            }
-            let cookie = self.push(spec, info_of(probe, &shown, rule));
-            self.compiled.extend(compiled.into_iter().map(|(field, path, expression)| Compiled {
-                site: format!("{shown} at {address:#x}"),
-                field,
-                path,
-                expression,
-            }));
-            for choice in choices {
-                self.attach(symbol, cookie, choice);
-                placed += 1;
-            }
-        }
-        if placed == 0 {
-            return Err(refuse(format!("{} has no code in the binary to probe", probe.function)));
-        }
-        Ok(())
     }
 
     fn push(&mut self, spec: ProbeSpec, info: ProbeInfo) -> u32 {
@@ -380,37 +295,6 @@ fn registers_read(spec: &ProbeSpec) -> Vec<iced_x86::Register> {
         .collect()
 }
 
-/// Where a probe on an inlined instance sits, and its spec there: the first place of
-/// [`FunctionCode::inlined_entries`] that the kernel accepts and where every value can be
-/// read. The refusal is that of the first place.
-fn inlined_site(
-    probe: &Probe,
-    source: &SourceInfo,
-    site: &source::Site,
-    symbol: &Symbol,
-    code: &FunctionCode,
-) -> Result<(Site, SiteSpec), (Class, String)> {
-    let places = code.inlined_entries(site.address - symbol.address);
-    let mut first_problem = None;
-    for at in places {
-        let problem = match at.handling {
-            Handling::Refused(why) => {
-                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
-            }
-            _ => {
-                let moved = site.at(symbol.address + at.offset);
-                match Scope::new(source, &moved, Side::Entry).and_then(|scope| source_spec(probe, &scope)) {
-                    Ok(compiled) => return Ok((at, compiled)),
-                    Err(problem) => (Class::SourceValue, problem),
-                }
-            }
-        };
-        first_problem.get_or_insert(problem);
-    }
-    Err(first_problem
-        .unwrap_or((Class::SourceValue, format!("no instruction starts at {:#x}", site.address))))
-}
-
 /// The spec of a probe whose values are all in the register syntax.
 fn register_spec(probe: &Probe) -> ProbeSpec {
     let scalar = |value: &Option<Value>| match value {
@@ -434,70 +318,6 @@ fn register_spec(probe: &Probe) -> ProbeSpec {
         },
         ..ProbeSpec::default()
     }
-}
-
-/// (field, path, compiled expression) for `check`.
-type Shown = Vec<(&'static str, String, String)>;
-
-/// A probe compiled at one site: its spec, its outcome rule there (variant values differ from
-/// one enum to another, not from one site to another, but the rule is compiled with the rest),
-/// and each value's expression for `check`.
-struct SiteSpec {
-    spec: ProbeSpec,
-    rule: Option<OutcomeRule>,
-    shown: Shown,
-}
-
-/// A probe whose values are source paths, compiled at one site.
-fn source_spec(probe: &Probe, scope: &Scope) -> Result<SiteSpec, String> {
-    let mut spec = register_spec(probe);
-    let mut shown: Shown = Vec::new();
-    let mut integer = |field: &'static str, value: &Option<Value>, into: &mut Scalar| -> Result<(), String> {
-        if let Some(Value::Path(path)) = value {
-            *into = scope.integer(path)?;
-            shown.push((field, path.clone(), show(into)));
-        }
-        Ok(())
-    };
-    integer("worker_id", &probe.worker_id, &mut spec.worker_id)?;
-    integer("request_id", &probe.request_id, &mut spec.request_id)?;
-    let memory = probe.memory_bytes.as_ref().map(|memory| memory.value.clone());
-    integer("memory_bytes", &memory, &mut spec.memory_bytes)?;
-    if let Some(Model::Path(path)) = &probe.model {
-        let model = scope.string(path)?;
-        spec.model_ptr = model.ptr;
-        spec.model_len = model.len;
-        shown.push(("model", path.clone(), format!("str({}, {})", show(&model.ptr), show(&model.len))));
-    }
-    let rule = match &probe.outcome {
-        Some(ProbeOutcome::Constant(status)) => Some(OutcomeRule::constant(*status)),
-        Some(ProbeOutcome::Rule { rule, .. }) => Some(rule.clone()),
-        Some(ProbeOutcome::Variants { path, arms }) => {
-            let (value, detail, rule) = scope.variants(path, arms)?;
-            spec.outcome = value;
-            let mut expression = format!("variant of {}", show(&value));
-            if let Some(detail) = detail {
-                spec.outcome_detail = detail;
-                expression += &format!(", inner variant of {}", show(&detail));
-            }
-            shown.push(("outcome", path.clone(), expression));
-            Some(rule)
-        }
-        None => None,
-    };
-    Ok(SiteSpec { spec, rule, shown })
-}
-
-fn spec_scalars_mut(spec: &mut ProbeSpec) -> [&mut Scalar; 7] {
-    [
-        &mut spec.model_ptr,
-        &mut spec.model_len,
-        &mut spec.worker_id,
-        &mut spec.request_id,
-        &mut spec.memory_bytes,
-        &mut spec.outcome,
-        &mut spec.outcome_detail,
-    ]
 }
 
 fn info_of(probe: &Probe, function: &str, outcome: Option<OutcomeRule>) -> ProbeInfo {
