@@ -65,12 +65,7 @@ pub fn symbols(binary: &Binary, debug: &DebugFile, pattern: Option<&str>) -> Res
         println!("{:#012x} {:>8}  {}{marks}  {}", symbol.address, symbol.size, symbol.name, symbol.mangled);
     }
     // What the optimiser inlined everywhere has no symbol: the debug info still knows it.
-    let debug = table
-        .debug_info()
-        .map(SourceInfo::read)
-        .transpose()
-        .map_err(|error| Refusal::new(Class::Other, error))?
-        .flatten();
+    let debug = table.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
     let inlined: Vec<(&str, usize)> = debug
         .iter()
         .flat_map(SourceInfo::inlined_functions)
@@ -94,10 +89,7 @@ pub fn symbols(binary: &Binary, debug: &DebugFile, pattern: Option<&str>) -> Res
 pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> Result<()> {
     let manifest = manifest::load(manifest_path)?;
     let table = symbol_table(binary, debug_file)?;
-    let source = match table.debug_info() {
-        Some(path) => SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
-        None => None,
-    };
+    let source = table.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
     match table.debug_info() {
         None => println!("no debug info found: functions are checked, registers are not"),
         Some(path) => println!("debug info: {}", path.display()),

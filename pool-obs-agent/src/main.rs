@@ -136,7 +136,8 @@ async fn run(options: Options) -> Result<()> {
         &target.shown(),
         options.debug.debug_file.as_deref(),
     )?;
-    let source = plan::source_for(&symbols)?;
+    // Source paths are compiled against the debug info, and register values checked with it.
+    let source = symbols.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
     let plan = plan::plan(&manifest, &symbols, source.as_ref())?;
     drop(source);
     http::raise_open_file_limit();

@@ -167,13 +167,6 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
     Ok(plan)
 }
 
-/// The binary's debug info, if it has any: source paths are compiled against it, and register
-/// values checked against the functions' signatures.
-pub fn source_for(symbols: &SymbolTable) -> anyhow::Result<Option<SourceInfo>> {
-    let Some(path) = symbols.debug_info() else { return Ok(None) };
-    Ok(SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?)
-}
-
 /// The sites of an out-of-line copy: its entry, and its returns for a return probe.
 fn out_of_line_sites(probe: &Probe, spec: &ProbeSpec, code: &FunctionCode) -> Result<Sites, Unprobeable> {
     match probe.at {

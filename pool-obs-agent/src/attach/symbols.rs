@@ -10,6 +10,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use super::{debug_file, machine_code::FunctionCode, source::SourceInfo};
 use crate::error::{Class, Refusal};
+use std::sync::Arc;
 
 /// A function that can be probed.
 #[derive(Clone, Debug)]
@@ -26,8 +27,10 @@ pub struct Symbol {
 pub struct SymbolTable {
     /// The file of the binary's DWARF, if it has any (see [`super::debug_file`]).
     debug: Option<PathBuf>,
-    /// The whole file, for the functions' machine code.
-    data: Vec<u8>,
+    /// The whole file, for the functions' machine code, and its DWARF when it holds it.
+    data: Arc<[u8]>,
+    /// The file read, to tell whether the DWARF is in it.
+    path: PathBuf,
     symbols: Vec<Symbol>,
 }
 
@@ -98,7 +101,7 @@ impl SymbolTable {
     fn read(path: &Path, shown: &str) -> Result<Self, SymbolError> {
         let shown = shown.to_string();
         let unreadable = |reason: String| SymbolError::Unreadable { path: shown.clone(), reason };
-        let data = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
+        let data: Arc<[u8]> = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?.into();
         let file = object::File::parse(&*data).map_err(|error| unreadable(error.to_string()))?;
         if file.symbol_table().is_none() {
             return Err(if built_by_rustc(&file) {
@@ -128,7 +131,7 @@ impl SymbolTable {
             return Err(SymbolError::NotRust { path: shown });
         }
         drop(file);
-        Ok(Self { debug: None, data, symbols })
+        Ok(Self { debug: None, data, path: path.to_path_buf(), symbols })
     }
 
     /// The function's machine code, decoded.
@@ -192,8 +195,17 @@ impl SymbolTable {
         self.debug.as_deref()
     }
 
+    /// The binary's DWARF, read once: the file already read when the DWARF is in the binary.
+    pub fn read_debug_info(&self) -> Result<Option<SourceInfo>, String> {
+        match self.debug.as_deref() {
+            None => Ok(None),
+            Some(path) if path == self.path => SourceInfo::from_data(self.data.clone()),
+            Some(path) => SourceInfo::read(path),
+        }
+    }
+
     fn inlined(&self, pattern: &str) -> Option<String> {
-        let debug = SourceInfo::read(self.debug.as_ref()?).ok()??;
+        let debug = self.read_debug_info().ok()??;
         debug.inlined(pattern).map(str::to_string)
     }
 

@@ -18,10 +18,7 @@ use crate::{
 
 pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Result<()> {
     let table = symbol_table(binary, debug_file)?;
-    let source = match table.debug_info() {
-        Some(path) => SourceInfo::read(path).map_err(|error| Refusal::new(Class::Other, error))?,
-        None => None,
-    };
+    let source = table.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
     let Some(source) = source else {
         let message = "init reads the functions' signatures from the debug info, and the binary has none: \
                        build with `debug = \"full\"` in [profile.release], or give --debug-file";
@@ -46,8 +43,8 @@ pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Res
 }
 
 /// One commented `[[probe]]` table for the function the sites run.
-fn probe(source: &SourceInfo, sites: &[&Site]) -> Result<String, String> {
-    let site = sites[0];
+fn probe(source: &SourceInfo, sites: &[Site]) -> Result<String, String> {
+    let site = &sites[0];
     let name = &site.function;
     let scope = Scope::new(source, site, Side::Entry)?;
     let parameters = source.parameters(site)?;

@@ -46,7 +46,7 @@ impl Plan {
             anyhow::Error::from(Refusal::new(class, problem))
         })?;
         let mut placed = 0;
-        for site in sites {
+        for site in &sites {
             // Code the linker dropped, or outside any function with a symbol.
             let Some(symbol) = symbols.containing(site.address) else { continue };
             let shown = match &site.inlined {

@@ -80,7 +80,7 @@ enum Entry {
 pub fn evaluate(
     expression: gimli::Expression<R>,
     encoding: gimli::Encoding,
-    frame_base: Option<&Location>,
+    frame_base: Option<Origin>,
 ) -> Result<Option<Location>, String> {
     let mut operations = expression.operations(encoding);
     let mut stack: Vec<Entry> = Vec::new();
@@ -93,10 +93,8 @@ pub fn evaluate(
             Operation::RegisterOffset { register, offset, .. } => stack
                 .push(Entry::Address(Address::of(Origin::General(register_of(register)?)).offset(offset))),
             Operation::FrameOffset { offset } => match frame_base {
-                Some(Location::Register { origin, .. }) => {
-                    stack.push(Entry::Address(Address::of(*origin).offset(offset)))
-                }
-                _ => return Err("a frame base other than a register".to_string()),
+                Some(origin) => stack.push(Entry::Address(Address::of(origin).offset(offset))),
+                None => return Err("a frame base other than a register".to_string()),
             },
             Operation::PlusConstant { value } => match stack.last_mut() {
                 Some(Entry::Address(address)) => address.addend = address.addend.wrapping_add(value as i64),
@@ -190,7 +188,7 @@ mod tests {
         Expression(EndianArcSlice::new(bytes.into(), RunTimeEndian::Little))
     }
 
-    fn evaluate_bytes(bytes: &[u8], frame_base: Option<&Location>) -> Result<Option<Location>, String> {
+    fn evaluate_bytes(bytes: &[u8], frame_base: Option<Origin>) -> Result<Option<Location>, String> {
         let encoding = Encoding { format: Format::Dwarf32, version: 5, address_size: 8 };
         evaluate(expression(bytes), encoding, frame_base)
     }
@@ -205,9 +203,9 @@ mod tests {
         // DW_OP_breg7 +24, DW_OP_stack_value: a pointer to that slot
         assert_eq!(evaluate_bytes(&[0x77, 24, 0x9f], None), Ok(Some(Location::Computed(slot))));
         // DW_OP_fbreg +80 with the frame base in rsp
-        let frame_base = Location::register(Register::Rsp);
+        let frame_base = Origin::General(Register::Rsp);
         let at_80 = Address::of(Origin::General(Register::Rsp)).offset(80);
-        assert_eq!(evaluate_bytes(&[0x91, 0xd0, 0x00], Some(&frame_base)), Ok(Some(Location::Memory(at_80))));
+        assert_eq!(evaluate_bytes(&[0x91, 0xd0, 0x00], Some(frame_base)), Ok(Some(Location::Memory(at_80))));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod signature;
 pub mod types;
 pub mod variants;
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use gimli::{
     AttributeValue, DebugInfoOffset, DebuggingInformationEntry, Dwarf, EndianArcSlice, Reader as _,
@@ -21,7 +21,7 @@ use gimli::{
 use object::{Object, ObjectSection};
 
 use super::symbols::glob_match;
-use location::Location;
+use location::{Location, Origin};
 use types::TypeId;
 
 type R = EndianArcSlice<RunTimeEndian>;
@@ -42,14 +42,31 @@ pub struct Site {
     /// The name that tells it apart: its demangled name, with a closure's number as DWARF
     /// gives it (`pool::main::{closure#1}`) where several closures share one.
     pub key: String,
-    pub mangled: String,
     /// The site's first instruction, as a virtual address.
     pub address: u64,
     /// `None` for an out-of-line copy.
     pub inlined: Option<Inlined>,
     unit: usize,
     entry: UnitOffset,
-    frame_base: Option<Location>,
+    /// The register the enclosing function's frame base is in (`DW_OP_fbreg` counts from it).
+    frame_base: Option<Origin>,
+}
+
+/// A function's names, once per function however many places it runs in.
+struct Name {
+    function: String,
+    key: String,
+    mangled: String,
+}
+
+/// Where a function runs, compactly: a binary has tens of thousands of these.
+struct Placement {
+    name: u32,
+    address: u64,
+    inlined: bool,
+    unit: u32,
+    entry: UnitOffset,
+    frame_base: Option<Origin>,
 }
 
 impl Site {
@@ -79,23 +96,38 @@ pub struct Parameter {
 
 pub struct SourceInfo {
     units: DebugUnits,
-    sites: Vec<Site>,
+    names: Vec<Name>,
+    placements: Vec<Placement>,
 }
 
 impl SourceInfo {
     /// The binary's debug info, or `None` when it has none.
     pub fn read(path: &Path) -> Result<Option<Self>, String> {
         let data = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        Self::from_data(data.into())
+    }
+
+    /// The debug info in a file already read.
+    pub fn from_data(data: Arc<[u8]>) -> Result<Option<Self>, String> {
         let file = object::File::parse(&*data).map_err(|error| error.to_string())?;
         if file.section_by_name(".debug_info").is_none() {
             return Ok(None);
         }
+        let whole = EndianArcSlice::new(data.clone(), RunTimeEndian::Little);
+        // Sections are ranges of the one copy of the file; only a compressed one is copied.
         let load = |id: gimli::SectionId| -> Result<R, gimli::Error> {
-            let bytes = file
-                .section_by_name(id.name())
-                .and_then(|section| section.uncompressed_data().ok())
-                .unwrap_or_default();
-            Ok(EndianArcSlice::new(Arc::from(&*bytes), RunTimeEndian::Little))
+            let Some(section) = file.section_by_name(id.name()) else {
+                return Ok(EndianArcSlice::new(Arc::from(&[][..]), RunTimeEndian::Little));
+            };
+            match (section.compressed_file_range(), section.file_range()) {
+                (Ok(range), Some((offset, size))) if range.format == object::CompressionFormat::None => {
+                    Ok(whole.range(offset as usize..(offset + size) as usize))
+                }
+                _ => {
+                    let bytes = section.uncompressed_data().unwrap_or_default();
+                    Ok(EndianArcSlice::new(Arc::from(&*bytes), RunTimeEndian::Little))
+                }
+            }
         };
         let dwarf = Dwarf::load(load).map_err(|error| format!("reading DWARF: {error}"))?;
         let mut units = Vec::new();
@@ -107,32 +139,65 @@ impl SourceInfo {
             units.push(dwarf.unit(header).map_err(|error| error.to_string())?);
         }
         let units = DebugUnits { dwarf, units, starts };
-        let sites = units.sites().map_err(|error| format!("reading DWARF: {error}"))?;
-        Ok(Some(SourceInfo { units, sites }))
+        let (names, placements) = units.placements().map_err(|error| format!("reading DWARF: {error}"))?;
+        Ok(Some(SourceInfo { units, names, placements }))
+    }
+
+    /// A placement as a site, with its names and, when inlined, its call's source line.
+    fn site(&self, placement: &Placement) -> Site {
+        let name = &self.names[placement.name as usize];
+        let unit = placement.unit as usize;
+        let inlined = placement.inlined.then(|| Inlined {
+            call: self
+                .units
+                .units
+                .get(unit)
+                .and_then(|dwarf_unit| {
+                    let entry = dwarf_unit.entry(placement.entry).ok()?;
+                    self.units.call_site(dwarf_unit, &entry)
+                })
+                .unwrap_or_else(|| "?".to_string()),
+        });
+        Site {
+            function: name.function.clone(),
+            key: name.key.clone(),
+            address: placement.address,
+            inlined,
+            unit,
+            entry: placement.entry,
+            frame_base: placement.frame_base,
+        }
     }
 
     /// Every site of the one function that `pattern` names (a demangled name, `*` matching any
     /// run of characters, or a mangled name), out-of-line copies first.
-    pub fn sites(&self, pattern: &str) -> Result<Vec<&Site>, String> {
-        let mut functions: BTreeMap<&str, &str> = BTreeMap::new();
-        for site in &self.sites {
-            if site.mangled == pattern || glob_match(pattern, &site.function) || site.key == pattern {
-                functions.insert(&site.mangled, &site.key);
-            }
-        }
-        match functions.len() {
-            0 => Err(format!("the debug info has no function matching `{pattern}`")),
-            1 => {
-                let mangled = *functions.keys().next().expect("one");
-                let mut sites: Vec<&Site> =
-                    self.sites.iter().filter(|site| site.mangled == mangled).collect();
+    pub fn sites(&self, pattern: &str) -> Result<Vec<Site>, String> {
+        let matching: Vec<u32> = (0..self.names.len() as u32)
+            .filter(|index| {
+                let name = &self.names[*index as usize];
+                name.mangled == pattern || glob_match(pattern, &name.function) || name.key == pattern
+            })
+            .collect();
+        match matching.as_slice() {
+            [] => Err(format!("the debug info has no function matching `{pattern}`")),
+            [name] => {
+                let mut sites: Vec<Site> = self
+                    .placements
+                    .iter()
+                    .filter(|placement| placement.name == *name)
+                    .map(|placement| self.site(placement))
+                    .collect();
                 sites.sort_by_key(|site| (site.inlined.is_some(), site.address));
                 sites.dedup_by_key(|site| site.address);
                 Ok(sites)
             }
             _ => {
-                let shown: Vec<String> =
-                    functions.iter().map(|(mangled, name)| format!("{name} (mangled {mangled})")).collect();
+                let mut shown: Vec<String> = matching
+                    .iter()
+                    .map(|index| &self.names[*index as usize])
+                    .map(|name| format!("{} (mangled {})", name.key, name.mangled))
+                    .collect();
+                shown.sort();
                 Err(format!(
                     "`{pattern}` matches {} functions, name one by its mangled name: {}",
                     shown.len(),
@@ -170,12 +235,15 @@ impl SourceInfo {
 }
 
 impl DebugUnits {
-    fn sites(&self) -> gimli::Result<Vec<Site>> {
-        let mut sites = Vec::new();
-        let mut names: BTreeMap<(usize, UnitOffset), Option<String>> = BTreeMap::new();
+    fn placements(&self) -> gimli::Result<(Vec<Name>, Vec<Placement>)> {
+        let mut names: Vec<Name> = Vec::new();
+        let mut by_mangled: HashMap<String, u32> = HashMap::new();
+        // By the entry that names the function (its abstract origin or specification).
+        let mut named: HashMap<(usize, UnitOffset), Option<u32>> = HashMap::new();
+        let mut placements = Vec::new();
         for (index, unit) in self.units.iter().enumerate() {
             // The frame base of the function each entry is in, by depth.
-            let mut frames: Vec<(isize, Option<Location>)> = Vec::new();
+            let mut frames: Vec<(isize, Option<Origin>)> = Vec::new();
             let mut depth = 0isize;
             let mut entries = unit.entries();
             while let Some((delta, entry)) = entries.next_dfs()? {
@@ -187,52 +255,62 @@ impl DebugUnits {
                 if tag != constants::DW_TAG_subprogram && tag != constants::DW_TAG_inlined_subroutine {
                     continue;
                 }
-                let concrete = tag == constants::DW_TAG_inlined_subroutine
+                let inlined = tag == constants::DW_TAG_inlined_subroutine;
+                let concrete = inlined
                     || (entry.attr(constants::DW_AT_inline)?.is_none()
                         && entry.attr(constants::DW_AT_declaration)?.is_none());
-                let Some(address) = self.entry_address(unit, entry)?.filter(|address| *address > 1) else {
-                    continue;
-                };
                 if !concrete {
                     continue;
                 }
-                if tag == constants::DW_TAG_subprogram {
+                let Some(address) = self.entry_address(unit, entry)?.filter(|address| *address > 1) else {
+                    continue;
+                };
+                if !inlined {
                     let frame_base = match entry.attr_value(constants::DW_AT_frame_base)? {
                         Some(AttributeValue::Exprloc(expression)) => {
-                            location::evaluate(expression, unit.encoding(), None).ok().flatten()
+                            match location::evaluate(expression, unit.encoding(), None) {
+                                Ok(Some(Location::Register { origin, .. })) => Some(origin),
+                                _ => None,
+                            }
                         }
                         _ => None,
                     };
                     frames.push((depth, frame_base));
                 }
-                let frame_base = frames.last().and_then(|(_, base)| base.clone());
-                let mangled = names
-                    .entry((index, entry.offset()))
-                    .or_insert_with(|| self.linkage_name(index, entry))
-                    .clone();
-                let Some(mangled) = mangled else { continue };
-                let inlined = (tag == constants::DW_TAG_inlined_subroutine).then(|| Inlined {
-                    call: self.call_site(unit, entry).unwrap_or_else(|| "?".to_string()),
+                let frame_base = frames.last().and_then(|(_, base)| *base);
+                let origin = [constants::DW_AT_abstract_origin, constants::DW_AT_specification]
+                    .into_iter()
+                    .find_map(|link| entry.attr_value(link).ok().flatten())
+                    .and_then(|link| self.resolve(index, link))
+                    .unwrap_or((index, entry.offset()));
+                let name = *named.entry(origin).or_insert_with(|| {
+                    let mangled = self.linkage_name(index, entry)?;
+                    if let Some(known) = by_mangled.get(&mangled) {
+                        return Some(*known);
+                    }
+                    let function = format!("{:#}", rustc_demangle::demangle(&mangled));
+                    // Closures share one demangled name; DWARF numbers them.
+                    let key = match (function.strip_suffix("{{closure}}"), self.name_of(index, entry)) {
+                        (Some(path), Some(name)) if name.starts_with("{closure#") => format!("{path}{name}"),
+                        _ => function.clone(),
+                    };
+                    let next = names.len() as u32;
+                    by_mangled.insert(mangled.clone(), next);
+                    names.push(Name { function, key, mangled });
+                    Some(next)
                 });
-                let demangled = format!("{:#}", rustc_demangle::demangle(&mangled));
-                // Closures share one demangled name; DWARF numbers them.
-                let key = match (demangled.strip_suffix("{{closure}}"), self.name_of(index, entry)) {
-                    (Some(path), Some(name)) if name.starts_with("{closure#") => format!("{path}{name}"),
-                    _ => demangled.clone(),
-                };
-                sites.push(Site {
-                    function: demangled,
-                    key,
-                    mangled,
+                let Some(name) = name else { continue };
+                placements.push(Placement {
+                    name,
                     address,
                     inlined,
-                    unit: index,
+                    unit: index as u32,
                     entry: entry.offset(),
                     frame_base,
                 });
             }
         }
-        Ok(sites)
+        Ok((names, placements))
     }
 
     /// Where a function or inlined instance starts: its entry pc, else its lowest address
@@ -446,7 +524,7 @@ impl DebugUnits {
                 }
             }
         };
-        Ok(match location::evaluate(expression, unit.encoding(), site.frame_base.as_ref()) {
+        Ok(match location::evaluate(expression, unit.encoding(), site.frame_base) {
             Ok(Some(location)) => Ok(location),
             Ok(None) => optimised_out(),
             Err(unsupported) => Err(format!("computed by {unsupported}, which pool-obs does not evaluate,")),

@@ -37,7 +37,9 @@ pub struct FunctionInfo {
 impl SourceInfo {
     /// The signature of the out-of-line function at `address`.
     pub fn function_at(&self, address: u64) -> Option<FunctionInfo> {
-        let site = self.sites.iter().find(|site| site.inlined.is_none() && site.address == address)?;
+        let placement =
+            self.placements.iter().find(|placement| !placement.inlined && placement.address == address)?;
+        let site = &self.site(placement);
         let info = |ty| {
             let ty = self.units.type_of(ty).ok()?;
             let kind = match ty.shape {
@@ -64,18 +66,19 @@ impl SourceInfo {
     /// with how many it has.
     pub fn inlined_functions(&self) -> BTreeMap<&str, usize> {
         let mut inlined = BTreeMap::new();
-        for site in self.sites.iter().filter(|site| site.inlined.is_some()) {
-            *inlined.entry(site.key.as_str()).or_default() += 1;
+        for placement in self.placements.iter().filter(|placement| placement.inlined) {
+            *inlined.entry(self.names[placement.name as usize].key.as_str()).or_default() += 1;
         }
         inlined
     }
 
     /// A function matching `pattern` that the compiler inlined into its callers.
     pub fn inlined(&self, pattern: &str) -> Option<&str> {
-        self.sites
+        self.placements
             .iter()
-            .filter(|site| site.inlined.is_some())
-            .find(|site| glob_match(pattern, &site.function) || glob_match(pattern, &site.key))
-            .map(|site| site.function.as_str())
+            .filter(|placement| placement.inlined)
+            .map(|placement| &self.names[placement.name as usize])
+            .find(|name| glob_match(pattern, &name.function) || glob_match(pattern, &name.key))
+            .map(|name| name.function.as_str())
     }
 }
