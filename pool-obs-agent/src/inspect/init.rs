@@ -31,11 +31,8 @@ pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Res
          # request_ended), keep the values it takes, and run `pool-obs-agent check` on the result.\n",
     );
     for pattern in patterns {
-        let sites = source.sites(pattern).map_err(|problem| {
-            let class =
-                if problem.contains("matches") { Class::AmbiguousFunction } else { Class::FunctionNotFound };
-            Refusal::new(class, problem)
-        })?;
+        let sites =
+            source.sites(pattern).map_err(|problem| Refusal::new(problem.class(), problem.to_string()))?;
         manifest += &probe(&source, &sites).map_err(|problem| Refusal::new(Class::SourceValue, problem))?;
     }
     print!("{manifest}");

@@ -40,11 +40,9 @@ impl Plan {
         source: &SourceInfo,
     ) -> anyhow::Result<()> {
         let refuse = |message: String| anyhow::Error::from(Refusal::new(Class::SourceValue, message));
-        let sites = source.sites(&probe.function).map_err(|problem| {
-            let class =
-                if problem.contains("matches") { Class::AmbiguousFunction } else { Class::FunctionNotFound };
-            anyhow::Error::from(Refusal::new(class, problem))
-        })?;
+        let sites = source
+            .sites(&probe.function)
+            .map_err(|problem| Refusal::new(problem.class(), problem.to_string()))?;
         let mut placed = 0;
         for site in &sites {
             // Code the linker dropped, or outside any function with a symbol.

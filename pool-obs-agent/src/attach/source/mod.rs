@@ -21,6 +21,7 @@ use gimli::{
 use object::{Object, ObjectSection};
 
 use super::symbols::glob_match;
+use crate::error::Class;
 use location::{Location, Origin};
 use types::TypeId;
 
@@ -80,6 +81,24 @@ impl Site {
 pub struct Inlined {
     /// The source line of the call that was inlined, as `file:line`.
     pub call: String,
+}
+
+/// Why a pattern names no one function in the debug info.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("the debug info has no function matching `{pattern}`")]
+    NotFound { pattern: String },
+    #[error("`{pattern}` matches {} functions, name one by its mangled name: {}", .matches.len(), .matches.join(", "))]
+    Ambiguous { pattern: String, matches: Vec<String> },
+}
+
+impl SiteError {
+    pub fn class(&self) -> Class {
+        match self {
+            SiteError::NotFound { .. } => Class::FunctionNotFound,
+            SiteError::Ambiguous { .. } => Class::AmbiguousFunction,
+        }
+    }
 }
 
 /// A parameter of the function at one site.
@@ -171,7 +190,7 @@ impl SourceInfo {
 
     /// Every site of the one function that `pattern` names (a demangled name, `*` matching any
     /// run of characters, or a mangled name), out-of-line copies first.
-    pub fn sites(&self, pattern: &str) -> Result<Vec<Site>, String> {
+    pub fn sites(&self, pattern: &str) -> Result<Vec<Site>, SiteError> {
         let matching: Vec<u32> = (0..self.names.len() as u32)
             .filter(|index| {
                 let name = &self.names[*index as usize];
@@ -179,7 +198,7 @@ impl SourceInfo {
             })
             .collect();
         match matching.as_slice() {
-            [] => Err(format!("the debug info has no function matching `{pattern}`")),
+            [] => Err(SiteError::NotFound { pattern: pattern.to_string() }),
             [name] => {
                 let mut sites: Vec<Site> = self
                     .placements
@@ -192,17 +211,13 @@ impl SourceInfo {
                 Ok(sites)
             }
             _ => {
-                let mut shown: Vec<String> = matching
+                let mut matches: Vec<String> = matching
                     .iter()
                     .map(|index| &self.names[*index as usize])
                     .map(|name| format!("{} (mangled {})", name.key, name.mangled))
                     .collect();
-                shown.sort();
-                Err(format!(
-                    "`{pattern}` matches {} functions, name one by its mangled name: {}",
-                    shown.len(),
-                    shown.join(", ")
-                ))
+                matches.sort();
+                Err(SiteError::Ambiguous { pattern: pattern.to_string(), matches })
             }
         }
     }
