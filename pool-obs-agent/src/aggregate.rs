@@ -21,8 +21,8 @@ use crate::{
     attach::plan::ProbeInfo,
     clock::WallClock,
     decode::{DecodeError, Event},
-    export::metrics::{Metrics, ModelMetrics},
-    outcome::Status,
+    outcome::{ByStatus, Status},
+    publish::{Metrics, ModelMetrics},
 };
 use departed::Departed;
 pub use requests::Timeline;
@@ -88,7 +88,7 @@ pub struct ModelState {
     pub busy: u64,
     pub crashed: u64,
     pub memory_bytes: u64,
-    pub requests: [u64; 3],
+    pub requests: ByStatus<u64>,
     /// Consecutive refreshes at which every worker was busy.
     pub saturated_refreshes: u32,
     /// The window slice `recent` was computed in, and whether events came since.
@@ -385,7 +385,7 @@ impl Aggregator {
         let status = record.status.unwrap_or(Status::Failed);
         let (total, queue, service) = record.durations();
         let state = &mut self.models[record.model];
-        state.requests[status as usize] += 1;
+        *state.requests.get_mut(status) += 1;
         state.metrics.requests(status).inc();
         let seconds = |duration: Duration| duration.as_secs_f64();
         if let Some(total) = total {
@@ -562,7 +562,7 @@ impl Aggregator {
             busy: 0,
             crashed: 0,
             memory_bytes: 0,
-            requests: [0; 3],
+            requests: ByStatus::default(),
             saturated_refreshes: 0,
             summarized_slice: None,
             changed: false,

@@ -2,4 +2,3 @@
 
 pub mod health;
 pub mod http;
-pub mod metrics;

@@ -17,6 +17,7 @@ mod manifest;
 mod memory;
 mod outcome;
 mod privileges;
+mod publish;
 mod ring;
 mod target;
 
@@ -51,9 +52,9 @@ use crate::{
     export::{
         health::{self, ProbeTotals, ProbeWindow, Thresholds},
         http::{self, RenderedHealth},
-        metrics::Metrics,
     },
     memory::MemorySampler,
+    publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
     target::Target,
 };

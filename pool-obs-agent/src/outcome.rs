@@ -31,6 +31,54 @@ impl fmt::Display for Status {
     }
 }
 
+/// One of something per status: requests counted, or the counters that export them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ByStatus<T> {
+    pub ok: T,
+    pub failed: T,
+    pub timeout: T,
+}
+
+impl<T> ByStatus<T> {
+    /// One per status, made by `make`.
+    pub fn from_fn(mut make: impl FnMut(Status) -> T) -> Self {
+        Self { ok: make(Status::Ok), failed: make(Status::Failed), timeout: make(Status::Timeout) }
+    }
+
+    pub fn get(&self, status: Status) -> &T {
+        match status {
+            Status::Ok => &self.ok,
+            Status::Failed => &self.failed,
+            Status::Timeout => &self.timeout,
+        }
+    }
+
+    pub fn get_mut(&mut self, status: Status) -> &mut T {
+        match status {
+            Status::Ok => &mut self.ok,
+            Status::Failed => &mut self.failed,
+            Status::Timeout => &mut self.timeout,
+        }
+    }
+}
+
+impl ByStatus<u64> {
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed + self.timeout
+    }
+
+    /// Requests that failed or timed out.
+    pub fn unsuccessful(&self) -> u64 {
+        self.failed + self.timeout
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.timeout += other.timeout;
+    }
+}
+
 /// A comparison of the probe's raw value against a constant, such as `> 0x7fffffffffffffff`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Condition {

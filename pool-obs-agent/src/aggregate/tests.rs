@@ -10,7 +10,7 @@ use pool_obs_common::event::{
 use super::*;
 use crate::{
     clock::WallClock,
-    outcome::{Arm, Condition, OutcomeRule},
+    outcome::{Arm, ByStatus, Condition, OutcomeRule},
 };
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them
@@ -159,7 +159,7 @@ fn a_request_follows_its_id_across_events() {
     assert_eq!((model.queued, model.busy, model.workers), (1, 1, 1));
     feed(&mut aggregator, &[ended(0, 7, 0, 1_000), ended(1, 8, 0, 2_000)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, [1, 0, 1]);
+    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 1 });
     assert_eq!((model.queued, model.busy), (0, 0));
 }
 
@@ -169,7 +169,7 @@ fn a_request_a_panic_unwound_through_failed_whatever_its_outcome_value_and_has_n
     // Outcome value 0 is ok by probe 0's rule; unwound, it is not read at all.
     feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), unwound(0, 7, 900)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, [0, 1, 0]);
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0 });
     assert_eq!((model.queued, model.busy), (0, 0));
     let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
     assert_eq!((timeline.outcome, timeline.total_ms, timeline.service_ms), (Some("failed"), None, None));
@@ -180,7 +180,7 @@ fn a_crash_fails_the_request_its_worker_was_serving() {
     let mut aggregator = aggregator();
     feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), crashed(1, 300)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, [0, 1, 0]);
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0 });
     assert_eq!((model.workers, model.busy, model.crashed), (0, 0, 1));
 }
 
@@ -191,7 +191,7 @@ fn a_worker_evicted_while_serving_still_fails_its_request_when_it_crashes() {
     assert_eq!(state(&aggregator, "m").workers, 1, "still finishing its request");
     feed(&mut aggregator, &[crashed(1, 300)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, [0, 1, 0]);
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0 });
     assert_eq!((model.workers, model.busy), (0, 0));
 }
 
@@ -203,7 +203,7 @@ fn a_worker_evicted_while_serving_leaves_when_its_request_ends() {
         &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), evicted(1), ended(0, 7, 0, 400)],
     );
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, [1, 0, 0]);
+    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 0 });
     assert_eq!((model.workers, model.busy, model.memory_bytes), (0, 0, 0));
 }
 
@@ -276,7 +276,7 @@ fn a_flood_of_model_keys_stops_at_max_models() {
     }
     let labels: Vec<&str> = aggregator.models().iter().map(|model| model.label.as_str()).collect();
     assert_eq!(labels, ["model-0", "model-1", "model-2", OTHER_MODELS]);
-    assert_eq!(state(&aggregator, OTHER_MODELS).requests, [997, 0, 0]);
+    assert_eq!(state(&aggregator, OTHER_MODELS).requests, ByStatus { ok: 997, failed: 0, timeout: 0 });
     assert_eq!(aggregator.model_ids.len(), 4, "unseen keys are not remembered");
 }
 
@@ -403,6 +403,9 @@ fn a_worker_evicted_before_starting_the_request_it_took_serves_it_then_leaves() 
     assert_eq!((model.workers, model.busy), (1, 1), "serving its last request");
     feed(&mut aggregator, &[ended(0, 7, 0, 300)]);
     let model = state(&aggregator, "m");
-    assert_eq!((model.workers, model.busy, model.requests), (0, 0, [1, 0, 0]));
+    assert_eq!(
+        (model.workers, model.busy, model.requests),
+        (0, 0, ByStatus { ok: 1, failed: 0, timeout: 0 })
+    );
     assert_eq!(anomalies(&aggregator), []);
 }

@@ -7,7 +7,7 @@ use std::{collections::VecDeque, time::Duration};
 
 use hdrhistogram::Histogram;
 
-use crate::outcome::Status;
+use crate::outcome::{ByStatus, Status};
 
 pub const SLICES: u32 = 4;
 /// Latencies are recorded in microseconds, from 1 µs to 100 s, to two significant digits.
@@ -25,7 +25,7 @@ struct Slice {
     index: u64,
     latency: Option<Histogram<u32>>,
     max_queue_depth: u64,
-    outcomes: [u64; 3],
+    outcomes: ByStatus<u64>,
 }
 
 /// What the window says about a model; latencies in milliseconds.
@@ -48,7 +48,7 @@ impl Window {
 
     pub fn record_request(&mut self, now: u64, status: Status, duration: Option<Duration>) {
         let slice = self.slice(now);
-        slice.outcomes[status as usize] += 1;
+        *slice.outcomes.get_mut(status) += 1;
         if let Some(duration) = duration {
             let micros = (duration.as_micros() as u64).clamp(1, HIGHEST_MICROS);
             let latency = slice.latency.get_or_insert_with(new_histogram);
@@ -67,18 +67,17 @@ impl Window {
         self.slice(now);
         merged.reset();
         let mut summary = Summary::default();
-        let mut outcomes = [0u64; 3];
+        let mut outcomes = ByStatus::<u64>::default();
         for slice in &self.slices {
             if let Some(latency) = &slice.latency {
                 merged.add(latency).expect("every slice has the scratch histogram's bounds");
             }
             summary.max_queue_depth = summary.max_queue_depth.max(slice.max_queue_depth);
-            outcomes.iter_mut().zip(slice.outcomes).for_each(|(total, count)| *total += count);
+            outcomes.add(&slice.outcomes);
         }
-        summary.requests = outcomes.iter().sum();
+        summary.requests = outcomes.total();
         if summary.requests > 0 {
-            let unsuccessful = outcomes[Status::Failed as usize] + outcomes[Status::Timeout as usize];
-            summary.error_rate = unsuccessful as f64 / summary.requests as f64;
+            summary.error_rate = outcomes.unsuccessful() as f64 / summary.requests as f64;
         }
         if !merged.is_empty() {
             let millis = |micros: u64| micros as f64 / 1000.0;
@@ -103,7 +102,12 @@ impl Window {
         }
         if self.slices.back().is_none_or(|slice| slice.index < index) {
             let depth = self.queue_depth;
-            self.slices.push_back(Slice { index, latency: None, max_queue_depth: depth, outcomes: [0; 3] });
+            self.slices.push_back(Slice {
+                index,
+                latency: None,
+                max_queue_depth: depth,
+                outcomes: ByStatus::default(),
+            });
         }
         self.slices.back_mut().expect("a slice was just ensured")
     }

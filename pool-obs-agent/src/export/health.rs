@@ -16,6 +16,7 @@ use crate::{
     anomaly::Anomaly,
     clock::rfc3339,
     memory::MemorySample,
+    outcome::ByStatus,
     target::Target,
 };
 
@@ -82,7 +83,7 @@ struct ModelReport<'a> {
     p99_ms: f64,
     /// Failed and timed-out requests over all requests in the window.
     error_rate: f64,
-    requests: Requests,
+    requests: ByStatus<u64>,
 }
 
 #[derive(Serialize)]
@@ -91,13 +92,6 @@ struct Workers {
     busy: u64,
     idle: u64,
     crashed: u64,
-}
-
-#[derive(Serialize)]
-struct Requests {
-    ok: u64,
-    failed: u64,
-    timeout: u64,
 }
 
 /// What the model's state says of its health, and why.
@@ -130,7 +124,6 @@ fn assess(model: &ModelState, thresholds: &Thresholds) -> (Status, Vec<String>) 
 
 fn model_report<'a>(model: &'a ModelState, thresholds: &Thresholds) -> ModelReport<'a> {
     let (status, reasons) = assess(model, thresholds);
-    let [ok, failed, timeout] = model.requests;
     let recent = &model.recent;
     ModelReport {
         registry_key: &model.label,
@@ -148,7 +141,7 @@ fn model_report<'a>(model: &'a ModelState, thresholds: &Thresholds) -> ModelRepo
         p95_ms: recent.p95_ms,
         p99_ms: recent.p99_ms,
         error_rate: recent.error_rate,
-        requests: Requests { ok, failed, timeout },
+        requests: model.requests,
     }
 }
 

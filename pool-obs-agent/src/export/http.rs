@@ -27,8 +27,8 @@ use tokio::{
 use tokio_io_timeout::TimeoutStream;
 use tracing::warn;
 
-use super::metrics::{Format, Metrics};
 use crate::aggregate::Timeline;
+use crate::publish::{Format, Metrics};
 
 const JSON: &str = "application/json";
 

@@ -1,5 +1,6 @@
-//! Every exported metric: its name, help and labels, defined here and nowhere else.
-//! Counter names get `_total` appended by the OpenMetrics encoder.
+//! What the aggregator publishes: every metric, its name, help and labels, defined here and
+//! nowhere else. The aggregator writes it; `export` renders it. Counter names get `_total`
+//! appended by the OpenMetrics encoder.
 
 use std::{
     fmt::Write,
@@ -16,7 +17,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{anomaly::Anomaly, outcome::Status};
+use crate::{
+    anomaly::Anomaly,
+    outcome::{ByStatus, Status},
+};
 
 pub mod name {
     pub const REQUESTS: &str = "pool_requests";
@@ -133,7 +137,7 @@ pub struct Metrics {
 /// One model's series, looked up once so that each event costs an atomic add.
 #[derive(Clone)]
 pub struct ModelMetrics {
-    requests: [Counter; 3],
+    requests: ByStatus<Counter>,
     pub request_duration: Histogram,
     pub request_queue: Histogram,
     pub request_service: Histogram,
@@ -151,7 +155,7 @@ pub struct ModelMetrics {
 
 impl ModelMetrics {
     pub fn requests(&self, status: Status) -> &Counter {
-        &self.requests[status as usize]
+        self.requests.get(status)
     }
 }
 
@@ -267,7 +271,7 @@ impl Metrics {
         let workers =
             |state| self.workers.get_or_create(&WorkerLabels { model: model.to_string(), state }).clone();
         ModelMetrics {
-            requests: Status::ALL.map(request),
+            requests: ByStatus::from_fn(request),
             request_duration: self.request_duration.get_or_create(&labels).clone(),
             request_queue: self.request_queue.get_or_create(&labels).clone(),
             request_service: self.request_service.get_or_create(&labels).clone(),
