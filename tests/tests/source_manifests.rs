@@ -4,7 +4,11 @@
 
 use std::{collections::BTreeMap, process::Command};
 
-use pool_obs_tests::processes::{Agent, Pool, StartFile, args, binary, free_address, manifest};
+use pool_obs_tests::{
+    ground_truth::Summary,
+    openmetrics::Exposition,
+    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+};
 
 /// The functions `job-pool.toml` probes.
 const PROBED: [&str; 5] = [
@@ -33,17 +37,21 @@ fn every_function_the_manifest_names_was_inlined_and_has_no_symbol() {
     }
 }
 
-#[test]
-fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms() {
-    let start = StartFile::new("job-pool");
-    let load = args(&["--requests", "2500", "--rate", "250"]);
-    let mut pool = Pool::start_named("job-pool", &[load, start.arg().to_vec()].concat());
-    let agent = Agent::attach(pool.pid(), &manifest("job-pool.toml"), free_address(), &[]);
+/// Runs `pool` under load with the agent attached by its manifest; what each side counted.
+fn profile(pool_name: &str, load: &[&str]) -> (Summary, Exposition) {
+    let start = StartFile::new(pool_name);
+    let mut pool = Pool::start_named(pool_name, &[args(load), start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), &manifest(&format!("{pool_name}.toml")), free_address(), &[]);
     start.start();
     let summary = pool.summary();
     pool.wait_for_exit();
     let requests = summary.models.values().map(|model| model.requests.total()).sum();
-    let metrics = agent.metrics_after(requests);
+    (summary, agent.metrics_after(requests))
+}
+
+#[test]
+fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms() {
+    let (summary, metrics) = profile("job-pool", &["--requests", "2500", "--rate", "250"]);
 
     assert_eq!(summary.models.len(), 3);
     for (model, truth) in &summary.models {
@@ -82,15 +90,7 @@ fn a_pool_whose_functions_are_all_inlined_is_counted_exactly_from_its_own_terms(
 
 #[test]
 fn a_pool_of_boxed_closures_is_counted_by_what_each_closure_captured() {
-    let start = StartFile::new("closure-pool");
-    let load = args(&["--requests", "2000", "--rate", "1000"]);
-    let mut pool = Pool::start_named("closure-pool", &[load, start.arg().to_vec()].concat());
-    let agent = Agent::attach(pool.pid(), &manifest("closure-pool.toml"), free_address(), &[]);
-    start.start();
-    let summary = pool.summary();
-    pool.wait_for_exit();
-    let requests = summary.models.values().map(|model| model.requests.total()).sum();
-    let metrics = agent.metrics_after(requests);
+    let (summary, metrics) = profile("closure-pool", &["--requests", "2000", "--rate", "1000"]);
     assert_eq!(summary.models.len(), 2);
     for (model, truth) in &summary.models {
         // The model label comes from the closure's captured `model`, joined to the reply by the

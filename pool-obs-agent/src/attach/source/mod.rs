@@ -430,11 +430,7 @@ impl DebugUnits {
         let mut listed = Vec::new();
         self.each_parameter(site.unit, site.entry, |entry| {
             let name = self.name_of(site.unit, entry).unwrap_or_else(|| "_".to_string());
-            let ty = self.inherited_type(site.unit, entry);
-            let whole_scope =
-                matches!(entry.attr_value(constants::DW_AT_location)?, Some(AttributeValue::Exprloc(_)));
-            let location = self.location_at(site, entry)?;
-            listed.push(Parameter { name, ty, location, whole_scope });
+            listed.push(self.located(site, entry, name)?);
             Ok(())
         })?;
         let unit = &self.units[site.unit];
@@ -472,15 +468,26 @@ impl DebugUnits {
             return Ok(captures);
         }
         self.each_child(site.unit, site.entry, constants::DW_TAG_variable, |entry| {
-            let Some(name) = self.name_of(site.unit, entry) else { return Ok(()) };
-            let ty = self.inherited_type(site.unit, entry);
-            let whole_scope =
-                matches!(entry.attr_value(constants::DW_AT_location)?, Some(AttributeValue::Exprloc(_)));
-            let location = self.location_at(site, entry)?;
-            captures.push(Parameter { name, ty, location, whole_scope });
+            if let Some(name) = self.name_of(site.unit, entry) {
+                captures.push(self.located(site, entry, name)?);
+            }
             Ok(())
         })?;
         Ok(captures)
+    }
+
+    /// A parameter or variable of the site's function, located at the site's address.
+    fn located(
+        &self,
+        site: &Site,
+        entry: &DebuggingInformationEntry<R>,
+        name: String,
+    ) -> gimli::Result<Parameter> {
+        let ty = self.inherited_type(site.unit, entry);
+        let whole_scope =
+            matches!(entry.attr_value(constants::DW_AT_location)?, Some(AttributeValue::Exprloc(_)));
+        let location = self.location_at(site, entry)?;
+        Ok(Parameter { name, ty, location, whole_scope })
     }
 
     fn each_parameter(
