@@ -3,6 +3,7 @@
 //! kernel wrote them; each kind has its handler, `on_<event>`.
 
 mod departed;
+mod request_log;
 mod requests;
 pub mod window;
 
@@ -25,6 +26,7 @@ use crate::{
     publish::{Metrics, ModelMetrics},
 };
 use departed::Departed;
+use request_log::LogBudget;
 pub use requests::Timeline;
 use requests::{RecentRequests, RequestRecord};
 use window::Window;
@@ -91,6 +93,7 @@ pub struct ModelState {
     pub requests: ByStatus<u64>,
     /// Consecutive refreshes at which every worker was busy.
     pub saturated_refreshes: u32,
+    log_budget: LogBudget,
     /// The window slice `recent` was computed in, and whether events came since.
     summarized_slice: Option<u64>,
     changed: bool,
@@ -182,6 +185,26 @@ impl Aggregator {
             model.metrics.queue_depth_max.set(model.recent.max_queue_depth as i64);
             let saturated = model.workers > 0 && model.busy == model.workers;
             model.saturated_refreshes = if saturated { model.saturated_refreshes + 1 } else { 0 };
+        }
+        self.log_suppressed(Some(now_ns));
+    }
+
+    /// Counts, once the agent stops, the request lines not written.
+    pub fn flush_request_logs(&mut self) {
+        self.log_suppressed(None);
+    }
+
+    fn log_suppressed(&mut self, now_ns: Option<u64>) {
+        for model in &mut self.models {
+            if let Some(suppressed) = model.log_budget.take_suppressed(now_ns) {
+                info!(
+                    target: REQUEST_LOG,
+                    model = %model.label,
+                    suppressed,
+                    "more failed, timed-out or slow requests than {} a second: not logged one by one",
+                    request_log::LINES_PER_SECOND
+                );
+            }
         }
     }
 
@@ -400,7 +423,11 @@ impl Aggregator {
         }
         state.window.record_request(record.ended_ns.unwrap_or(seen_ns), status, total);
         state.changed = true;
-        log_request(&state.label, request_id, &record, self.settings.slow_request);
+        let notable = status != Status::Ok || total.is_some_and(|total| total > self.settings.slow_request);
+        let logged = !notable || state.log_budget.admit(seen_ns);
+        if logged {
+            log_request(&state.label, request_id, &record, notable);
+        }
         if let Some(request_id) = request_id {
             self.recent.insert(request_id, record);
         }
@@ -564,6 +591,7 @@ impl Aggregator {
             memory_bytes: 0,
             requests: ByStatus::default(),
             saturated_refreshes: 0,
+            log_budget: LogBudget::default(),
             summarized_slice: None,
             changed: false,
         });
@@ -587,11 +615,12 @@ impl ModelState {
 }
 
 /// Every completed request at debug; failures, timeouts and slow requests at info.
-fn log_request(model: &str, request_id: Option<u64>, record: &RequestRecord, slow: Duration) {
+/// A completed request's line: at info if it failed, timed out or was slow (`notable`), else
+/// at debug.
+fn log_request(model: &str, request_id: Option<u64>, record: &RequestRecord, notable: bool) {
     let (total, queue, service) = record.durations();
     let millis = |duration: Option<Duration>| duration.map(|duration| duration.as_secs_f64() * 1000.0);
     let status = record.status.map(Status::as_str);
-    let notable = record.status != Some(Status::Ok) || total.is_some_and(|total| total > slow);
     macro_rules! request_event {
         ($level:ident) => {
             $level!(

@@ -224,6 +224,7 @@ async fn run(options: Options) -> Result<()> {
     // The probes are gone, but what they wrote before is still in the ring: count it too.
     let drained = ring.drain(|record| apply_record(&mut aggregator, record));
     drop(ring);
+    aggregator.flush_request_logs();
     info!(final_events = drained, "probes detached");
     let _ = stop_sender.send(true);
     server.await.context("serving HTTP")?;
