@@ -135,10 +135,22 @@ impl Agent {
             .arg(manifest);
         command.args(extra);
         if let Some(filter) = filter {
-            command.env("RUST_LOG", filter).stderr(Stdio::piped());
+            command.env("RUST_LOG", filter);
         }
-        let mut child = command.spawn().expect("start pool-obs-agent");
-        let logs = child.stderr.take().map(lines_of);
+        let mut child = command.stderr(Stdio::piped()).spawn().expect("start pool-obs-agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = match filter {
+            Some(_) => Some(lines_of(stderr)),
+            None => {
+                // Through the test harness, which shows it only for a test that fails.
+                thread::spawn(move || {
+                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        eprintln!("{line}");
+                    }
+                });
+                None
+            }
+        };
         let mut agent = Self { child, address, logs };
         agent.wait_until_serving();
         agent
