@@ -222,6 +222,19 @@ impl ProbeSpec {
             self.outcome_detail,
         ]
     }
+
+    /// Every value the spec reads, to change in place.
+    pub fn scalars_mut(&mut self) -> [&mut Scalar; 7] {
+        [
+            &mut self.model_ptr,
+            &mut self.model_len,
+            &mut self.worker_id,
+            &mut self.request_id,
+            &mut self.memory_bytes,
+            &mut self.outcome,
+            &mut self.outcome_detail,
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl Plan {
             if let Some(entry) =
                 choices.first().filter(|choice| matches!(choice.program, Program::Entry | Program::Call))
             {
-                for scalar in spec_scalars_mut(&mut spec) {
+                for scalar in spec.scalars_mut() {
                     rebase_stack(scalar, entry.site.sp_offset);
                 }
             }
@@ -186,16 +186,4 @@ fn source_spec(probe: &Probe, scope: &Scope) -> Result<SiteSpec, String> {
         None => None,
     };
     Ok(SiteSpec { spec, rule, shown })
-}
-
-fn spec_scalars_mut(spec: &mut ProbeSpec) -> [&mut Scalar; 7] {
-    [
-        &mut spec.model_ptr,
-        &mut spec.model_len,
-        &mut spec.worker_id,
-        &mut spec.request_id,
-        &mut spec.memory_bytes,
-        &mut spec.outcome,
-        &mut spec.outcome_detail,
-    ]
 }

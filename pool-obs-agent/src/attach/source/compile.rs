@@ -63,8 +63,7 @@ impl<'a> Scope<'a> {
 
     /// An integer of any width up to 8 bytes.
     pub fn integer(&self, path: &str) -> Result<Scalar, String> {
-        let found = self.walk(path)?;
-        let found = self.through_pointers(found, path)?;
+        let found = self.value(path)?;
         match found.ty.shape {
             Shape::Integer | Shape::Enumeration(_) if (1..=8).contains(&found.ty.size) => {
                 read(&found.location, found.ty.size as u8, path)
@@ -75,8 +74,7 @@ impl<'a> Scope<'a> {
 
     /// A string: `&str`, `String`, `&[u8]`, `Vec<u8>` or `Cow<str>`.
     pub fn string(&self, path: &str) -> Result<StrValue, String> {
-        let found = self.walk(path)?;
-        let found = self.through_pointers(found, path)?;
+        let found = self.value(path)?;
         let (ptr, len) = self
             .string_parts(found.ty.clone(), 0)
             .map_err(|problem| format!("`{path}` is a `{}`, not a string ({problem})", found.ty.name))?;
@@ -88,10 +86,7 @@ impl<'a> Scope<'a> {
 
     /// The fields of the struct at `path` (through pointers), for `init`'s suggestions.
     pub fn field_names(&self, path: &str) -> Vec<String> {
-        let Some(found) = self.walk(path).ok().and_then(|found| self.through_pointers(found, path).ok())
-        else {
-            return Vec::new();
-        };
+        let Ok(found) = self.value(path) else { return Vec::new() };
         match &found.ty.shape {
             Shape::Struct { members, variants: None } => members
                 .iter()
@@ -119,9 +114,14 @@ impl<'a> Scope<'a> {
         if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
     }
 
+    /// What `path` names, read through the pointers it is (a `&Job` stands for the `Job`).
+    pub(super) fn value(&self, path: &str) -> Result<Found, String> {
+        self.through_pointers(self.walk(path)?, path)
+    }
+
     /// The value at `path`; a part of it the compiler did not keep is refused with what is
     /// available instead.
-    pub(super) fn walk(&self, path: &str) -> Result<Found, String> {
+    fn walk(&self, path: &str) -> Result<Found, String> {
         self.walk_steps(path).map_err(|problem| {
             if problem.contains("optimised out") && !problem.contains("available here") {
                 format!("{problem}: available here: {}", self.available())
@@ -244,7 +244,7 @@ impl<'a> Scope<'a> {
     }
 
     /// A value that is a pointer (`&T`, `Box<T>`) stands for what it points at.
-    pub(super) fn through_pointers(&self, found: Found, path: &str) -> Result<Found, String> {
+    fn through_pointers(&self, found: Found, path: &str) -> Result<Found, String> {
         let mut found = found;
         for _ in 0..MAX_HOPS {
             let Shape::Pointer(target) = found.ty.shape else { return Ok(found) };

@@ -23,8 +23,7 @@ impl Scope<'_> {
         path: &str,
         arms: &[VariantArm],
     ) -> Result<(Scalar, Option<Scalar>, OutcomeRule), String> {
-        let found = self.walk(path)?;
-        let found = self.through_pointers(found, path)?;
+        let found = self.value(path)?;
         let outer = Decoder::of(self, &found.ty, path)?;
         let value = outer.read(&found.location, path)?;
         let mut detail: Option<(String, Decoder, Scalar)> = None;
@@ -84,7 +83,7 @@ impl Scope<'_> {
 
     /// The variants of the enum at `path`, if it is one.
     pub fn variant_names(&self, path: &str) -> Option<Vec<String>> {
-        let found = self.through_pointers(self.walk(path).ok()?, path).ok()?;
+        let found = self.value(path).ok()?;
         let decoder = Decoder::of(self, &found.ty, path).ok()?;
         Some(decoder.names().into_iter().map(str::to_string).collect())
     }
