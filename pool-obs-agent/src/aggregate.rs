@@ -3,6 +3,7 @@
 //! kernel wrote them; each kind has its handler, `on_<event>`.
 
 mod departed;
+mod futures;
 mod request_log;
 mod requests;
 pub mod window;
@@ -23,7 +24,7 @@ use crate::{
     clock::WallClock,
     decode::{DecodeError, Event},
     outcome::{ByStatus, Status},
-    publish::{Metrics, ModelMetrics},
+    publish::{Metrics, ModelMetrics, PollMetrics},
 };
 use departed::Departed;
 use request_log::LogBudget;
@@ -73,6 +74,8 @@ pub struct Aggregator {
     /// Models with keys of their own, not counting the unknown and other models.
     tracked_models: usize,
     requests: HashMap<u64, InFlight>,
+    /// Async requests in flight, by their future's address.
+    futures: HashMap<u64, futures::OpenFuture>,
     recent: RecentRequests,
     workers: HashMap<u64, Worker>,
     departed: Departed,
@@ -91,6 +94,8 @@ pub struct ModelState {
     pub crashed: u64,
     pub memory_bytes: u64,
     pub requests: ByStatus<u64>,
+    /// Made when the model's first async request ends.
+    polls: Option<PollMetrics>,
     /// Consecutive refreshes at which every worker was busy.
     pub saturated_refreshes: u32,
     log_budget: LogBudget,
@@ -140,6 +145,7 @@ impl Aggregator {
             models: Vec::new(),
             tracked_models: 0,
             requests: HashMap::new(),
+            futures: HashMap::new(),
             recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
             departed: Departed::default(),
@@ -167,6 +173,8 @@ impl Aggregator {
             Event::RequestSubmitted(event) => self.on_request_submitted(event),
             Event::RequestStarted(event) => self.on_request_started(event),
             Event::RequestEnded(event) => self.on_request_ended(event),
+            Event::FuturePolled(event) => self.on_future_polled(event),
+            Event::FutureDropped(event) => self.on_future_dropped(event),
         }
     }
 
@@ -224,8 +232,12 @@ impl Aggregator {
                 submitted_ns: Some(request.submitted_ns),
                 started_ns: request.started_ns,
                 ended_ns: None,
+                polls: None,
             };
             return Some(record.timeline(request_id, label(request.model), wall));
+        }
+        if let Some(future) = self.futures.values().find(|future| future.request_id == Some(request_id)) {
+            return Some(future.record(None, None).timeline(request_id, label(future.model), wall));
         }
         self.recent.get(request_id).map(|record| record.timeline(request_id, label(record.model), wall))
     }
@@ -285,6 +297,7 @@ impl Aggregator {
                 submitted_ns: Some(request.submitted_ns),
                 started_ns: request.started_ns,
                 ended_ns: Some(event.header.ts_ns),
+                polls: None,
             };
             self.end_request(Some(request_id), record, event.header.ts_ns);
         }
@@ -385,6 +398,7 @@ impl Aggregator {
                     submitted_ns: Some(request.submitted_ns),
                     started_ns: request.started_ns,
                     ended_ns,
+                    polls: None,
                 }
             }
             // The call itself is the request: it was submitted and started when it was entered.
@@ -395,6 +409,7 @@ impl Aggregator {
                 submitted_ns: entered,
                 started_ns: entered,
                 ended_ns,
+                polls: None,
             },
         };
         self.end_request(request_id, record, event.header.ts_ns);
@@ -421,6 +436,11 @@ impl Aggregator {
         if let Some(service) = service {
             state.metrics.request_service.observe(seconds(service));
         }
+        if let Some(polls) = record.polls {
+            let metrics = state.polls.get_or_insert_with(|| self.metrics.polls_for(&state.label));
+            metrics.polls.inc_by(polls.count);
+            metrics.busy_seconds.inc_by(polls.busy_ns as f64 / 1e9);
+        }
         state.window.record_request(record.ended_ns.unwrap_or(seen_ns), status, total);
         state.changed = true;
         let notable = status != Status::Ok || total.is_some_and(|total| total > self.settings.slow_request);
@@ -435,8 +455,8 @@ impl Aggregator {
 
     /// Whether `request_id` is followed or can be: past `max_in_flight`, new ones are not.
     fn has_room_for(&self, request_id: u64) -> bool {
-        let room =
-            self.requests.len() < self.settings.max_in_flight || self.requests.contains_key(&request_id);
+        let room = self.requests.len() + self.futures.len() < self.settings.max_in_flight
+            || self.requests.contains_key(&request_id);
         if !room {
             self.anomaly(Anomaly::RequestUntracked, request_id);
         }
@@ -447,6 +467,7 @@ impl Aggregator {
     /// probed, and they would otherwise stay queued or busy forever.
     fn expire_requests(&mut self, now_ns: u64) {
         let expiry = self.settings.request_expiry.as_nanos() as u64;
+        self.expire_futures(now_ns, expiry);
         let expired: Vec<u64> = self
             .requests
             .iter()
@@ -590,6 +611,7 @@ impl Aggregator {
             crashed: 0,
             memory_bytes: 0,
             requests: ByStatus::default(),
+            polls: None,
             saturated_refreshes: 0,
             log_budget: LogBudget::default(),
             summarized_slice: None,

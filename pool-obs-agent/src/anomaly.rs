@@ -37,10 +37,16 @@ pub enum Anomaly {
     UnknownProbe,
     /// A ring-buffer record that is no event this agent knows.
     UndecodableEvent,
+    /// A caller polled an inlined request future twice in one of its own calls: the first
+    /// poll's end was not seen (its request ends when its future is dropped).
+    PollsMerged,
+    /// A request's future was polled for the first time at the address of one still open,
+    /// whose drop was not seen: the old one is ended as cancelled.
+    FutureReused,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 12] = [
+    pub const ALL: [Anomaly; 14] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -53,6 +59,8 @@ impl Anomaly {
         Anomaly::CallTooDeep,
         Anomaly::UnknownProbe,
         Anomaly::UndecodableEvent,
+        Anomaly::PollsMerged,
+        Anomaly::FutureReused,
     ];
 
     /// The `kind` label.
@@ -70,6 +78,8 @@ impl Anomaly {
             Anomaly::CallTooDeep => "call_too_deep",
             Anomaly::UnknownProbe => "unknown_probe",
             Anomaly::UndecodableEvent => "undecodable_event",
+            Anomaly::PollsMerged => "polls_merged",
+            Anomaly::FutureReused => "future_reused",
         }
     }
 }

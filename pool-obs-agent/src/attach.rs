@@ -1,6 +1,7 @@
 //! Loads the kernel programs and attaches them to the target's functions.
 
 pub mod debug_file;
+pub mod frames;
 pub mod machine_code;
 pub mod plan;
 pub mod source;

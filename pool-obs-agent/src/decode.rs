@@ -3,8 +3,8 @@
 use std::{fmt, mem::size_of, ptr};
 
 use pool_obs_common::event::{
-    CallEnding, EventKind, Header, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
-    WorkerEvicted, WorkerSpawned,
+    CallEnding, EventKind, FutureDropped, FuturePolled, Header, RequestEnded, RequestStarted,
+    RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +15,8 @@ pub enum Event {
     RequestSubmitted(RequestSubmitted),
     RequestStarted(RequestStarted),
     RequestEnded(RequestEnded),
+    FuturePolled(FuturePolled),
+    FutureDropped(FutureDropped),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +50,12 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             CallEnding::from_u8(ended.ending).ok_or(DecodeError::UnknownEnding(ended.ending))?;
             Event::RequestEnded(ended)
         }
+        EventKind::FuturePolled => {
+            let polled: FuturePolled = read(record)?;
+            CallEnding::from_u8(polled.ending).ok_or(DecodeError::UnknownEnding(polled.ending))?;
+            Event::FuturePolled(polled)
+        }
+        EventKind::FutureDropped => Event::FutureDropped(read(record)?),
     })
 }
 
@@ -71,6 +79,8 @@ impl Event {
             Event::RequestSubmitted(event) => &event.header,
             Event::RequestStarted(event) => &event.header,
             Event::RequestEnded(event) => &event.header,
+            Event::FuturePolled(event) => &event.header,
+            Event::FutureDropped(event) => &event.header,
         }
     }
 
@@ -82,6 +92,8 @@ impl Event {
             Event::RequestSubmitted(_) => EventKind::RequestSubmitted,
             Event::RequestStarted(_) => EventKind::RequestStarted,
             Event::RequestEnded(_) => EventKind::RequestEnded,
+            Event::FuturePolled(_) => EventKind::FuturePolled,
+            Event::FutureDropped(_) => EventKind::FutureDropped,
         }
     }
 }

@@ -312,6 +312,7 @@ impl Observer<'_> {
                 Counter::UnknownProbes => metrics.anomalies.add(Anomaly::UnknownProbe, grown),
                 Counter::CallsUnwound => metrics.anomalies.add(Anomaly::Unwound, grown),
                 Counter::CallsTooDeep => metrics.anomalies.add(Anomaly::CallTooDeep, grown),
+                Counter::PollsMerged => metrics.anomalies.add(Anomaly::PollsMerged, grown),
             }
         }
     }

@@ -182,6 +182,8 @@ fn fields_of(event: EventKind) -> &'static [&'static str] {
         EventKind::RequestSubmitted => &["request_id", "model"],
         EventKind::RequestStarted => &["request_id", "model", "worker_id"],
         EventKind::RequestEnded => &["outcome", "request_id", "model", "worker_id"],
+        EventKind::FuturePolled => &["model", "request_id", "outcome"],
+        EventKind::FutureDropped => &[],
     }
 }
 
@@ -265,6 +267,14 @@ impl RawProbe {
             }
         };
         self.check_fields(event)?;
+        if let Some(at) = self.at.as_ref().filter(|_| event == EventKind::FuturePolled) {
+            return Err(names(
+                at.span(),
+                "`at` does not apply to async_request: a request is its future, from its first poll to the \
+                 poll that returns `Ready`, or to its drop"
+                    .to_string(),
+            ));
+        }
         let unsafe_uretprobe = match &self.unsafe_uretprobe {
             Some(flag) if at == At::Entry && *flag.get_ref() => {
                 return Err(names(
@@ -286,7 +296,14 @@ impl RawProbe {
             worker_id: scalar(&self.worker_id)?,
             request_id: scalar(&self.request_id)?,
             memory_bytes: self.memory_bytes.as_ref().map(|memory| compile_scaled(memory, at)).transpose()?,
-            outcome: self.outcome.as_ref().map(|outcome| compile_outcome(outcome, at)).transpose()?,
+            // An async request's outcome is what its future returns.
+            outcome: self
+                .outcome
+                .as_ref()
+                .map(|outcome| {
+                    compile_outcome(outcome, if event == EventKind::FuturePolled { At::Return } else { at })
+                })
+                .transpose()?,
             unsafe_uretprobe,
         };
         let functions = match self.function.get_ref() {
@@ -324,8 +341,9 @@ impl RawProbe {
 }
 
 fn parse_event(event: &Spanned<String>) -> Located<EventKind> {
-    EventKind::ALL.into_iter().find(|kind| kind.name() == event.get_ref()).ok_or_else(|| {
-        let known: Vec<_> = EventKind::ALL.iter().map(|kind| kind.name()).collect();
+    let named = EventKind::ALL.into_iter().filter(|kind| kind.in_manifests());
+    named.clone().find(|kind| kind.name() == event.get_ref()).ok_or_else(|| {
+        let known: Vec<_> = named.map(|kind| kind.name()).collect();
         names(
             event.span(),
             format!("unknown event `{}`: expected one of {}", event.get_ref(), known.join(", ")),
@@ -409,7 +427,10 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
     let span = outcome.span();
     let status = |text: &str| {
         Status::parse(text).ok_or_else(|| {
-            names(span.clone(), format!("unknown outcome `{text}`: expected ok, failed or timeout"))
+            names(
+                span.clone(),
+                format!("unknown outcome `{text}`: expected ok, failed, timeout or cancelled"),
+            )
         })
     };
     let table = match outcome.get_ref() {
@@ -557,7 +578,7 @@ mod tests {
             error_of("[[probe]]\nevent = \"worker_born\"\nfunction = \"f\"\n"),
             (
                 "m.toml:2:9: unknown event `worker_born`: expected one of worker_spawned, worker_evicted, \
-                 worker_crashed, request_submitted, request_started, request_ended"
+                 worker_crashed, request_submitted, request_started, request_ended, async_request"
                     .to_string(),
                 Class::ManifestNames
             )

@@ -7,16 +7,19 @@ pub enum Status {
     Ok,
     Failed,
     Timeout,
+    /// Its client gave up: an async request whose future was dropped before it was ready.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 3] = [Status::Ok, Status::Failed, Status::Timeout];
+    pub const ALL: [Status; 4] = [Status::Ok, Status::Failed, Status::Timeout, Status::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Failed => "failed",
             Status::Timeout => "timeout",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -37,12 +40,18 @@ pub struct ByStatus<T> {
     pub ok: T,
     pub failed: T,
     pub timeout: T,
+    pub cancelled: T,
 }
 
 impl<T> ByStatus<T> {
     /// One per status, made by `make`.
     pub fn from_fn(mut make: impl FnMut(Status) -> T) -> Self {
-        Self { ok: make(Status::Ok), failed: make(Status::Failed), timeout: make(Status::Timeout) }
+        Self {
+            ok: make(Status::Ok),
+            failed: make(Status::Failed),
+            timeout: make(Status::Timeout),
+            cancelled: make(Status::Cancelled),
+        }
     }
 
     pub fn get(&self, status: Status) -> &T {
@@ -50,6 +59,7 @@ impl<T> ByStatus<T> {
             Status::Ok => &self.ok,
             Status::Failed => &self.failed,
             Status::Timeout => &self.timeout,
+            Status::Cancelled => &self.cancelled,
         }
     }
 
@@ -58,16 +68,17 @@ impl<T> ByStatus<T> {
             Status::Ok => &mut self.ok,
             Status::Failed => &mut self.failed,
             Status::Timeout => &mut self.timeout,
+            Status::Cancelled => &mut self.cancelled,
         }
     }
 }
 
 impl ByStatus<u64> {
     pub fn total(&self) -> u64 {
-        self.ok + self.failed + self.timeout
+        self.ok + self.failed + self.timeout + self.cancelled
     }
 
-    /// Requests that failed or timed out.
+    /// Requests that failed or timed out (a cancelled one is its client's choice).
     pub fn unsuccessful(&self) -> u64 {
         self.failed + self.timeout
     }
@@ -76,6 +87,7 @@ impl ByStatus<u64> {
         self.ok += other.ok;
         self.failed += other.failed;
         self.timeout += other.timeout;
+        self.cancelled += other.cancelled;
     }
 }
 

@@ -28,6 +28,8 @@ pub mod name {
     pub const REQUEST_QUEUE: &str = "pool_request_queue_seconds";
     pub const REQUEST_SERVICE: &str = "pool_request_service_seconds";
     pub const REQUEST_DURATION_QUANTILE: &str = "pool_request_duration_quantile_seconds";
+    pub const REQUEST_POLLS: &str = "pool_request_polls";
+    pub const REQUEST_BUSY: &str = "pool_request_busy_seconds";
     pub const QUEUE_DEPTH: &str = "pool_queue_depth";
     pub const QUEUE_DEPTH_MAX: &str = "pool_queue_depth_max";
     pub const WORKERS: &str = "pool_workers";
@@ -114,6 +116,8 @@ pub struct Metrics {
     request_duration: HistogramFamily<ModelLabels>,
     request_queue: HistogramFamily<ModelLabels>,
     request_service: HistogramFamily<ModelLabels>,
+    request_polls: Family<ModelLabels, Counter>,
+    request_busy: Family<ModelLabels, Counter<f64, AtomicU64>>,
     /// prometheus-client has no summary type: this family is rendered by [`Metrics::encode`].
     request_duration_quantile: RwLock<Vec<(String, Arc<DurationSummary>)>>,
     queue_depth: Family<ModelLabels, Gauge>,
@@ -159,6 +163,14 @@ impl ModelMetrics {
     }
 }
 
+/// One model's series of async requests, made when its first one ends: a pool without async
+/// requests has none.
+#[derive(Clone)]
+pub struct PollMetrics {
+    pub polls: Counter,
+    pub busy_seconds: Counter<f64, AtomicU64>,
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
@@ -168,6 +180,8 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             request_queue: Family::new_with_constructor(latency_histogram),
             request_service: Family::new_with_constructor(latency_histogram),
+            request_polls: Family::default(),
+            request_busy: Family::default(),
             request_duration_quantile: RwLock::default(),
             queue_depth: Family::default(),
             queue_depth_max: Family::default(),
@@ -203,6 +217,16 @@ impl Metrics {
             name::REQUEST_SERVICE,
             "Request time from a worker starting it to its end",
             metrics.request_service.clone(),
+        );
+        registry.register(
+            name::REQUEST_POLLS,
+            "Polls of the futures of async requests that ended",
+            metrics.request_polls.clone(),
+        );
+        registry.register(
+            name::REQUEST_BUSY,
+            "Time inside the polls of async requests that ended: busy on the executor, not waiting",
+            metrics.request_busy.clone(),
         );
         registry.register(
             name::QUEUE_DEPTH,
@@ -284,6 +308,14 @@ impl Metrics {
             worker_evictions: self.worker_evictions.get_or_create(&labels).clone(),
             worker_crashes: self.worker_crashes.get_or_create(&labels).clone(),
             worker_memory: self.worker_memory.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn polls_for(&self, model: &str) -> PollMetrics {
+        let labels = ModelLabels { model: model.to_string() };
+        PollMetrics {
+            polls: self.request_polls.get_or_create(&labels).clone(),
+            busy_seconds: self.request_busy.get_or_create(&labels).clone(),
         }
     }
 

@@ -18,16 +18,20 @@ pub enum Counter {
     /// A call with a return probe was entered while a thread already had
     /// [`crate::probe::MAX_OPEN_CALLS`] such calls open: it is not followed.
     CallsTooDeep = 5,
+    /// A caller polled an inlined request future twice in one call: the first poll's end was
+    /// not seen.
+    PollsMerged = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::EventsLost,
         Counter::ReadFailures,
         Counter::ReturnsWithoutEntry,
         Counter::UnknownProbes,
         Counter::CallsUnwound,
         Counter::CallsTooDeep,
+        Counter::PollsMerged,
     ];
 
     /// The size of the `COUNTERS` array.

@@ -14,17 +14,29 @@ pub enum EventKind {
     RequestSubmitted = 4,
     RequestStarted = 5,
     RequestEnded = 6,
+    /// One poll of a request's future (an `async fn` or an async block): a manifest's
+    /// `async_request` probe.
+    FuturePolled = 7,
+    /// A request's future dropped: before it was ready, the request was cancelled.
+    FutureDropped = 8,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::WorkerSpawned,
         EventKind::WorkerEvicted,
         EventKind::WorkerCrashed,
         EventKind::RequestSubmitted,
         EventKind::RequestStarted,
         EventKind::RequestEnded,
+        EventKind::FuturePolled,
+        EventKind::FutureDropped,
     ];
+
+    /// The events a manifest can name: a future's drop comes with its `async_request`.
+    pub fn in_manifests(self) -> bool {
+        self != EventKind::FutureDropped
+    }
 
     pub fn from_u32(raw: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| *kind as u32 == raw)
@@ -39,6 +51,8 @@ impl EventKind {
             EventKind::RequestSubmitted => "request_submitted",
             EventKind::RequestStarted => "request_started",
             EventKind::RequestEnded => "request_ended",
+            EventKind::FuturePolled => "async_request",
+            EventKind::FutureDropped => "future_dropped",
         }
     }
 }
@@ -144,6 +158,40 @@ pub struct RequestEnded {
     /// A [`CallEnding`] as `u8`: how the probed call ended.
     pub ending: u8,
     pub _reserved: [u8; 7],
+}
+
+/// One poll of a request's future, from its start to its return. The model and request id are
+/// read at the first poll only (the future's state is then `Unresumed`, and its arguments are
+/// where the debug info says); later polls carry them as zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FuturePolled {
+    pub header: Header,
+    pub model: ModelKey,
+    pub request_id: u64,
+    /// The future's address: pinned, so it names the request until the future is dropped.
+    pub future: u64,
+    /// The future's raw state tag when the poll started and when it returned.
+    pub state_before: u64,
+    pub state_after: u64,
+    /// As in [`RequestEnded`], from the `Ready` value; meaningless unless the poll made the
+    /// future ready.
+    pub outcome_value: u64,
+    pub outcome_detail: u64,
+    /// When the poll started.
+    pub entered_ns: u64,
+    /// A [`CallEnding`] as `u8`: a poll a panic unwound through never returned.
+    pub ending: u8,
+    pub _reserved: [u8; 7],
+}
+
+/// A request's future dropped, and its state then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FutureDropped {
+    pub header: Header,
+    pub future: u64,
+    pub state: u64,
 }
 
 /// How a call followed by a return probe ended.

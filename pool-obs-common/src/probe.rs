@@ -189,9 +189,17 @@ pub struct ProbeSpec {
     /// The [`crate::event::EventKind`] to write, or 0 for an entry probe that only saves
     /// arguments for a return probe.
     pub kind: u32,
-    pub _reserved0: u32,
-    pub _reserved1: u32,
-    pub _reserved: u32,
+    /// For a future's events: where its state tag is, from the future's address.
+    pub state_offset: u32,
+    /// The state tag's width in bytes: 1, 2, 4 or 8 (0: no state to read).
+    pub state_size: u8,
+    /// Non-zero when the poll is inlined into a caller ([`crate::probe::Cookie`]'s call is the
+    /// caller's, opened at its entry): the future's values are read at the inlined poll's own
+    /// site, not at the call's entry.
+    pub poll_inlined: u8,
+    pub _reserved: [u8; 2],
+    /// The state tag of a future not yet polled: only then are its arguments read.
+    pub unresumed: u32,
     /// The model key: a (pointer, length) pair, as a `&str` or `String` is laid out.
     pub model_ptr: Scalar,
     pub model_len: Scalar,
@@ -202,6 +210,8 @@ pub struct ProbeSpec {
     /// The second value an outcome rule by variant names may need (see
     /// [`crate::event::RequestEnded::outcome_detail`]).
     pub outcome_detail: Scalar,
+    /// A future's address (a `Pin<&mut Self>` at its poll, a `*mut Self` at its drop).
+    pub future: Scalar,
 }
 
 impl ProbeSpec {
@@ -211,7 +221,7 @@ impl ProbeSpec {
     }
 
     /// Every value the spec reads.
-    pub const fn scalars(&self) -> [Scalar; 7] {
+    pub const fn scalars(&self) -> [Scalar; 8] {
         [
             self.model_ptr,
             self.model_len,
@@ -220,11 +230,12 @@ impl ProbeSpec {
             self.memory_bytes,
             self.outcome,
             self.outcome_detail,
+            self.future,
         ]
     }
 
     /// Every value the spec reads, to change in place.
-    pub fn scalars_mut(&mut self) -> [&mut Scalar; 7] {
+    pub fn scalars_mut(&mut self) -> [&mut Scalar; 8] {
         [
             &mut self.model_ptr,
             &mut self.model_len,
@@ -233,6 +244,7 @@ impl ProbeSpec {
             &mut self.memory_bytes,
             &mut self.outcome,
             &mut self.outcome_detail,
+            &mut self.future,
         ]
     }
 }

@@ -37,6 +37,10 @@ pub struct OpenCall {
     pub model: ModelKey,
     pub request_id: u64,
     pub worker_id: u64,
+    /// For a poll of a request's future: its address (0 until an inlined poll fills it in),
+    /// and its state tag when the poll started.
+    pub future: u64,
+    pub state: u64,
 }
 
 /// A thread's open calls, outermost first: entry sps descend.
@@ -135,6 +139,23 @@ pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce
         }
     }
     count(Counter::CallsTooDeep);
+}
+
+/// The innermost open call, if it is the one entered at `sp` for `return_probe`: where an
+/// inlined poll fills in its future.
+pub fn innermost(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*mut OpenCall> {
+    // SAFETY: as above.
+    let depth = unsafe { (*calls).depth };
+    for index in 0..MAX_OPEN_CALLS {
+        if index as u64 + 1 == depth {
+            let top = unsafe { &mut (*calls).calls[index] };
+            if top.sp != sp || top.return_probe != return_probe {
+                return None;
+            }
+            return Some(top);
+        }
+    }
+    None
 }
 
 /// Takes the innermost open call if it is the one returning at `sp` for `return_probe`. The

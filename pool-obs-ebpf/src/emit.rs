@@ -5,8 +5,8 @@ use aya_ebpf::EbpfContext;
 use pool_obs_common::{
     counters::Counter,
     event::{
-        CallEnding, EventKind, Header, ModelKey, RequestEnded, RequestStarted, RequestSubmitted,
-        WorkerCrashed, WorkerEvicted, WorkerSpawned,
+        CallEnding, EventKind, FutureDropped, FuturePolled, Header, ModelKey, RequestEnded, RequestStarted,
+        RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
     },
     probe::ProbeSpec,
 };
@@ -38,6 +38,10 @@ trait Source {
     fn outcome_detail(&self) -> u64;
     fn entered_ns(&self) -> u64;
     fn ending(&self) -> CallEnding;
+    /// A request future's address, and its state when its poll started and ended.
+    fn future(&self) -> u64;
+    fn state_before(&self, future: u64) -> u64;
+    fn state_after(&self, future: u64) -> u64;
 }
 
 /// At an entry: everything is read now.
@@ -75,6 +79,18 @@ impl<C: EbpfContext> Source for AtEntry<'_, C> {
     #[inline(always)]
     fn ending(&self) -> CallEnding {
         CallEnding::Returned
+    }
+    #[inline(always)]
+    fn future(&self) -> u64 {
+        self.0.value(&self.0.spec().future, read::FUTURE)
+    }
+    #[inline(always)]
+    fn state_before(&self, future: u64) -> u64 {
+        self.0.state(future)
+    }
+    #[inline(always)]
+    fn state_after(&self, future: u64) -> u64 {
+        self.0.state(future)
     }
 }
 
@@ -124,6 +140,18 @@ impl<C: EbpfContext> Source for AtReturn<'_, C> {
     fn ending(&self) -> CallEnding {
         CallEnding::Returned
     }
+    #[inline(always)]
+    fn future(&self) -> u64 {
+        self.call.future
+    }
+    #[inline(always)]
+    fn state_before(&self, _future: u64) -> u64 {
+        self.call.state
+    }
+    #[inline(always)]
+    fn state_after(&self, future: u64) -> u64 {
+        self.reader.state(future)
+    }
 }
 
 /// A call a panic unwound through: only what was read at entry.
@@ -162,6 +190,18 @@ impl Source for Unwound<'_> {
     fn ending(&self) -> CallEnding {
         CallEnding::Unwound
     }
+    #[inline(always)]
+    fn future(&self) -> u64 {
+        self.0.future
+    }
+    #[inline(always)]
+    fn state_before(&self, _future: u64) -> u64 {
+        self.0.state
+    }
+    #[inline(always)]
+    fn state_after(&self, _future: u64) -> u64 {
+        0
+    }
 }
 
 /// Writes the event `spec` asks for at an entry, if any.
@@ -187,7 +227,7 @@ pub fn returned<C: EbpfContext>(
 /// The end of a call a panic unwound through, for a `request_ended` return probe: the request
 /// failed. Other events did not happen, and are only counted (`CallsUnwound`).
 pub fn unwound(spec: &ProbeSpec, call: &OpenCall, now: u64) {
-    if spec.kind == EventKind::RequestEnded as u32 {
+    if spec.kind == EventKind::RequestEnded as u32 || spec.kind == EventKind::FuturePolled as u32 {
         write(spec, &Hit { probe: call.return_probe, now }, &Unwound(call));
     }
 }
@@ -230,6 +270,30 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
             ending: source.ending() as u8,
             _reserved: [0; 7],
         }),
+        EventKind::FuturePolled => {
+            let future = source.future();
+            // The caller of an inlined poll returned without polling the future.
+            if future == 0 {
+                return;
+            }
+            submit(FuturePolled {
+                header,
+                model,
+                request_id: source.request_id(),
+                future,
+                state_before: source.state_before(future),
+                state_after: source.state_after(future),
+                outcome_value: source.outcome_value(),
+                outcome_detail: source.outcome_detail(),
+                entered_ns: source.entered_ns(),
+                ending: source.ending() as u8,
+                _reserved: [0; 7],
+            })
+        }
+        EventKind::FutureDropped => {
+            let future = source.future();
+            submit(FutureDropped { header, future, state: source.state_before(future) })
+        }
     }
 }
 
@@ -242,12 +306,59 @@ pub fn read_at_entry<C: EbpfContext>(
     call: &mut OpenCall,
 ) {
     let reader = Reader::new(ctx, registers, spec, probe);
+    call.future = 0;
+    call.state = 0;
+    if spec.kind == EventKind::FuturePolled as u32 {
+        // An inlined poll fills the future in at its own site (`fill_poll`).
+        if spec.poll_inlined == 0 {
+            read_poll(&reader, call);
+        } else {
+            call.model = ModelKey::ABSENT;
+            call.request_id = 0;
+            call.worker_id = 0;
+        }
+        reader.report_failure();
+        return;
+    }
     call.model = if spec.model_reads_return() { ModelKey::ABSENT } else { reader.model() };
     call.request_id =
         if spec.request_id.reads_return() { 0 } else { reader.value(&spec.request_id, read::REQUEST_ID) };
     call.worker_id =
         if spec.worker_id.reads_return() { 0 } else { reader.value(&spec.worker_id, read::WORKER_ID) };
     reader.report_failure();
+}
+
+/// At an inlined poll's site: the future it polls, for the open call of its caller.
+pub fn fill_poll<C: EbpfContext>(
+    ctx: &C,
+    spec: &ProbeSpec,
+    hit: &Hit,
+    registers: &Registers,
+    call: &mut OpenCall,
+) {
+    if call.future != 0 {
+        count(Counter::PollsMerged);
+    }
+    let reader = Reader::new(ctx, registers, spec, hit.probe);
+    read_poll(&reader, call);
+    call.entered_ns = hit.now;
+    reader.report_failure();
+}
+
+/// At a poll's start: the future, its state, and its arguments if it was never polled (in any
+/// other state they are not where the debug info puts them at the first poll).
+fn read_poll<C: EbpfContext>(reader: &Reader<'_, C>, call: &mut OpenCall) {
+    let spec = reader.spec();
+    call.future = reader.value(&spec.future, read::FUTURE);
+    call.state = reader.state(call.future);
+    call.worker_id = 0;
+    if call.state == u64::from(spec.unresumed) {
+        call.model = reader.model();
+        call.request_id = reader.value(&spec.request_id, read::REQUEST_ID);
+    } else {
+        call.model = ModelKey::ABSENT;
+        call.request_id = 0;
+    }
 }
 
 #[inline(always)]

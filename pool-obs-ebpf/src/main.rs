@@ -85,6 +85,27 @@ pub fn probe_call(ctx: ProbeContext) {
     });
 }
 
+/// At a poll of a request's future that the optimiser inlined into its caller: fills the
+/// future in to the caller's call, which `probe_call` opened at the caller's entry and whose
+/// return probes write the poll's event.
+#[uprobe]
+pub fn probe_poll(ctx: ProbeContext) {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
+    // The caller was entered before the agent attached: its return counts that.
+    let Some(call) =
+        calls::of_current_thread(false).and_then(|calls| calls::innermost(calls, sp, cookie.probe))
+    else {
+        return;
+    };
+    let registers = unsafe { Registers::at_entry(ctx.regs) };
+    // SAFETY: the slot stays as it is until this program run ends.
+    emit::fill_poll(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
+}
+
 /// A uretprobe: only on functions the agent showed cannot unwind, or by the manifest's
 /// explicit `unsafe_uretprobe`, since a panic cannot unwind through its trampoline.
 #[uretprobe]

@@ -26,6 +26,8 @@ pub const WORKER_ID: usize = 3;
 pub const REQUEST_ID: usize = 4;
 pub const MEMORY_BYTES: usize = 5;
 pub const OUTCOME: usize = 6;
+pub const FUTURE: usize = 7;
+const STATE: usize = 8;
 const MODEL_POINTER: usize = 0;
 const MODEL_LENGTH: usize = 1;
 const MODEL: usize = 2;
@@ -89,6 +91,27 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
         key
     }
 
+    /// The state tag of the future at `future`; 0 when the spec reads none or it is unreadable.
+    pub fn state(&self, future: u64) -> u64 {
+        let spec = self.spec;
+        if spec.state_size == 0 || future == 0 {
+            return 0;
+        }
+        let address = future.wrapping_add(u64::from(spec.state_offset));
+        let read = unsafe {
+            match spec.state_size {
+                1 => bpf_probe_read_user(address as *const u8).map(u64::from),
+                2 => bpf_probe_read_user(address as *const u16).map(u64::from),
+                4 => bpf_probe_read_user(address as *const u32).map(u64::from),
+                _ => bpf_probe_read_user(address as *const u64),
+            }
+        };
+        read.unwrap_or_else(|error| {
+            self.record(STATE, Failure { address, error: error.into() });
+            0
+        })
+    }
+
     fn unreadable(&self, key: ModelKey, field: usize, failure: Failure) -> ModelKey {
         self.record(field, failure);
         key
@@ -134,6 +157,8 @@ fn field_name(field: usize) -> &'static str {
         REQUEST_ID => "request_id",
         MEMORY_BYTES => "memory_bytes",
         OUTCOME => "outcome",
+        FUTURE => "future",
+        STATE => "future state",
         _ => "?",
     }
 }

@@ -12,6 +12,8 @@ pub enum Outcome {
     Ok,
     Failed,
     Timeout,
+    /// Dropped by its client before it was answered.
+    Cancelled,
 }
 
 #[derive(Serialize, Deserialize, Default, Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,11 +21,13 @@ pub struct Requests {
     pub ok: u64,
     pub failed: u64,
     pub timeout: u64,
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 impl Requests {
     pub fn total(&self) -> u64 {
-        self.ok + self.failed + self.timeout
+        self.ok + self.failed + self.timeout + self.cancelled
     }
 }
 
@@ -41,6 +45,9 @@ pub struct ModelSummary {
     /// Requests whose handler panicked (the pool caught it): counted in `requests.failed`.
     #[serde(default)]
     pub panics: u64,
+    /// Polls of the requests' futures, for an async pool.
+    #[serde(default)]
+    pub polls: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -84,6 +91,7 @@ impl Tally {
             Outcome::Ok => self.requests.ok += 1,
             Outcome::Failed => self.requests.failed += 1,
             Outcome::Timeout => self.requests.timeout += 1,
+            Outcome::Cancelled => self.requests.cancelled += 1,
         }
         self.latencies_us.push(latency_us);
     }
@@ -99,6 +107,7 @@ impl Tally {
             p50_ms: quantile_ms(&self.latencies_us, 0.5),
             p99_ms: quantile_ms(&self.latencies_us, 0.99),
             panics: self.panics,
+            polls: 0,
         }
     }
 }

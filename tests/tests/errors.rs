@@ -298,7 +298,7 @@ fn unknown_event_and_field_names_list_the_valid_ones() {
     let path = write_manifest("event", &unknown_event);
     let message = format!(
         "{}:2:9: unknown event `worker_retired`: expected one of worker_spawned, worker_evicted, worker_crashed, \
-         request_submitted, request_started, request_ended",
+         request_submitted, request_started, request_ended, async_request",
         path.display()
     );
     assert_refused(&attach(pool.pid(), &path), 18, &message);

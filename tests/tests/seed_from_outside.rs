@@ -258,6 +258,7 @@ fn request_timelines_match_the_pools_access_log() {
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
         };
         let count = checked.entry(outcome).or_default();
         if *count == 20 {

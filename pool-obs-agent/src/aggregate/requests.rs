@@ -23,6 +23,15 @@ pub struct RequestRecord {
     pub submitted_ns: Option<u64>,
     pub started_ns: Option<u64>,
     pub ended_ns: Option<u64>,
+    /// For an async request: its future's polls.
+    pub polls: Option<Polls>,
+}
+
+/// How often an async request's future was polled, and for how long in all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polls {
+    pub count: u64,
+    pub busy_ns: u64,
 }
 
 /// A request's timeline as `/requests/{id}` serves it.
@@ -40,6 +49,11 @@ pub struct Timeline {
     pub total_ms: Option<f64>,
     pub queue_ms: Option<f64>,
     pub service_ms: Option<f64>,
+    /// For an async request: its future's polls, and the time inside them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_ms: Option<f64>,
 }
 
 impl RequestRecord {
@@ -74,6 +88,8 @@ impl RequestRecord {
             total_ms: millis(total),
             queue_ms: millis(queue),
             service_ms: millis(service),
+            polls: self.polls.map(|polls| polls.count),
+            busy_ms: self.polls.map(|polls| polls.busy_ns as f64 / 1e6),
         }
     }
 }

@@ -3,18 +3,20 @@
 use std::{sync::Arc, time::Duration};
 
 use pool_obs_common::event::{
-    CallEnding, EventKind, Header, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey, RequestEnded, RequestStarted,
-    RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+    CallEnding, EventKind, FutureDropped, FuturePolled, Header, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey,
+    RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
 use super::*;
 use crate::{
+    attach::plan::FutureStates,
     clock::WallClock,
     outcome::{Arm, ByStatus, Condition, OutcomeRule},
 };
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them
-/// on a worker; probes 3 to 6 submit requests and spawn, evict and crash workers.
+/// on a worker; probes 3 to 6 submit requests and spawn, evict and crash workers; probe 7 polls
+/// async requests (outcome `== 0` is ok) and probe 8 drops their futures.
 fn aggregator() -> Aggregator {
     let ended = |outcome| ProbeInfo {
         function: "f".into(),
@@ -24,6 +26,7 @@ fn aggregator() -> Aggregator {
         has_worker_id: false,
         constant_model: None,
         memory_scale: 1.0,
+        future: None,
     };
     let by_rule = OutcomeRule {
         arms: vec![Arm::on_value(Status::Ok, Condition::parse("== 0").unwrap())],
@@ -44,16 +47,53 @@ fn aggregator() -> Aggregator {
         ..ended(OutcomeRule::constant(Status::Ok))
     };
     let other = |event| ProbeInfo { event, outcome: None, ..ended(OutcomeRule::constant(Status::Ok)) };
+    let future = |event, outcome| ProbeInfo {
+        event,
+        outcome,
+        future: Some(FutureStates { unresumed: UNRESUMED, returned: RETURNED, panicked: PANICKED }),
+        ..ended(OutcomeRule::constant(Status::Ok))
+    };
     let probes = vec![
-        ended(by_rule),
+        ended(by_rule.clone()),
         ended(OutcomeRule::constant(Status::Timeout)),
         started,
         other(EventKind::RequestSubmitted),
         other(EventKind::WorkerSpawned),
         other(EventKind::WorkerEvicted),
         other(EventKind::WorkerCrashed),
+        future(EventKind::FuturePolled, Some(by_rule)),
+        future(EventKind::FutureDropped, None),
     ];
     Aggregator::new(Arc::new(Metrics::new()), probes, settings)
+}
+
+/// A future's states, as rustc numbers them: `Suspend0` is the first `.await`.
+const UNRESUMED: u64 = 0;
+const RETURNED: u64 = 1;
+const PANICKED: u64 = 2;
+const SUSPENDED: u64 = 3;
+
+/// One poll of the future at `future`, from `entered_ns` to `ts_ns`, taking it from state
+/// `before` to `after`; the model and request id are read at the first poll only.
+fn polled(future: u64, (before, after): (u64, u64), (entered_ns, ts_ns): (u64, u64), outcome: u64) -> Event {
+    let first = before == UNRESUMED;
+    Event::FuturePolled(FuturePolled {
+        header: header(EventKind::FuturePolled, 7, ts_ns),
+        model: if first { model("m") } else { no_model() },
+        request_id: if first { future / 0x10 } else { 0 },
+        future,
+        state_before: before,
+        state_after: after,
+        outcome_value: outcome,
+        outcome_detail: 0,
+        entered_ns,
+        ending: CallEnding::Returned as u8,
+        _reserved: [0; 7],
+    })
+}
+
+fn dropped(future: u64, state: u64, ts_ns: u64) -> Event {
+    Event::FutureDropped(FutureDropped { header: header(EventKind::FutureDropped, 8, ts_ns), future, state })
 }
 
 fn header(kind: EventKind, probe: u32, ts_ns: u64) -> Header {
@@ -159,7 +199,7 @@ fn a_request_follows_its_id_across_events() {
     assert_eq!((model.queued, model.busy, model.workers), (1, 1, 1));
     feed(&mut aggregator, &[ended(0, 7, 0, 1_000), ended(1, 8, 0, 2_000)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 1 });
+    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 1, cancelled: 0 });
     assert_eq!((model.queued, model.busy), (0, 0));
 }
 
@@ -169,7 +209,7 @@ fn a_request_a_panic_unwound_through_failed_whatever_its_outcome_value_and_has_n
     // Outcome value 0 is ok by probe 0's rule; unwound, it is not read at all.
     feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), unwound(0, 7, 900)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0 });
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 0 });
     assert_eq!((model.queued, model.busy), (0, 0));
     let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
     assert_eq!((timeline.outcome, timeline.total_ms, timeline.service_ms), (Some("failed"), None, None));
@@ -180,7 +220,7 @@ fn a_crash_fails_the_request_its_worker_was_serving() {
     let mut aggregator = aggregator();
     feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), crashed(1, 300)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0 });
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 0 });
     assert_eq!((model.workers, model.busy, model.crashed), (0, 0, 1));
 }
 
@@ -191,7 +231,7 @@ fn a_worker_evicted_while_serving_still_fails_its_request_when_it_crashes() {
     assert_eq!(state(&aggregator, "m").workers, 1, "still finishing its request");
     feed(&mut aggregator, &[crashed(1, 300)]);
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0 });
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 0 });
     assert_eq!((model.workers, model.busy), (0, 0));
 }
 
@@ -203,7 +243,7 @@ fn a_worker_evicted_while_serving_leaves_when_its_request_ends() {
         &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 200), evicted(1), ended(0, 7, 0, 400)],
     );
     let model = state(&aggregator, "m");
-    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 0 });
+    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 });
     assert_eq!((model.workers, model.busy, model.memory_bytes), (0, 0, 0));
 }
 
@@ -276,7 +316,10 @@ fn a_flood_of_model_keys_stops_at_max_models() {
     }
     let labels: Vec<&str> = aggregator.models().iter().map(|model| model.label.as_str()).collect();
     assert_eq!(labels, ["model-0", "model-1", "model-2", OTHER_MODELS]);
-    assert_eq!(state(&aggregator, OTHER_MODELS).requests, ByStatus { ok: 997, failed: 0, timeout: 0 });
+    assert_eq!(
+        state(&aggregator, OTHER_MODELS).requests,
+        ByStatus { ok: 997, failed: 0, timeout: 0, cancelled: 0 }
+    );
     assert_eq!(aggregator.model_ids.len(), 4, "unseen keys are not remembered");
 }
 
@@ -405,7 +448,89 @@ fn a_worker_evicted_before_starting_the_request_it_took_serves_it_then_leaves() 
     let model = state(&aggregator, "m");
     assert_eq!(
         (model.workers, model.busy, model.requests),
-        (0, 0, ByStatus { ok: 1, failed: 0, timeout: 0 })
+        (0, 0, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 })
     );
     assert_eq!(anomalies(&aggregator), []);
+}
+
+#[test]
+fn an_async_request_runs_from_its_first_poll_to_the_poll_that_leaves_it_returned() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            polled(0x70, (SUSPENDED, SUSPENDED), (4_000, 4_200), 0),
+            polled(0x70, (SUSPENDED, RETURNED), (9_000, 10_000), 0),
+            // Dropped once it is ready: nothing more happens.
+            dropped(0x70, RETURNED, 12_000),
+        ],
+    );
+    let model = state(&aggregator, "m");
+    assert_eq!(model.requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 });
+    let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
+    let micros = |millis: Option<f64>| millis.map(|millis| (millis * 1000.0).round() as u64);
+    assert_eq!((timeline.outcome, micros(timeline.total_ms), timeline.polls), (Some("ok"), Some(9), Some(3)));
+    // 0.5 + 0.2 + 1 µs inside the polls.
+    assert_eq!(timeline.busy_ms.map(|millis| (millis * 10_000.0).round() as u64), Some(17));
+}
+
+#[test]
+fn a_future_dropped_before_it_is_ready_is_a_cancelled_request() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            dropped(0x70, SUSPENDED, 3_000),
+            // The address is reused by the next request.
+            polled(0x70, (UNRESUMED, RETURNED), (4_000, 5_000), 9),
+        ],
+    );
+    let model = state(&aggregator, "m");
+    assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 1 });
+    let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
+    assert_eq!((timeline.outcome, timeline.polls), (Some("failed"), Some(1)));
+}
+
+#[test]
+fn a_poll_that_panics_fails_its_request_and_a_future_seen_only_later_is_not_followed() {
+    let mut aggregator = aggregator();
+    let Event::FuturePolled(panicking) = polled(0x90, (SUSPENDED, PANICKED), (3_000, 4_000), 0) else {
+        unreachable!()
+    };
+    let unwound = Event::FuturePolled(FuturePolled { ending: CallEnding::Unwound as u8, ..panicking });
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            polled(0x70, (SUSPENDED, PANICKED), (2_000, 2_500), 0),
+            polled(0x80, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            unwound,
+            polled(0x90, (UNRESUMED, SUSPENDED), (5_000, 5_500), 0),
+            Event::FuturePolled(FuturePolled {
+                ending: CallEnding::Unwound as u8,
+                future: 0x90,
+                ..panicking
+            }),
+            // First polled before the agent attached.
+            polled(0xa0, (SUSPENDED, RETURNED), (1_000, 2_000), 0),
+            dropped(0xb0, SUSPENDED, 2_000),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 0, failed: 2, timeout: 0, cancelled: 0 });
+}
+
+#[test]
+fn a_first_poll_where_an_open_future_was_ends_the_old_one_as_cancelled() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            polled(0x70, (UNRESUMED, RETURNED), (4_000, 5_000), 0),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 1 });
+    assert!(aggregator.metrics.anomalies.counted().contains(&(Anomaly::FutureReused, 1)));
 }

@@ -8,6 +8,7 @@ use pool_obs_common::{
     probe::{Base, Cookie, ProbeSpec, Register, Scalar},
 };
 
+mod future;
 mod sourced;
 
 use super::{
@@ -16,6 +17,7 @@ use super::{
     symbols::{Symbol, SymbolTable},
     verdicts,
 };
+pub use future::FutureStates;
 pub use sourced::Compiled;
 
 use crate::{
@@ -52,6 +54,8 @@ pub struct ProbeInfo {
     pub constant_model: Option<String>,
     /// What the memory value read is multiplied by to make bytes.
     pub memory_scale: f64,
+    /// For a request future's polls and drop: the states that tell them apart.
+    pub future: Option<FutureStates>,
 }
 
 /// The kernel program a site runs.
@@ -67,11 +71,14 @@ pub enum Program {
     Exit,
     /// `probe_unwind_caught`: a uprobe on the runtime's catch of a panic.
     UnwindCaught,
+    /// `probe_poll`: a uprobe on a request future's poll inlined into a caller, which fills the
+    /// future in to the caller's call.
+    Poll,
 }
 
 impl Program {
-    pub const ALL: [Program; 5] =
-        [Program::Entry, Program::Call, Program::Return, Program::Exit, Program::UnwindCaught];
+    pub const ALL: [Program; 6] =
+        [Program::Entry, Program::Call, Program::Return, Program::Exit, Program::UnwindCaught, Program::Poll];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -80,6 +87,7 @@ impl Program {
             Program::Return => "probe_return",
             Program::Exit => "probe_exit",
             Program::UnwindCaught => "probe_unwind_caught",
+            Program::Poll => "probe_poll",
         }
     }
 }
@@ -116,6 +124,20 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
     let mut plan =
         Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new(), compiled: Vec::new() };
     for probe in &manifest.probes {
+        if probe.event == EventKind::FuturePolled {
+            let source = source.ok_or_else(|| {
+                Refusal::new(
+                    Class::SourceValue,
+                    format!(
+                        "the async_request probe on {} follows a future by the debug info, and the binary \
+                         has none: build with `debug = \"line-tables-only\"` or more, or give --debug-file",
+                        probe.function
+                    ),
+                )
+            })?;
+            plan.async_probe(probe, symbols, source)?;
+            continue;
+        }
         if probe.reads_source_paths() {
             let source = source.ok_or_else(|| {
                 Refusal::new(
@@ -325,5 +347,6 @@ fn info_of(probe: &Probe, function: &str, outcome: Option<OutcomeRule>) -> Probe
             _ => None,
         },
         memory_scale: probe.memory_bytes.as_ref().map_or(1.0, |memory| memory.scale),
+        future: None,
     }
 }

@@ -141,6 +141,11 @@ impl SymbolTable {
         FunctionCode::decode(bytes, symbol.address)
     }
 
+    /// `entry_sp = rsp + offset` at `address`, inside some function: see [`super::frames`].
+    pub fn entry_sp_offset(&self, address: u64) -> Result<i32, String> {
+        super::frames::entry_sp_offset(&self.data, address)
+    }
+
     /// The function whose code holds `address`.
     pub fn containing(&self, address: u64) -> Option<&Symbol> {
         self.symbols.iter().find(|symbol| (symbol.address..symbol.address + symbol.size).contains(&address))

@@ -61,6 +61,31 @@ impl<'a> Scope<'a> {
         Ok(Self { info, site, parameters, captures, side })
     }
 
+    /// The scope of a future's first poll, at its poll function's site: the names are the
+    /// async fn's arguments, which the future's state holds while it is unresumed, and the
+    /// future is the poll's first parameter (a `Pin<&mut>` to the state), whose location this
+    /// returns.
+    pub fn of_future(mut self, arguments: &[Member]) -> Result<(Self, Location), String> {
+        let pinned = self.parameters.first().ok_or("the poll takes no future")?;
+        let future = pinned
+            .location
+            .clone()
+            .map_err(|why| format!("the future's address is {why} at {}", self.where_()))?;
+        let state = dereference(&future, "the future")?;
+        let mut located = Vec::new();
+        for member in arguments {
+            located.push(Parameter {
+                name: member.name.clone(),
+                ty: Some(member.ty),
+                location: field(&state, member.offset, 8, &member.name),
+                whole_scope: false,
+            });
+        }
+        self.parameters = located;
+        self.captures.clear();
+        Ok((self, future))
+    }
+
     /// An integer of any width up to 8 bytes.
     pub fn integer(&self, path: &str) -> Result<Scalar, String> {
         let found = self.value(path)?;

@@ -6,6 +6,7 @@
 
 pub mod abi;
 pub mod compile;
+pub mod coroutine;
 pub mod location;
 pub mod place;
 pub mod signature;
@@ -90,6 +91,11 @@ pub enum SiteError {
     NotFound { pattern: String },
     #[error("`{pattern}` matches {} functions, name one by its mangled name: {}", .matches.len(), .matches.join(", "))]
     Ambiguous { pattern: String, matches: Vec<String> },
+    #[error(
+        "{function} is neither an `async fn` nor a function whose body is one async block: name the \
+         async fn the request runs in"
+    )]
+    NotAsync { function: String },
 }
 
 impl SiteError {
@@ -97,6 +103,7 @@ impl SiteError {
         match self {
             SiteError::NotFound { .. } => Class::FunctionNotFound,
             SiteError::Ambiguous { .. } => Class::AmbiguousFunction,
+            SiteError::NotAsync { .. } => Class::SourceValue,
         }
     }
 }
@@ -194,7 +201,9 @@ impl SourceInfo {
         let matching: Vec<u32> = (0..self.names.len() as u32)
             .filter(|index| {
                 let name = &self.names[*index as usize];
-                name.mangled == pattern || glob_match(pattern, &name.function) || name.key == pattern
+                name.mangled == pattern
+                    || glob_match(pattern, &name.function)
+                    || glob_match(pattern, &name.key)
             })
             .collect();
         match matching.as_slice() {
@@ -222,6 +231,27 @@ impl SourceInfo {
         }
     }
 
+    /// Every site of every function whose demangled name is `function`.
+    pub fn sites_named(&self, function: &str) -> Vec<Site> {
+        let mut sites: Vec<Site> = self
+            .placements
+            .iter()
+            .filter(|placement| self.names[placement.name as usize].function == function)
+            .map(|placement| self.site(placement))
+            .collect();
+        sites.sort_by_key(|site| (site.inlined.is_some(), site.address));
+        sites.dedup_by_key(|site| site.address);
+        sites
+    }
+
+    /// The out-of-line function that starts at `address`, as a site.
+    pub fn function_site(&self, address: u64) -> Option<Site> {
+        self.placements
+            .iter()
+            .find(|placement| !placement.inlined && placement.address == address)
+            .map(|placement| self.site(placement))
+    }
+
     /// The site's parameters, each located at the site's address.
     pub fn parameters(&self, site: &Site) -> Result<Vec<Parameter>, String> {
         self.units.parameters(site).map_err(|error| error.to_string())
@@ -230,6 +260,12 @@ impl SourceInfo {
     /// What a closure captured, located at the site's address (nothing for other functions).
     pub fn captures(&self, site: &Site) -> Result<Vec<Parameter>, String> {
         self.units.captures(site).map_err(|error| error.to_string())
+    }
+
+    /// The variables declared directly in the site's function (not in its blocks), located at
+    /// the site's address.
+    pub fn variables(&self, site: &Site) -> Result<Vec<Parameter>, String> {
+        self.units.variables(site).map_err(|error| error.to_string())
     }
 
     /// The function's return type, if it returns a value.
@@ -304,9 +340,15 @@ impl DebugUnits {
                         return Some(*known);
                     }
                     let function = format!("{:#}", rustc_demangle::demangle(&mangled));
-                    // Closures share one demangled name; DWARF numbers them.
+                    // Closures and futures share one demangled name; DWARF numbers them.
                     let key = match (function.strip_suffix("{{closure}}"), self.name_of(index, entry)) {
-                        (Some(path), Some(name)) if name.starts_with("{closure#") => format!("{path}{name}"),
+                        (Some(path), Some(name))
+                            if ["{closure#", "{async_fn#", "{async_block#"]
+                                .iter()
+                                .any(|kind| name.starts_with(kind)) =>
+                        {
+                            format!("{path}{name}")
+                        }
                         _ => function.clone(),
                     };
                     let next = names.len() as u32;
@@ -463,10 +505,14 @@ impl DebugUnits {
     /// The variables a closure captured, which rustc describes as variables of the closure's
     /// body, each located at the site's address.
     fn captures(&self, site: &Site) -> gimli::Result<Vec<Parameter>> {
-        let mut captures = Vec::new();
         if !site.function.ends_with("{{closure}}") {
-            return Ok(captures);
+            return Ok(Vec::new());
         }
+        self.variables(site)
+    }
+
+    fn variables(&self, site: &Site) -> gimli::Result<Vec<Parameter>> {
+        let mut captures = Vec::new();
         self.each_child(site.unit, site.entry, constants::DW_TAG_variable, |entry| {
             if let Some(name) = self.name_of(site.unit, entry) {
                 captures.push(self.located(site, entry, name)?);

@@ -56,7 +56,7 @@ pub(super) fn dereference(location: &Location, path: &str) -> Result<Location, S
 }
 
 /// The scalar the kernel evaluates to read `size` bytes at `location`.
-pub(super) fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
+pub fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String> {
     // (base, register, read at the return)
     let start = |origin: Origin| match origin {
         Origin::General(register) => (Base::Register, register as u8, 0),

@@ -1,0 +1,328 @@
+//! The plan of an `async_request` probe. A request is a future: it starts at its first poll
+//! (its state is then `Unresumed`, and the async fn's arguments are where the debug info puts
+//! them), ends at the poll that leaves it `Returned` (its outcome decoded from the `Ready`
+//! value), or is cancelled when it is dropped before that. Each poll is followed as a call:
+//! opened at the poll function's entry and closed at its returns. When the optimiser inlined
+//! the poll into a caller (a wrapper future's poll), the call is the caller's: opened at its
+//! entry, filled in with the future at the inlined poll (`probe_poll`), closed at the caller's
+//! returns, which return the same `Poll<Output>`.
+
+use pool_obs_common::{event::EventKind, probe::ProbeSpec};
+
+use super::{Choice, Plan, Program, entry_site, info_of, return_sites, unprobeable};
+use crate::{
+    attach::{
+        machine_code::{FunctionCode, Handling, Site},
+        source::{
+            self, SourceInfo,
+            compile::{Scope, Side},
+            coroutine::Coroutine,
+            place::{read, rebase_stack, show},
+        },
+        symbols::{Symbol, SymbolTable},
+    },
+    error::{Class, Refusal},
+    manifest::{At, Model, Probe, ProbeOutcome, Value},
+    outcome::OutcomeRule,
+};
+
+use super::sourced::Compiled;
+
+/// The states user space tells a future's polls apart by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FutureStates {
+    pub unresumed: u64,
+    pub returned: u64,
+    pub panicked: u64,
+}
+
+impl Plan {
+    pub(super) fn async_probe(
+        &mut self,
+        probe: &Probe,
+        symbols: &SymbolTable,
+        source: &SourceInfo,
+    ) -> anyhow::Result<()> {
+        let refuse = |message: String| anyhow::Error::from(Refusal::new(Class::SourceValue, message));
+        let coroutine = source
+            .coroutine(&probe.function)
+            .map_err(|problem| Refusal::new(problem.class(), problem.to_string()))?;
+        let state = |name| coroutine.state(name).map_err(refuse);
+        let states = FutureStates {
+            unresumed: state("Unresumed")?,
+            returned: state("Returned")?,
+            panicked: state("Panicked")?,
+        };
+        let mut callers: Vec<u64> = Vec::new();
+        let mut placed = 0;
+        for site in &coroutine.polls {
+            let Some(symbol) = symbols.containing(site.address) else { continue };
+            let shown = match &site.inlined {
+                Some(inlined) => {
+                    format!("{} (inlined into {} at {})", coroutine.key, symbol.name, inlined.call)
+                }
+                None => coroutine.key.clone(),
+            };
+            let code = symbols.code(symbol);
+            let caller = source
+                .function_site(symbol.address)
+                .ok_or_else(|| refuse(format!("{shown}: {} has no debug info", symbol.name)))?;
+            let (mut spec, shown_values, mut choices, rule) = if site.inlined.is_some() {
+                if callers.contains(&symbol.address) {
+                    return Err(refuse(format!(
+                        "{shown}: {} polls the future at two places, and pool-obs follows one poll per call",
+                        symbol.name
+                    )));
+                }
+                callers.push(symbol.address);
+                let (at, mut compiled) = inlined_poll(probe, source, site, symbol, &code, &coroutine)
+                    .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
+                let sp_offset = symbols
+                    .entry_sp_offset(symbol.address + at.offset)
+                    .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                compiled.spec.poll_inlined = 1;
+                let rule = outcome(probe, source, &caller, &coroutine, &mut compiled)
+                    .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                let call = site.inlined.as_ref().map_or("?", |inlined| inlined.call.as_str());
+                let reason = format!("the poll, inlined at {call}, {}", at.handling);
+                let poll = Choice::safe(Program::Poll, Site { sp_offset, ..at }, reason);
+                (compiled.spec, compiled.shown, vec![poll], rule)
+            } else {
+                let scope = Scope::new(source, site, Side::Entry).map_err(refuse)?;
+                let mut compiled = poll_spec(probe, scope, &coroutine)
+                    .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                let rule = outcome(probe, source, site, &coroutine, &mut compiled)
+                    .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                (compiled.spec, compiled.shown, Vec::new(), rule)
+            };
+            // The call: opened at the entry of the poll function or of its caller, closed at its
+            // returns.
+            let opened = entry_site(Program::Call, &spec, &code)
+                .and_then(|mut sites| {
+                    sites.extend(return_sites(false, &code)?);
+                    Ok(sites)
+                })
+                .map_err(|problem| unprobeable(&symbol.name, At::Return, problem))?;
+            if site.inlined.is_none() {
+                for scalar in spec.scalars_mut() {
+                    rebase_stack(scalar, opened[0].site.sp_offset);
+                }
+            }
+            choices.extend(opened);
+            let mut info = info_of(probe, &shown, Some(rule));
+            info.future = Some(states.clone());
+            let cookie = self.push(spec, info);
+            self.compiled.extend(shown_values.into_iter().map(|(field, path, expression)| Compiled {
+                site: format!("{shown} at {:#x}", site.address),
+                field,
+                path,
+                expression,
+            }));
+            for choice in choices {
+                self.attach(symbol, cookie, choice);
+                placed += 1;
+            }
+        }
+        if placed == 0 {
+            return Err(refuse(format!("{} is never polled in the binary", coroutine.key)));
+        }
+        self.future_drops(probe, symbols, source, &coroutine, &states)
+    }
+
+    /// Where the future's state is dropped: a request still open there was cancelled.
+    fn future_drops(
+        &mut self,
+        probe: &Probe,
+        symbols: &SymbolTable,
+        source: &SourceInfo,
+        coroutine: &Coroutine,
+        states: &FutureStates,
+    ) -> anyhow::Result<()> {
+        let drops = source.drops(coroutine);
+        if drops.is_empty() {
+            return Err(Refusal::new(
+                Class::SourceValue,
+                format!(
+                    "{}: the debug info shows no drop of its state `{}`, so cancelled requests could not be told apart",
+                    coroutine.key, coroutine.state_type
+                ),
+            )
+            .into());
+        }
+        for site in &drops {
+            let Some(symbol) = symbols.containing(site.address) else { continue };
+            let code = symbols.code(symbol);
+            let shown = format!("the drop of {}", coroutine.key);
+            let (at, future) = drop_site(source, site, symbol, &code, coroutine).map_err(|problem| {
+                Refusal::new(problem.0, format!("{shown} at {:#x}: {}", site.address, problem.1))
+            })?;
+            let spec = ProbeSpec {
+                kind: EventKind::FutureDropped as u32,
+                state_offset: coroutine.tag.offset as u32,
+                state_size: coroutine.tag_size,
+                future,
+                ..ProbeSpec::default()
+            };
+            let mut info = info_of(probe, &shown, None);
+            info.event = EventKind::FutureDropped;
+            info.future = Some(states.clone());
+            let cookie = self.push(spec, info);
+            self.compiled.push(Compiled {
+                site: format!("{shown} at {:#x}", site.address),
+                field: "future",
+                path: "the dropped future".to_string(),
+                expression: show(&future),
+            });
+            let reason = "a request whose future is dropped before it is ready is cancelled".to_string();
+            self.attach(symbol, cookie, Choice::safe(Program::Entry, at, reason));
+        }
+        Ok(())
+    }
+}
+
+/// Where the drop glue of a future's state is probed, and the future's address there: its
+/// entry, or an inlined instance's first place the kernel accepts.
+fn drop_site(
+    source: &SourceInfo,
+    site: &source::Site,
+    symbol: &Symbol,
+    code: &FunctionCode,
+    coroutine: &Coroutine,
+) -> Result<(Site, pool_obs_common::probe::Scalar), (Class, String)> {
+    let future_at = |site: &source::Site| {
+        source.dropped_state(site, coroutine).and_then(|state| read(&state, 8, "the future"))
+    };
+    if site.inlined.is_none() {
+        let mut future = future_at(site).map_err(|problem| (Class::SourceValue, problem))?;
+        let spec = ProbeSpec { future, ..ProbeSpec::default() };
+        let choice = entry_site(Program::Entry, &spec, code)
+            .map_err(|problem| (Class::Unprobeable, problem.to_string()))?
+            .remove(0);
+        rebase_stack(&mut future, choice.site.sp_offset);
+        return Ok((choice.site, future));
+    }
+    let mut first_problem = None;
+    for at in code.inlined_entries(site.address - symbol.address) {
+        let problem = match at.handling {
+            Handling::Refused(why) => {
+                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
+            }
+            _ => match future_at(&site.at(symbol.address + at.offset)) {
+                Ok(future) => return Ok((at, future)),
+                Err(problem) => (Class::SourceValue, problem),
+            },
+        };
+        first_problem.get_or_insert(problem);
+    }
+    Err(first_problem.unwrap_or((Class::SourceValue, "no instruction starts there".to_string())))
+}
+
+/// (field, path, compiled expression) for `check`.
+type Shown = Vec<(&'static str, String, String)>;
+
+/// A poll's spec as compiled at its site, and what `check` shows of it.
+struct PollSpec {
+    spec: ProbeSpec,
+    shown: Shown,
+}
+
+/// The spec of a poll at a site whose scope is `scope`: the future, its state, and the values
+/// read from its arguments at its first poll.
+fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollSpec, String> {
+    let (scope, future) = scope.of_future(&coroutine.arguments)?;
+    let mut spec = ProbeSpec {
+        kind: EventKind::FuturePolled as u32,
+        state_offset: coroutine.tag.offset as u32,
+        state_size: coroutine.tag_size,
+        unresumed: coroutine.state("Unresumed")? as u32,
+        future: read(&future, 8, "the future")?,
+        ..ProbeSpec::default()
+    };
+    let mut shown: Shown = vec![("future", "the polled future".to_string(), show(&spec.future))];
+    if let Some(Value::Path(path)) = &probe.request_id {
+        spec.request_id = scope.integer(path)?;
+        shown.push(("request_id", path.clone(), show(&spec.request_id)));
+    }
+    if let Some(Model::Path(path)) = &probe.model {
+        let model = scope.string(path)?;
+        spec.model_ptr = model.ptr;
+        spec.model_len = model.len;
+        shown.push(("model", path.clone(), format!("str({}, {})", show(&model.ptr), show(&model.len))));
+    }
+    Ok(PollSpec { spec, shown })
+}
+
+/// Where a poll inlined into a caller is probed: the first place of the instance's entry
+/// that the kernel accepts and where the future can be read.
+fn inlined_poll(
+    probe: &Probe,
+    source: &SourceInfo,
+    site: &source::Site,
+    symbol: &Symbol,
+    code: &FunctionCode,
+    coroutine: &Coroutine,
+) -> Result<(Site, PollSpec), (Class, String)> {
+    let mut first_problem = None;
+    for at in code.inlined_entries(site.address - symbol.address) {
+        let problem = match at.handling {
+            Handling::Refused(why) => {
+                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
+            }
+            _ => {
+                let moved = site.at(symbol.address + at.offset);
+                match Scope::new(source, &moved, Side::Entry)
+                    .and_then(|scope| poll_spec(probe, scope, coroutine))
+                {
+                    Ok(compiled) => return Ok((at, compiled)),
+                    Err(problem) => (Class::SourceValue, problem),
+                }
+            }
+        };
+        first_problem.get_or_insert(problem);
+    }
+    Err(first_problem
+        .unwrap_or((Class::SourceValue, format!("no instruction starts at {:#x}", site.address))))
+}
+
+/// The outcome rule, and the values it reads at the returns of `returning` (the poll function,
+/// or the caller it is inlined into), which must return the future's `Poll<Output>`.
+fn outcome(
+    probe: &Probe,
+    source: &SourceInfo,
+    returning: &source::Site,
+    coroutine: &Coroutine,
+    compiled: &mut PollSpec,
+) -> Result<OutcomeRule, String> {
+    let (path, arms) = match &probe.outcome {
+        None => return Ok(OutcomeRule::constant(crate::outcome::Status::Ok)),
+        Some(ProbeOutcome::Constant(status)) => return Ok(OutcomeRule::constant(*status)),
+        Some(ProbeOutcome::Rule { .. }) => {
+            return Err("an async request's outcome is by the variants of what it returns".to_string());
+        }
+        Some(ProbeOutcome::Variants { path, arms }) => (path, arms),
+    };
+    let rest =
+        path.strip_prefix("return").filter(|rest| rest.is_empty() || rest.starts_with('.')).ok_or_else(
+            || format!("`{path}`: an async request's outcome is read from what it returns, `return`"),
+        )?;
+    let returned = source.return_type(returning);
+    if source.type_name(returned) != source.type_name(coroutine.poll_type) {
+        return Err(format!(
+            "its poll is inlined into `{}`, which returns `{}`, not the future's `{}`: its `Ready` value \
+             cannot be read (leave out `outcome` to count every request that completes as ok)",
+            returning.function,
+            source.type_name(returned),
+            source.type_name(coroutine.poll_type)
+        ));
+    }
+    let scope = Scope::new(source, returning, Side::Return)?;
+    let (value, detail, rule) = scope.variants(&format!("return.Ready.0{rest}"), arms)?;
+    compiled.spec.outcome = value;
+    let mut expression = format!("variant of {}", show(&value));
+    if let Some(detail) = detail {
+        compiled.spec.outcome_detail = detail;
+        expression += &format!(", inner variant of {}", show(&detail));
+    }
+    compiled.shown.push(("outcome", path.clone(), expression));
+    Ok(rule)
+}
