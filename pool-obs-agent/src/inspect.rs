@@ -7,6 +7,7 @@ pub use init::init;
 use std::{collections::HashMap, path::Path};
 
 use anyhow::Result;
+use pool_obs_common::event::EventKind;
 
 use crate::{
     attach::{
@@ -96,8 +97,12 @@ pub fn check(manifest_path: &Path, binary: &Binary, debug_file: &DebugFile) -> R
     }
     let mut problems = 0;
     for probe in &manifest.probes {
-        let at = if probe.at == At::Entry { "entry" } else { "return" };
-        println!("{} at {at} of {}", probe.event.name(), probe.function);
+        match (probe.event, probe.at) {
+            // A request that is a future has no side: its polls and its drop are probed.
+            (EventKind::FuturePolled, _) => println!("{} of {}", probe.event.name(), probe.function),
+            (_, At::Entry) => println!("{} at entry of {}", probe.event.name(), probe.function),
+            (_, At::Return) => println!("{} at return of {}", probe.event.name(), probe.function),
+        }
         if probe.reads_source_paths() {
             // Compiled alone, so that every probe's problem shows, not only the first.
             let alone = manifest::Manifest { probes: vec![probe.clone()] };

@@ -95,10 +95,12 @@ pub struct VariantArm {
 }
 
 impl Probe {
-    /// Whether any value is named by a source path, which needs the debug info.
+    /// Whether the probe needs the debug info: a value is named by a source path, or the
+    /// request is a future.
     pub fn reads_source_paths(&self) -> bool {
         let path = |value: &Option<Value>| matches!(value, Some(Value::Path(_)));
-        matches!(self.model, Some(Model::Path(_)))
+        self.event == EventKind::FuturePolled
+            || matches!(self.model, Some(Model::Path(_)))
             || path(&self.worker_id)
             || path(&self.request_id)
             || matches!(&self.memory_bytes, Some(Scaled { value: Value::Path(_), .. }))
@@ -570,6 +572,14 @@ mod tests {
     fn error_of(text: &str) -> (String, Class) {
         let error = parse(text, "m.toml").unwrap_err();
         (error.to_string(), error.class)
+    }
+
+    #[test]
+    fn an_async_request_has_no_side_to_probe() {
+        let text = "[[probe]]\nevent = \"async_request\"\nfunction = \"f\"\nmodel = \"req.model\"\nat = \"return\"\n";
+        let (message, class) = error_of(text);
+        assert!(message.starts_with("m.toml:5:6: `at` does not apply to async_request"), "{message}");
+        assert_eq!(class, Class::ManifestNames);
     }
 
     #[test]

@@ -484,6 +484,43 @@ mod tests {
         );
     }
 
+    /// The first column of the README's table under `header`, without backquotes.
+    fn readme_table(header: &str) -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../../README.md");
+        let table = readme.split(header).nth(1).expect("the README's table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| Some(line.split('|').nth(1)?.trim().trim_matches('`').to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric_and_no_other() {
+        let metrics = Metrics::new();
+        let model = metrics.for_model("m");
+        model.request_duration_quantiles.observe(0.1);
+        metrics.polls_for("m").polls.inc();
+        metrics.event_counter(EventKind::RequestEnded).inc();
+        let text = metrics.encode(Format::OpenMetrics);
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| match line.split_once(' ')? {
+                (name, "counter") => Some(format!("{name}_total")),
+                (name, _) => Some(name.to_string()),
+            })
+            .collect();
+        assert_eq!(readme_table("| metric | labels | meaning |"), exported);
+    }
+
+    #[test]
+    fn the_readme_lists_every_anomaly_and_no_other() {
+        let defined = Anomaly::ALL.iter().map(|anomaly| anomaly.name().to_string()).collect();
+        assert_eq!(readme_table("| kind | meaning |"), defined);
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

@@ -2,6 +2,7 @@
 //! OpenMetrics text reader, and the processes under test.
 
 pub mod bpf;
+pub mod dashboard;
 pub mod ground_truth;
 pub mod http;
 pub mod openmetrics;

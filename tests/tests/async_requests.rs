@@ -4,12 +4,13 @@
 //! optimiser inlined it. `async-pool-boxed` is the same service with `handle` returning a
 //! `Pin<Box<dyn Future>>`, polled and dropped through the box's vtable.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, process::Command};
 
 use pool_obs_tests::{
+    dashboard,
     ground_truth::Summary,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, free_address, manifest},
+    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
 };
 
 /// Runs `pool_name` to its end with the agent attached; what each side counted, and the agent.
@@ -63,6 +64,12 @@ fn assert_counted_exactly(pool_name: &str) {
     assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
     assert_eq!(metrics.value("pool_obs_read_failures_total", &[]), Some(0.0));
     assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");
+    // The dashboard's panel of async requests draws what the agent exports for them.
+    let referenced = dashboard::referenced_metrics();
+    for name in dashboard::ASYNC_ONLY {
+        assert!(referenced.contains(name), "the dashboard draws {name}");
+        assert!(metrics.samples.iter().any(|sample| sample.name == name), "{name} is exported");
+    }
     // The last request: its polls and the time inside them.
     let response = agent.get("/requests/19999");
     assert_eq!(response.status, 200, "{}", response.body);
@@ -81,4 +88,44 @@ fn an_async_fn_inlined_into_a_wrapper_future_is_counted_exactly_by_model_and_out
 #[test]
 fn a_boxed_future_as_async_trait_makes_them_is_counted_exactly_by_model_and_outcome() {
     assert_counted_exactly("async-pool-boxed");
+}
+
+/// `check` on async-pool with one probe: its exit code and what it printed.
+fn check(name: &str, probe: &str) -> (i32, String) {
+    let path = std::env::temp_dir().join(format!("pool-obs-async-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, format!("[[probe]]\n{probe}\n")).expect("write the manifest");
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["check", "--binary", binary("async-pool").to_str().unwrap(), "--manifest"])
+        .arg(&path)
+        .output()
+        .expect("run pool-obs-agent check");
+    let _ = std::fs::remove_file(&path);
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_function_that_is_not_async_is_refused_as_an_async_request() {
+    let (code, text) = check(
+        "not-async",
+        "event = \"async_request\"\nfunction = \"async_pool::service::infer\"\nmodel = { constant = \"m\" }",
+    );
+    assert_eq!(code, 19, "{text}");
+    assert!(
+        text.contains(
+            "async_pool::service::infer is neither an `async fn` nor a function whose body is one async block"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_async_request_takes_its_values_from_the_fn_arguments_and_refuses_others_by_name() {
+    let (code, text) = check(
+        "misnamed",
+        "event = \"async_request\"\nfunction = \"async_pool::Service::handle\"\nmodel = \"request.model\"",
+    );
+    assert_eq!(code, 19, "{text}");
+    assert!(text.contains("has no parameter `request`: it has `self`, `req`"), "{text}");
 }

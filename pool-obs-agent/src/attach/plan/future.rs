@@ -284,8 +284,8 @@ fn inlined_poll(
         .unwrap_or((Class::SourceValue, format!("no instruction starts at {:#x}", site.address))))
 }
 
-/// The outcome rule, and the values it reads at the returns of `returning` (the poll function,
-/// or the caller it is inlined into), which must return the future's `Poll<Output>`.
+/// The outcome rule, and the values it reads at the returns of `returning`: the poll function,
+/// or the caller it is inlined into, which must return the future's `Poll<Output>`.
 fn outcome(
     probe: &Probe,
     source: &SourceInfo,
@@ -293,6 +293,20 @@ fn outcome(
     coroutine: &Coroutine,
     compiled: &mut PollSpec,
 ) -> Result<OutcomeRule, String> {
+    // The poll's end is the return of `returning`: when that is a caller the poll is inlined
+    // into, it must return the future's own `Poll<Output>`, as a wrapper future's poll does.
+    // Any other caller (a parent `async fn`) goes on after the future is ready, and may poll
+    // the next one before it returns.
+    let returned = source.return_type(returning);
+    if source.type_name(returned) != source.type_name(coroutine.poll_type) {
+        return Err(format!(
+            "its poll is inlined into `{}`, which returns `{}`, not the future's `{}`: the poll's end \
+             cannot be seen there; probe the async fn whose future that caller is",
+            returning.function,
+            source.type_name(returned),
+            source.type_name(coroutine.poll_type)
+        ));
+    }
     let (path, arms) = match &probe.outcome {
         None => return Ok(OutcomeRule::constant(crate::outcome::Status::Ok)),
         Some(ProbeOutcome::Constant(status)) => return Ok(OutcomeRule::constant(*status)),
@@ -305,16 +319,6 @@ fn outcome(
         path.strip_prefix("return").filter(|rest| rest.is_empty() || rest.starts_with('.')).ok_or_else(
             || format!("`{path}`: an async request's outcome is read from what it returns, `return`"),
         )?;
-    let returned = source.return_type(returning);
-    if source.type_name(returned) != source.type_name(coroutine.poll_type) {
-        return Err(format!(
-            "its poll is inlined into `{}`, which returns `{}`, not the future's `{}`: its `Ready` value \
-             cannot be read (leave out `outcome` to count every request that completes as ok)",
-            returning.function,
-            source.type_name(returned),
-            source.type_name(coroutine.poll_type)
-        ));
-    }
     let scope = Scope::new(source, returning, Side::Return)?;
     let (value, detail, rule) = scope.variants(&format!("return.Ready.0{rest}"), arms)?;
     compiled.spec.outcome = value;
