@@ -1,8 +1,8 @@
 //! `pool-obs-agent`: attaches to a running worker pool by PID and serves its per-model metrics.
 //!
 //! The data flows: [`manifest`] + [`attach::symbols`] → [`attach::plan`] → [`attach`] (kernel
-//! programs) → [`ring`] → [`decode`] → [`aggregate`] → [`export`] (`/metrics`, `/health`,
-//! `/requests/{id}`).
+//! programs) → [`ring`] → [`decode`] → [`aggregate`] → [`publish`] → [`export`] (`/metrics`,
+//! `/health`, `/requests/{id}`).
 
 mod aggregate;
 mod anomaly;
@@ -282,7 +282,7 @@ impl Observer<'_> {
         };
         let probe_reasons = self.probes.observe(Instant::now(), totals);
         health::render(&health::Inputs {
-            models: aggregator.models(),
+            models: &aggregator.views(),
             thresholds: &self.thresholds,
             target: self.target,
             target_up,

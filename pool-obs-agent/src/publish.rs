@@ -22,6 +22,9 @@ use crate::{
     outcome::{ByStatus, Status},
 };
 
+mod view;
+pub use view::{ModelView, Timeline, WindowSummary, WorkerCounts};
+
 pub mod name {
     pub const REQUESTS: &str = "pool_requests";
     pub const REQUEST_DURATION: &str = "pool_request_duration_seconds";

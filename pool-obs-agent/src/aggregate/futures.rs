@@ -7,7 +7,7 @@ use pool_obs_common::event::{CallEnding, FutureDropped, FuturePolled};
 
 use super::{
     Aggregator, ModelId,
-    requests::{Polls, RequestRecord},
+    recent::{Polls, RequestRecord},
 };
 use crate::{anomaly::Anomaly, outcome::Status};
 

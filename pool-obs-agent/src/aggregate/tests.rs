@@ -7,11 +7,11 @@ use pool_obs_common::event::{
     RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
-use super::*;
+use super::{models::model_label, *};
 use crate::{
     attach::plan::FutureStates,
     clock::WallClock,
-    outcome::{Arm, ByStatus, Condition, OutcomeRule},
+    outcome::{Arm, ByStatus, Condition, OutcomeRule, Status},
 };
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them

@@ -7,7 +7,10 @@ use std::{collections::VecDeque, time::Duration};
 
 use hdrhistogram::Histogram;
 
-use crate::outcome::{ByStatus, Status};
+use crate::{
+    outcome::{ByStatus, Status},
+    publish::WindowSummary,
+};
 
 pub const SLICES: u32 = 4;
 /// Latencies are recorded in microseconds, from 1 µs to 100 s, to two significant digits.
@@ -26,18 +29,6 @@ struct Slice {
     latency: Option<Histogram<u32>>,
     max_queue_depth: u64,
     outcomes: ByStatus<u64>,
-}
-
-/// What the window says about a model; latencies in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Summary {
-    pub requests: u64,
-    pub avg_ms: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_queue_depth: u64,
-    pub error_rate: f64,
 }
 
 impl Window {
@@ -63,10 +54,10 @@ impl Window {
     }
 
     /// The window's summary at `now`; `merged` is scratch space reused across models.
-    pub fn summarize(&mut self, now: u64, merged: &mut Histogram<u32>) -> Summary {
+    pub fn summarize(&mut self, now: u64, merged: &mut Histogram<u32>) -> WindowSummary {
         self.slice(now);
         merged.reset();
-        let mut summary = Summary::default();
+        let mut summary = WindowSummary::default();
         let mut outcomes = ByStatus::<u64>::default();
         for slice in &self.slices {
             if let Some(latency) = &slice.latency {

@@ -12,11 +12,7 @@ use serde::Serialize;
 
 use super::http::RenderedHealth;
 use crate::{
-    aggregate::{ModelState, OTHER_MODELS, UNKNOWN_MODEL},
-    anomaly::Anomaly,
-    clock::rfc3339,
-    memory::MemorySample,
-    outcome::ByStatus,
+    anomaly::Anomaly, clock::rfc3339, memory::MemorySample, outcome::ByStatus, publish::ModelView,
     target::Target,
 };
 
@@ -95,8 +91,8 @@ struct Workers {
 }
 
 /// What the model's state says of its health, and why.
-fn assess(model: &ModelState, thresholds: &Thresholds) -> (Status, Vec<String>) {
-    if model.workers == 0 {
+fn assess(model: &ModelView, thresholds: &Thresholds) -> (Status, Vec<String>) {
+    if model.workers_seen && model.workers.total == 0 {
         return (Status::Unhealthy, vec!["no workers".to_string()]);
     }
     let recent = &model.recent;
@@ -122,7 +118,7 @@ fn assess(model: &ModelState, thresholds: &Thresholds) -> (Status, Vec<String>) 
     (status, reasons)
 }
 
-fn model_report<'a>(model: &'a ModelState, thresholds: &Thresholds) -> ModelReport<'a> {
+fn model_report<'a>(model: &'a ModelView, thresholds: &Thresholds) -> ModelReport<'a> {
     let (status, reasons) = assess(model, thresholds);
     let recent = &model.recent;
     ModelReport {
@@ -130,10 +126,10 @@ fn model_report<'a>(model: &'a ModelState, thresholds: &Thresholds) -> ModelRepo
         status,
         reasons,
         workers: Workers {
-            total: model.workers,
-            busy: model.busy,
-            idle: model.workers - model.busy,
-            crashed: model.crashed,
+            total: model.workers.total,
+            busy: model.workers.busy,
+            idle: model.workers.total - model.workers.busy,
+            crashed: model.workers.crashed,
         },
         queue_depth: model.queued,
         avg_latency_ms: recent.avg_ms,
@@ -147,7 +143,7 @@ fn model_report<'a>(model: &'a ModelState, thresholds: &Thresholds) -> ModelRepo
 
 /// Everything the report is made of, as of one refresh.
 pub struct Inputs<'a> {
-    pub models: &'a [ModelState],
+    pub models: &'a [ModelView],
     pub thresholds: &'a Thresholds,
     pub target: &'a Target,
     pub target_up: bool,
@@ -166,7 +162,7 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
         .models
         .iter()
         // The catch-all buckets are not models with workers of their own.
-        .filter(|model| model.label != UNKNOWN_MODEL && model.label != OTHER_MODELS)
+        .filter(|model| !model.catch_all)
         .map(|model| model_report(model, inputs.thresholds))
         .collect();
     let worst_model = models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy);
@@ -232,5 +228,23 @@ mod tests {
             "{}",
             degraded.body
         );
+    }
+
+    #[test]
+    fn a_model_without_workers_is_unhealthy_only_where_workers_are_seen() {
+        let model = |workers_seen| ModelView {
+            label: "m".to_string(),
+            catch_all: false,
+            workers_seen,
+            workers: crate::publish::WorkerCounts::default(),
+            queued: 0,
+            recent: crate::publish::WindowSummary::default(),
+            requests: ByStatus::default(),
+            saturated_refreshes: 0,
+        };
+        let thresholds = Thresholds::default();
+        assert_eq!(assess(&model(true), &thresholds), (Status::Unhealthy, vec!["no workers".to_string()]));
+        // An async service's requests are futures, served by no worker the manifest names.
+        assert_eq!(assess(&model(false), &thresholds), (Status::Healthy, Vec::new()));
     }
 }

@@ -27,7 +27,7 @@ use tokio::{
 use tokio_io_timeout::TimeoutStream;
 use tracing::warn;
 
-use crate::aggregate::Timeline;
+use crate::publish::Timeline;
 use crate::publish::{Format, Metrics};
 
 const JSON: &str = "application/json";
