@@ -1,7 +1,7 @@
 //! The processes the tests and the demo run: the reference pool and the agent.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -50,6 +50,16 @@ impl Pool {
 
     /// Starts a reference pool from a copy of its binary (say, one without debug info).
     pub fn start_binary(path: &Path, args: &[String]) -> Self {
+        Self::start_logging(path, args, None)
+    }
+
+    /// Starts `demo-pool` with its own log written to `file`, as `cargo xtask demo` runs it.
+    pub fn start_logging_to(args: &[String], file: &Path) -> Self {
+        let file = std::fs::File::create(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+        Self::start_logging(&binary("demo-pool"), args, Some(file))
+    }
+
+    fn start_logging(path: &Path, args: &[String], mut log: Option<std::fs::File>) -> Self {
         let name = path.file_name().map_or("pool".into(), |name| name.to_string_lossy().into_owned());
         let mut child = Command::new(path)
             .args(args)
@@ -64,7 +74,10 @@ impl Pool {
                 if line.contains("ready") {
                     let _ = ready_sender.send(());
                 }
-                eprintln!("{line}");
+                match &mut log {
+                    Some(file) => _ = writeln!(file, "{line}"),
+                    None => eprintln!("{line}"),
+                }
             }
         });
         let stdout = lines_of(child.stdout.take().expect("piped stdout"));
@@ -90,6 +103,15 @@ impl Pool {
 }
 
 /// The agent, attached and serving.
+/// Where an agent's log goes.
+enum Log<'a> {
+    /// Through the test harness, shown for a test that fails.
+    ThroughHarness,
+    /// Kept for the test, filtered by this `RUST_LOG`.
+    Kept(&'a str),
+    File(std::fs::File),
+}
+
 pub struct Agent {
     pub child: Child,
     pub address: SocketAddr,
@@ -99,18 +121,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn attach(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str]) -> Self {
-        Self::start(&[], pid, manifest, address, extra, None)
+        Self::start(&[], pid, manifest, address, extra, Log::ThroughHarness)
+    }
+
+    /// Attaches with its log written to `file`, as `cargo xtask demo` runs it.
+    pub fn attach_logging_to(pid: u32, manifest: &Path, address: SocketAddr, file: &Path) -> Self {
+        let file = std::fs::File::create(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+        Self::start(&[], pid, manifest, address, &[], Log::File(file))
     }
 
     /// Attaches through `launcher`, a command that runs the agent as its last argument
     /// (`setpriv ...`, to run it with other credentials).
     pub fn attach_launched_by(launcher: &[&str], pid: u32, manifest: &Path) -> Self {
-        Self::start(launcher, pid, manifest, free_address(), &[], None)
+        Self::start(launcher, pid, manifest, free_address(), &[], Log::ThroughHarness)
     }
 
     /// Attaches with `RUST_LOG` set to `filter`, keeping the log lines for the test.
     pub fn attach_logging(pid: u32, manifest: &Path, extra: &[&str], filter: &str) -> Self {
-        Self::start(&[], pid, manifest, free_address(), extra, Some(filter))
+        Self::start(&[], pid, manifest, free_address(), extra, Log::Kept(filter))
     }
 
     fn start(
@@ -119,7 +147,7 @@ impl Agent {
         manifest: &Path,
         address: SocketAddr,
         extra: &[&str],
-        filter: Option<&str>,
+        log: Log,
     ) -> Self {
         let mut command = match launcher.split_first() {
             Some((program, launcher_args)) => {
@@ -134,21 +162,26 @@ impl Agent {
             .arg("--manifest")
             .arg(manifest);
         command.args(extra);
-        if let Some(filter) = filter {
+        if let Log::Kept(filter) = &log {
             command.env("RUST_LOG", filter);
         }
-        let mut child = command.stderr(Stdio::piped()).spawn().expect("start pool-obs-agent");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let logs = match filter {
-            Some(_) => Some(lines_of(stderr)),
-            None => {
+        let (child, logs) = match log {
+            Log::File(file) => (command.stderr(file).spawn().expect("start pool-obs-agent"), None),
+            Log::Kept(_) => {
+                let mut child = command.stderr(Stdio::piped()).spawn().expect("start pool-obs-agent");
+                let stderr = child.stderr.take().expect("piped stderr");
+                (child, Some(lines_of(stderr)))
+            }
+            Log::ThroughHarness => {
+                let mut child = command.stderr(Stdio::piped()).spawn().expect("start pool-obs-agent");
+                let stderr = child.stderr.take().expect("piped stderr");
                 // Through the test harness, which shows it only for a test that fails.
                 thread::spawn(move || {
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                         eprintln!("{line}");
                     }
                 });
-                None
+                (child, None)
             }
         };
         let mut agent = Self { child, address, logs };

@@ -1,8 +1,10 @@
 //! `cargo xtask demo`: the reference pool under its default load, the agent attached to its
-//! PID, and the per-model request counts printed as they rise.
+//! PID, and a per-model table refreshed every second from the agent's `/metrics`. The agent's
+//! log goes to a file the demo names, so that the terminal shows the table, not the log.
 
 use std::{
     collections::BTreeMap,
+    io::{IsTerminal, Write},
     net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -40,48 +42,110 @@ pub fn run(options: &Options) -> Result<()> {
         libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
     }
-    let mut pool = Pool::start(&[]);
-    let mut agent = Agent::attach(pool.pid(), &manifest("demo-pool.toml"), options.listen, &[]);
+    let pool_log = std::env::current_dir()?.join("target/demo-pool.log");
+    let mut pool = Pool::start_logging_to(&[], &pool_log);
+    let log = std::env::current_dir()?.join("target/demo-agent.log");
+    let mut agent = Agent::attach_logging_to(pool.pid(), &manifest("demo-pool.toml"), options.listen, &log);
     println!("pool-obs is attached to demo-pool (pid {}).", pool.pid());
     println!("  metrics: http://{}/metrics", options.listen);
     println!("  health:  http://{}/health", options.listen);
-    println!("Press Ctrl-C to stop.");
+    println!("  logs:    {} (the agent), {} (the pool)", log.display(), pool_log.display());
+    println!("Press Ctrl-C to stop.\n");
 
     let deadline = options.seconds.map(|seconds| Instant::now() + Duration::from_secs(seconds));
+    let mut table = Table { live: std::io::stdout().is_terminal(), lines: 0 };
     let mut last_report = Instant::now();
     while !STOP.load(Ordering::Relaxed) && deadline.is_none_or(|deadline| Instant::now() < deadline) {
         if pool.child.try_wait()?.is_some() || agent.child.try_wait()?.is_some() {
             break;
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            print_requests_by_model(&agent);
+        // Redrawn in place every second on a terminal; printed every 5 s into a file or pipe.
+        let every = if table.live { Duration::from_secs(1) } else { Duration::from_secs(5) };
+        if last_report.elapsed() >= every {
+            table.show(&agent);
             last_report = Instant::now();
         }
         thread::sleep(Duration::from_millis(100));
     }
-    print_requests_by_model(&agent);
+    table.show(&agent);
     let agent_status = stop(&mut agent.child, libc::SIGINT);
     stop(&mut pool.child, libc::SIGTERM);
     println!("agent stopped ({agent_status}); demo-pool stopped.");
     Ok(())
 }
 
-fn print_requests_by_model(agent: &Agent) {
-    let Ok(response) = pool_obs_tests::http::get(agent.address, "/metrics") else {
-        return;
-    };
-    let exposition = Exposition::parse(&response.body);
-    let mut by_model: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
-    for sample in exposition.samples.iter().filter(|sample| sample.name == "pool_requests_total") {
-        let (Some(model), Some(status)) = (sample.labels.get("model"), sample.labels.get("status")) else {
-            continue;
+/// The per-model table, and how many lines of the terminal it took last.
+struct Table {
+    live: bool,
+    lines: usize,
+}
+
+/// One model's row.
+#[derive(Default)]
+struct Row {
+    statuses: BTreeMap<String, u64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    busy: u64,
+    idle: u64,
+    queued: u64,
+}
+
+impl Table {
+    fn show(&mut self, agent: &Agent) {
+        let Ok(response) = pool_obs_tests::http::get(agent.address, "/metrics") else {
+            return;
         };
-        let slot = ["ok", "failed", "timeout"].iter().position(|name| name == status).unwrap_or(1);
-        by_model.entry(model).or_default()[slot] += sample.value as u64;
+        let exposition = Exposition::parse(&response.body);
+        let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+        for sample in &exposition.samples {
+            let Some(model) = sample.labels.get("model") else { continue };
+            let row = rows.entry(model.clone()).or_default();
+            let label = |name: &str| sample.labels.get(name).map(String::as_str);
+            match (sample.name.as_str(), label("status"), label("quantile"), label("state")) {
+                ("pool_requests_total", Some(status), _, _) => {
+                    *row.statuses.entry(status.to_string()).or_default() += sample.value as u64;
+                }
+                ("pool_request_duration_quantile_seconds", _, Some("0.5"), _) => {
+                    row.p50_ms = sample.value * 1e3
+                }
+                ("pool_request_duration_quantile_seconds", _, Some("0.99"), _) => {
+                    row.p99_ms = sample.value * 1e3
+                }
+                ("pool_workers", _, _, Some("busy")) => row.busy = sample.value as u64,
+                ("pool_workers", _, _, Some("idle")) => row.idle = sample.value as u64,
+                ("pool_queue_depth", _, _, _) => row.queued = sample.value as u64,
+                _ => {}
+            }
+        }
+        let mut text = format!(
+            "{:<16} {:>8} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8} {:>6}\n",
+            "model", "ok", "failed", "timeout", "cancelled", "p50 ms", "p99 ms", "workers", "queue"
+        );
+        for (model, row) in &rows {
+            let count = |status: &str| row.statuses.get(status).copied().unwrap_or(0);
+            text += &format!(
+                "{model:<16} {:>8} {:>7} {:>8} {:>10} {:>9.2} {:>9.2} {:>8} {:>6}\n",
+                count("ok"),
+                count("failed"),
+                count("timeout"),
+                count("cancelled"),
+                row.p50_ms,
+                row.p99_ms,
+                format!("{}/{}", row.busy, row.busy + row.idle),
+                row.queued
+            );
+        }
+        let mut out = std::io::stdout().lock();
+        if self.live && self.lines > 0 {
+            // Back over the last table, and clear what was below it.
+            let _ = write!(out, "\x1b[{}A\x1b[J", self.lines);
+        }
+        let _ = write!(out, "{text}");
+        if !self.live {
+            let _ = writeln!(out);
+        }
+        let _ = out.flush();
+        self.lines = text.lines().count();
     }
-    let line: Vec<String> = by_model
-        .iter()
-        .map(|(model, [ok, failed, timeout])| format!("{model}: {ok} ok, {failed} failed, {timeout} timeout"))
-        .collect();
-    println!("requests  {}", line.join(" | "));
 }
