@@ -3,7 +3,7 @@
 
 pub mod value;
 
-use std::{fmt, ops::Range, path::Path};
+use std::{ops::Range, path::Path};
 
 use pool_obs_common::{event::EventKind, probe::Scalar};
 use serde::Deserialize;
@@ -109,7 +109,8 @@ impl Probe {
 }
 
 /// A manifest problem, located as `file:line:column`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
 pub struct ManifestError {
     pub path: String,
     pub line: usize,
@@ -118,14 +119,6 @@ pub struct ManifestError {
     /// [`Class::ManifestSyntax`] or [`Class::ManifestNames`].
     pub class: Class,
 }
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.path, self.line, self.column, self.message)
-    }
-}
-
-impl std::error::Error for ManifestError {}
 
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
     let shown = path.display().to_string();

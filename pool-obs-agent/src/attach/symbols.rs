@@ -2,7 +2,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     path::{Path, PathBuf},
 };
 
@@ -34,55 +33,42 @@ pub struct SymbolTable {
     symbols: Vec<Symbol>,
 }
 
-#[derive(Debug)]
+/// Why a binary's functions cannot be found as asked. Each says its exit code: [`Self::class`].
+#[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
+    #[error("cannot read {path}: {source}")]
     Unreadable {
         path: String,
-        reason: String,
+        #[source]
+        source: ReadError,
     },
-    Stripped {
-        path: String,
-    },
+    #[error("{path} has no symbol table (stripped): rebuild the pool without `strip` to profile it")]
+    Stripped { path: String },
     /// A program with no Rust functions: not a pool pool-obs can profile.
-    NotRust {
-        path: String,
-    },
-    NotFound {
-        pattern: String,
-        nearest: Vec<String>,
-    },
-    Ambiguous {
-        pattern: String,
-        matches: Vec<String>,
-    },
+    #[error("{path} is not a Rust program (no function has a Rust name): give the PID or binary of the pool")]
+    NotRust { path: String },
+    #[error("{}", not_found(pattern, nearest))]
+    NotFound { pattern: String, nearest: Vec<String> },
+    #[error("`{pattern}` matches {} functions, name one: {}", .matches.len(), .matches.join(", "))]
+    Ambiguous { pattern: String, matches: Vec<String> },
 }
 
-impl fmt::Display for SymbolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SymbolError::Unreadable { path, reason } => write!(f, "cannot read {path}: {reason}"),
-            SymbolError::Stripped { path } => write!(
-                f,
-                "{path} has no symbol table (stripped): rebuild the pool without `strip` to profile it"
-            ),
-            SymbolError::NotRust { path } => write!(
-                f,
-                "{path} is not a Rust program (no function has a Rust name): give the PID or binary of the pool"
-            ),
-            SymbolError::NotFound { pattern, nearest } if nearest.is_empty() => {
-                write!(f, "no function matches `{pattern}`: list candidates with `pool-obs-agent symbols`")
-            }
-            SymbolError::NotFound { pattern, nearest } => {
-                write!(f, "no function matches `{pattern}`; nearest: {}", nearest.join(", "))
-            }
-            SymbolError::Ambiguous { pattern, matches } => {
-                write!(f, "`{pattern}` matches {} functions, name one: {}", matches.len(), matches.join(", "))
-            }
-        }
+/// What failed reading a binary.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Elf(#[from] object::Error),
+}
+
+fn not_found(pattern: &str, nearest: &[String]) -> String {
+    if nearest.is_empty() {
+        format!("no function matches `{pattern}`: list candidates with `pool-obs-agent symbols`")
+    } else {
+        format!("no function matches `{pattern}`; nearest: {}", nearest.join(", "))
     }
 }
-
-impl std::error::Error for SymbolError {}
 
 impl SymbolError {
     pub fn class(&self) -> Class {
@@ -100,9 +86,9 @@ impl SymbolTable {
     /// PID when it runs).
     fn read(path: &Path, shown: &str) -> Result<Self, SymbolError> {
         let shown = shown.to_string();
-        let unreadable = |reason: String| SymbolError::Unreadable { path: shown.clone(), reason };
-        let data: Arc<[u8]> = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?.into();
-        let file = object::File::parse(&*data).map_err(|error| unreadable(error.to_string()))?;
+        let unreadable = |source: ReadError| SymbolError::Unreadable { path: shown.clone(), source };
+        let data: Arc<[u8]> = std::fs::read(path).map_err(|error| unreadable(error.into()))?.into();
+        let file = object::File::parse(&*data).map_err(|error| unreadable(error.into()))?;
         if file.symbol_table().is_none() {
             return Err(if built_by_rustc(&file) {
                 SymbolError::Stripped { path: shown }
