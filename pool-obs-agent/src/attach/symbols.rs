@@ -36,7 +36,7 @@ pub struct SymbolTable {
 /// Why a binary's functions cannot be found as asked. Each says its exit code: [`Self::class`].
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Unreadable {
         path: String,
         #[source]
