@@ -16,13 +16,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use hdrhistogram::Histogram;
 use pool_obs_common::event::EventKind;
 use prometheus_client::metrics::counter::Counter;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     anomaly::Anomaly,
     attach::plan::ProbeInfo,
     clock::WallClock,
-    decode::{DecodeError, Event},
+    decode::Event,
     publish::{Metrics, ModelView, Timeline},
 };
 use departed::Departed;
@@ -40,6 +40,7 @@ const ANOMALY_LOG: &str = "pool_obs::anomalies";
 
 type ModelId = usize;
 
+#[derive(Clone)]
 pub struct Settings {
     /// The sliding window of quantiles, maximum queue depth and error rate.
     pub window: Duration,
@@ -55,7 +56,10 @@ pub struct Settings {
     pub request_expiry: Duration,
 }
 
+/// One process's requests, workers and models.
 pub struct Aggregator {
+    /// The process whose events these are: every series carries it.
+    pid: u32,
     metrics: Arc<Metrics>,
     probes: Vec<ProbeInfo>,
     probed: Probed,
@@ -90,9 +94,10 @@ impl Probed {
 }
 
 impl Aggregator {
-    pub fn new(metrics: Arc<Metrics>, probes: Vec<ProbeInfo>, settings: Settings) -> Self {
+    pub fn new(pid: u32, metrics: Arc<Metrics>, probes: Vec<ProbeInfo>, settings: Settings) -> Self {
         let event_counters = EventKind::ALL.map(|kind| (kind, metrics.event_counter(kind))).to_vec();
         Self {
+            pid,
             metrics,
             probed: Probed::of(&probes),
             events_by_probe: vec![0; probes.len()],
@@ -114,6 +119,11 @@ impl Aggregator {
     #[cfg(test)]
     pub fn models(&self) -> &[ModelState] {
         &self.models
+    }
+
+    /// The labels of the models seen, for removing their series.
+    pub fn model_labels(&self) -> Vec<String> {
+        self.models.iter().map(|model| model.label.clone()).collect()
     }
 
     /// Every model as `/health` reports it.
@@ -172,6 +182,7 @@ impl Aggregator {
             if let Some(suppressed) = model.log_budget.take_suppressed(now_ns) {
                 info!(
                     target: REQUEST_LOG,
+                    pid = self.pid,
                     model = %model.label,
                     suppressed,
                     "more failed, timed-out or slow requests than {} a second: not logged one by one",
@@ -205,11 +216,6 @@ impl Aggregator {
             return Some(future.record(None, None).timeline(request_id, label(future.model), wall));
         }
         self.recent.get(request_id).map(|record| record.timeline(request_id, label(record.model), wall))
-    }
-
-    pub fn undecodable(&self, error: &DecodeError) {
-        self.metrics.anomalies.add(Anomaly::UndecodableEvent, 1);
-        warn!(%error, "undecodable event");
     }
 
     fn anomaly(&self, kind: Anomaly, id: u64) {

@@ -16,7 +16,7 @@ use aya::{
     maps::Array,
     programs::{
         RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use pool_obs_common::{maps, probe::ProbeSpec};
@@ -43,9 +43,9 @@ pub struct LoadSettings {
     pub debug_probes: bool,
 }
 
-/// Loads the programs, fills `PROBES` from the plan and attaches every probe to `pid` only.
-/// Dropping the returned [`Ebpf`] detaches everything.
-pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
+/// Loads the programs the plan uses and fills `PROBES` from it; the probes are attached process
+/// by process, by [`attach_process`]. Dropping the returned [`Ebpf`] detaches everything.
+pub fn load(plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
     let debug_probes = u8::from(settings.debug_probes);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::EVENTS, settings.ring_bytes)
@@ -54,7 +54,6 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
         .load(KERNEL_OBJECT)
         .context("loading the kernel programs")?;
     write_specs(&mut ebpf, &plan.specs)?;
-    let target = format!("/proc/{pid}/exe");
     // Only the programs the plan uses are loaded: what `bpftool prog` shows is what runs.
     let used = Program::ALL
         .into_iter()
@@ -63,14 +62,52 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
         let name = program.name();
         uprobe(&mut ebpf, name)?.load().with_context(|| format!("loading {name} into the kernel"))?;
     }
+    if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(THREAD_EXIT_PROGRAM)
+            .context("the kernel object has no thread_exit program")?
+            .try_into()?;
+        program.load().context("loading thread_exit into the kernel")?;
+        program.attach(THREAD_EXIT_TRACEPOINT).context("attaching to the sched_process_exit tracepoint")?;
+    }
+    Ok(ebpf)
+}
+
+/// One process's uprobes, to detach when it is no longer followed.
+pub struct ProcessLinks(Vec<(Program, UProbeLinkId)>);
+
+impl ProcessLinks {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Attaches every probe of the plan to process `pid` only (its executable as `/proc/PID/exe`
+/// names it, so a process in another mount namespace is found too). `log` says each probe's
+/// site, for the first process.
+pub fn attach_process(ebpf: &mut Ebpf, pid: NonZeroU32, plan: &Plan, log: bool) -> Result<ProcessLinks> {
+    let target = format!("/proc/{pid}/exe");
+    let mut links = ProcessLinks(Vec::with_capacity(plan.attachments.len()));
     for attachment in &plan.attachments {
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
             cookie: Some(attachment.cookie.encode()),
         };
-        uprobe(&mut ebpf, attachment.program.name())?
+        let attached = uprobe(ebpf, attachment.program.name())?
             .attach(point, &target, UProbeScope::OneProcess(pid))
-            .map_err(|error| attach_failure(error.into(), attachment, &target))?;
+            .map_err(|error| attach_failure(error.into(), attachment, &target));
+        let link = match attached {
+            Ok(link) => link,
+            Err(error) => {
+                // What was attached to this process goes with it.
+                detach_process(ebpf, links);
+                return Err(error);
+            }
+        };
+        links.0.push((attachment.program, link));
+        if !log {
+            continue;
+        }
         info!(
             function = %attachment.function,
             program = attachment.program.name(),
@@ -82,15 +119,16 @@ pub fn attach(pid: NonZeroU32, plan: &Plan, settings: &LoadSettings) -> Result<E
             warn!(function = %attachment.function, "{caution}");
         }
     }
-    if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(THREAD_EXIT_PROGRAM)
-            .context("the kernel object has no thread_exit program")?
-            .try_into()?;
-        program.load().context("loading thread_exit into the kernel")?;
-        program.attach(THREAD_EXIT_TRACEPOINT).context("attaching to the sched_process_exit tracepoint")?;
+    Ok(links)
+}
+
+/// Detaches a process's uprobes.
+pub fn detach_process(ebpf: &mut Ebpf, links: ProcessLinks) {
+    for (program, link) in links.0 {
+        if let Ok(program) = uprobe(ebpf, program.name()) {
+            let _ = program.detach(link);
+        }
     }
-    Ok(ebpf)
 }
 
 /// A uprobe the kernel refused for lack of privilege, or on an instruction it cannot probe,

@@ -83,8 +83,20 @@ pub struct Binary {
 #[derive(Args, Debug)]
 pub struct Options {
     /// PID of the running pool.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "exe", conflicts_with = "exe")]
     pub pid: Option<u32>,
+    /// Follow every process that runs this executable file: those running now and those that
+    /// start later, each with series of its own (`pid` label), until it exits.
+    #[arg(long)]
+    pub exe: Option<PathBuf>,
+    /// With --exe: how long (seconds) an exited process's series stay, so that the last scrapes
+    /// see its final counts.
+    #[arg(long, default_value_t = 300)]
+    pub keep_exited_secs: u64,
+    /// With --exe: processes followed at once; further ones are refused, with a warning, and
+    /// counted in pool_obs_processes_refused_total.
+    #[arg(long, default_value_t = 64)]
+    pub max_processes: usize,
     /// Probe manifest (TOML): which functions mean which events, and where their values live.
     #[arg(long, required = true)]
     pub manifest: Option<PathBuf>,

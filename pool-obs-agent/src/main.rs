@@ -12,6 +12,7 @@ mod clock;
 mod decode;
 mod error;
 mod export;
+mod follow;
 mod inspect;
 mod manifest;
 mod memory;
@@ -40,7 +41,7 @@ use tracing::{info, level_filters::LevelFilter, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    aggregate::{Aggregator, REQUEST_LOG},
+    aggregate::REQUEST_LOG,
     anomaly::Anomaly,
     attach::{
         plan,
@@ -53,7 +54,7 @@ use crate::{
         health::{self, ProbeTotals, ProbeWindow, Thresholds},
         http::{self, RenderedHealth},
     },
-    memory::MemorySampler,
+    follow::{Fleet, Selector},
     publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
     target::Target,
@@ -121,8 +122,8 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(options: Options) -> Result<()> {
-    let (Some(pid), Some(manifest_path)) = (options.pid, &options.manifest) else {
-        anyhow::bail!("give --pid and --manifest, or a command: see --help");
+    let Some(manifest_path) = &options.manifest else {
+        anyhow::bail!("give --pid or --exe, and --manifest, or a command: see --help");
     };
     // First, so that a signal arriving while we attach still detaches cleanly and exits 0.
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -130,13 +131,26 @@ async fn run(options: Options) -> Result<()> {
     let manifest = manifest::load(manifest_path)?;
     privileges::require_capabilities()?;
     privileges::require_uprobes()?;
-    let target = Target::open(pid)?;
-    let symbols = SymbolTable::open(
-        &target.exe_link,
-        std::path::Path::new(&target.exe),
-        &target.shown(),
-        options.debug.debug_file.as_deref(),
-    )?;
+    // The binary the plan is made from: the process's, or the file every process runs.
+    let (selector, first, symbols) = match (options.pid, &options.exe) {
+        (Some(pid), _) => {
+            let target = Target::open(pid)?;
+            let symbols = SymbolTable::open(
+                &target.exe_link,
+                std::path::Path::new(&target.exe),
+                &target.shown(),
+                options.debug.debug_file.as_deref(),
+            )?;
+            (Selector::Pid(target.pid), Some(target), symbols)
+        }
+        (None, Some(exe)) => {
+            let selector = Selector::exe(exe)?;
+            let shown = exe.display().to_string();
+            let symbols = SymbolTable::open(exe, exe, &shown, options.debug.debug_file.as_deref())?;
+            (selector, None, symbols)
+        }
+        (None, None) => anyhow::bail!("give --pid or --exe: see --help"),
+    };
     // Source paths are compiled against the debug info, and register values checked with it.
     let source = symbols.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
     let plan = plan::plan(&manifest, &symbols, source.as_ref())?;
@@ -146,32 +160,39 @@ async fn run(options: Options) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
-    let mut ebpf = attach::attach(target.pid, &plan, &options.load_settings())?;
+    let mut ebpf = attach::load(&plan, &options.load_settings())?;
+    let metrics = Arc::new(Metrics::new());
+    let mut fleet = Fleet::new(
+        selector,
+        metrics.clone(),
+        options.aggregation_settings(),
+        options.max_processes.max(1),
+        Duration::from_secs(options.keep_exited_secs),
+    );
+    if let Some(target) = first {
+        fleet.follow(&mut ebpf, &plan, target)?;
+    }
+    fleet.discover(&mut ebpf, &plan);
     let functions = plan.probes.iter().map(|probe| probe.function.clone()).collect();
     let mut kernel_logs = options.debug_probes.then(|| KernelLogs::new(&mut ebpf, functions)).transpose()?;
     let mut ring = EventRing::new(ebpf.take_map(maps::EVENTS))?;
     let kernel_counters = KernelCounters::new(&mut ebpf)?;
     let wall = WallClock::now();
-    privileges::drop_all_capabilities().context("giving up capabilities after attaching")?;
+    // With --pid, nothing more is attached: every capability goes. With --exe, processes that
+    // start later are attached as they come.
+    if matches!(fleet.selector, Selector::Pid(_)) {
+        privileges::drop_all_capabilities().context("giving up capabilities after attaching")?;
+    }
 
-    let metrics = Arc::new(Metrics::new());
-    metrics.probes_attached.set(plan.attachments.len() as i64);
-    metrics.target_up.set(1);
-    let mut aggregator =
-        Aggregator::new(metrics.clone(), plan.probes.clone(), options.aggregation_settings());
     let mut observer = Observer {
-        target: &target,
         thresholds: options.health_thresholds(),
         observing_since: SystemTime::now(),
         kernel_counters,
         kernel_counted: [0; Counter::COUNT as usize],
-        target_up: true,
-        memory: MemorySampler::new(target.pid.get()),
         probes: ProbeWindow::new(Duration::from_secs(options.window_secs.max(1)), plan.probe_names()),
         read_failures_by_probe: vec![0; plan.probes.len()],
     };
-    observer.sample_memory(&metrics);
-    let (health_sender, health) = watch::channel(observer.refresh(&mut aggregator, &metrics));
+    let (health_sender, health) = watch::channel(observer.refresh(&mut fleet, &metrics));
     let (query_sender, mut queries) = mpsc::channel::<http::RequestQuery>(64);
     let (stop_sender, mut stop) = watch::channel(false);
     let endpoints = http::Endpoints { metrics: metrics.clone(), health, requests: query_sender };
@@ -179,8 +200,8 @@ async fn run(options: Options) -> Result<()> {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }));
     info!(
-        pid = target.pid.get(),
-        exe = %target.exe,
+        following = %fleet.selector.shown(),
+        processes = fleet.processes.len(),
         probes = plan.attachments.len(),
         capabilities = privileges::held_capabilities(),
         "attached; serving http://{}/metrics, /health and /requests/{{id}}",
@@ -197,24 +218,31 @@ async fn run(options: Options) -> Result<()> {
             _ = terminate.recv() => break,
             woken = ring.woken() => {
                 woken?;
-                ring.drain(|record| apply_record(&mut aggregator, record));
+                ring.drain(|record| fleet.apply(record));
             }
             _ = drain_tick.tick() => {
-                ring.drain(|record| apply_record(&mut aggregator, record));
+                ring.drain(|record| fleet.apply(record));
             }
             _ = refresh_tick.tick() => {
-                ring.drain(|record| apply_record(&mut aggregator, record));
-                let _ = health_sender.send(observer.refresh(&mut aggregator, &metrics));
-                if options.exit_with_target && !observer.target_up {
-                    warn!(pid = target.pid.get(), "the target exited: detaching and exiting (--exit-with-target)");
+                ring.drain(|record| fleet.apply(record));
+                // What an exited process wrote is counted before it is marked gone.
+                fleet.check_exits(&mut ebpf, Instant::now());
+                fleet.discover(&mut ebpf, &plan);
+                let _ = health_sender.send(observer.refresh(&mut fleet, &metrics));
+                if options.exit_with_target && !fleet.processes.is_empty() && fleet.all_exited() {
+                    warn!("the target exited: detaching and exiting (--exit-with-target)");
                     break;
                 }
             }
-            _ = memory_tick.tick() => observer.sample_memory(&metrics),
+            _ = memory_tick.tick() => fleet.sample_memory(),
             forwarded = forward_kernel_logs(&mut kernel_logs) => forwarded?,
             Some(query) = queries.recv() => {
-                ring.drain(|record| apply_record(&mut aggregator, record));
-                let _ = query.reply.send(aggregator.timeline(query.request_id, &wall));
+                ring.drain(|record| fleet.apply(record));
+                let timeline = fleet
+                    .processes
+                    .values()
+                    .find_map(|process| process.aggregator.timeline(query.request_id, &wall));
+                let _ = query.reply.send(timeline);
             }
         }
     }
@@ -222,9 +250,11 @@ async fn run(options: Options) -> Result<()> {
     drop(kernel_logs);
     drop(ebpf);
     // The probes are gone, but what they wrote before is still in the ring: count it too.
-    let drained = ring.drain(|record| apply_record(&mut aggregator, record));
+    let drained = ring.drain(|record| fleet.apply(record));
     drop(ring);
-    aggregator.flush_request_logs();
+    for process in fleet.processes.values_mut() {
+        process.aggregator.flush_request_logs();
+    }
     info!(final_events = drained, "probes detached");
     let _ = stop_sender.send(true);
     server.await.context("serving HTTP")?;
@@ -239,30 +269,20 @@ async fn forward_kernel_logs(logs: &mut Option<KernelLogs>) -> std::io::Result<(
     }
 }
 
-fn apply_record(aggregator: &mut Aggregator, record: &[u8]) {
-    match decode::decode(record) {
-        Ok(event) => aggregator.apply(&event),
-        Err(error) => aggregator.undecodable(&error),
-    }
-}
-
 /// What is refreshed on a timer rather than per event.
-struct Observer<'a> {
-    target: &'a Target,
+struct Observer {
     thresholds: Thresholds,
     observing_since: SystemTime,
     kernel_counters: KernelCounters,
     /// How much of each kernel counter the metrics already hold, by counter index.
     kernel_counted: [u64; Counter::COUNT as usize],
-    target_up: bool,
-    memory: MemorySampler,
     probes: ProbeWindow,
     /// Failed reads by probe, as last read: read again only when the total grows.
     read_failures_by_probe: Vec<u64>,
 }
 
-impl Observer<'_> {
-    fn refresh(&mut self, aggregator: &mut Aggregator, metrics: &Metrics) -> RenderedHealth {
+impl Observer {
+    fn refresh(&mut self, fleet: &mut Fleet, metrics: &Metrics) -> RenderedHealth {
         let failed_before = self.kernel_counted[Counter::ReadFailures.index() as usize];
         self.catch_up_kernel_counters(metrics);
         // One map lookup per probe: only when some read failed since the last refresh.
@@ -270,24 +290,36 @@ impl Observer<'_> {
             self.read_failures_by_probe =
                 self.kernel_counters.read_failures_by_probe(self.read_failures_by_probe.len());
         }
-        let target_up = self.target.is_alive();
-        self.target_up = target_up;
-        metrics.target_up.set(i64::from(target_up));
-        aggregator.refresh(monotonic_ns());
+        let now = monotonic_ns();
+        let mut events = vec![0; self.read_failures_by_probe.len()];
+        for process in fleet.processes.values_mut() {
+            process.aggregator.refresh(now);
+            for (total, count) in events.iter_mut().zip(process.aggregator.events_by_probe()) {
+                *total += count;
+            }
+        }
         let anomalies = metrics.anomalies.counted();
         let totals = ProbeTotals {
-            events: aggregator.events_by_probe().to_vec(),
+            events,
             read_failures: self.read_failures_by_probe.clone(),
             anomalies: anomalies.iter().map(|(_, count)| count).sum(),
         };
         let probe_reasons = self.probes.observe(Instant::now(), totals);
+        let processes = fleet
+            .processes
+            .values()
+            .map(|process| health::ProcessInputs {
+                target: &process.target,
+                up: process.exited.is_none(),
+                memory: process.memory.last(),
+                models: process.aggregator.views(),
+            })
+            .collect();
         health::render(&health::Inputs {
-            models: &aggregator.views(),
+            following: &fleet.selector.shown(),
+            processes,
             thresholds: &self.thresholds,
-            target: self.target,
-            target_up,
             observing_since: self.observing_since,
-            memory: self.memory.last(),
             events_lost: self.kernel_counted[Counter::EventsLost.index() as usize],
             anomalies,
             probe_reasons: &probe_reasons,
@@ -315,12 +347,5 @@ impl Observer<'_> {
                 Counter::PollsMerged => metrics.anomalies.add(Anomaly::PollsMerged, grown),
             }
         }
-    }
-
-    fn sample_memory(&mut self, metrics: &Metrics) {
-        let sample = self.memory.sample();
-        metrics.process_memory.set(sample.resident_bytes as i64);
-        metrics.process_memory_peak.set(sample.peak_resident_bytes as i64);
-        metrics.system_memory.set(sample.system_bytes as i64);
     }
 }

@@ -49,6 +49,7 @@ pub mod name {
     pub const ANOMALIES: &str = "pool_obs_anomalies";
     pub const TARGET_UP: &str = "pool_obs_target_up";
     pub const PROBES_ATTACHED: &str = "pool_obs_probes_attached";
+    pub const PROCESSES_REFUSED: &str = "pool_obs_processes_refused";
     pub const BUILD_INFO: &str = "pool_obs_build_info";
 }
 
@@ -56,14 +57,23 @@ pub mod name {
 const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// A model of one process: every per-model series carries the process's pid, so that replicas
+/// and restarts are series of their own (`sum without (pid)` adds them up).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model: String,
+    pid: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    pid: u32,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     model: String,
+    pid: u32,
     status: Status,
 }
 
@@ -77,6 +87,7 @@ enum WorkerState {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     model: String,
+    pid: u32,
     state: WorkerState,
 }
 
@@ -122,7 +133,7 @@ pub struct Metrics {
     request_polls: Family<ModelLabels, Counter>,
     request_busy: Family<ModelLabels, Counter<f64, AtomicU64>>,
     /// prometheus-client has no summary type: this family is rendered by [`Metrics::encode`].
-    request_duration_quantile: RwLock<Vec<(String, Arc<DurationSummary>)>>,
+    request_duration_quantile: RwLock<Vec<(ModelLabels, Arc<DurationSummary>)>>,
     queue_depth: Family<ModelLabels, Gauge>,
     queue_depth_max: Family<ModelLabels, Gauge>,
     workers: Family<WorkerLabels, Gauge>,
@@ -131,14 +142,23 @@ pub struct Metrics {
     worker_crashes: Family<ModelLabels, Counter>,
     worker_memory: Family<ModelLabels, Gauge>,
     events: Family<EventLabels, Counter>,
-    pub process_memory: Gauge,
-    pub process_memory_peak: Gauge,
+    process_memory: Family<ProcessLabels, Gauge>,
+    process_memory_peak: Family<ProcessLabels, Gauge>,
     pub system_memory: Gauge,
     pub events_lost: Counter,
     pub read_failures: Counter,
     pub anomalies: AnomalyCounters,
-    pub target_up: Gauge,
+    target_up: Family<ProcessLabels, Gauge>,
     pub probes_attached: Gauge,
+    pub processes_refused: Counter,
+}
+
+/// One process's own series.
+#[derive(Clone)]
+pub struct ProcessMetrics {
+    pub memory: Gauge,
+    pub memory_peak: Gauge,
+    pub up: Gauge,
 }
 
 /// One model's series, looked up once so that each event costs an atomic add.
@@ -194,14 +214,15 @@ impl Metrics {
             worker_crashes: Family::default(),
             worker_memory: Family::default(),
             events: Family::default(),
-            process_memory: Gauge::default(),
-            process_memory_peak: Gauge::default(),
+            process_memory: Family::default(),
+            process_memory_peak: Family::default(),
             system_memory: Gauge::default(),
             events_lost: Counter::default(),
             read_failures: Counter::default(),
             anomalies: AnomalyCounters::default(),
-            target_up: Gauge::default(),
+            target_up: Family::default(),
             probes_attached: Gauge::default(),
+            processes_refused: Counter::default(),
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
@@ -270,11 +291,16 @@ impl Metrics {
             "Events that contradict what the agent knew of the pool, by kind (see the README)",
             metrics.anomalies.family.clone(),
         );
-        registry.register(name::TARGET_UP, "1 while the target process runs", metrics.target_up.clone());
+        registry.register(name::TARGET_UP, "1 while the process runs, by pid", metrics.target_up.clone());
         registry.register(
             name::PROBES_ATTACHED,
-            "Uprobes attached to the target",
+            "Uprobes attached, to every process followed",
             metrics.probes_attached.clone(),
+        );
+        registry.register(
+            name::PROCESSES_REFUSED,
+            "Processes of the executable not followed, past --max-processes",
+            metrics.processes_refused.clone(),
         );
         registry.register(
             name::PROCESS_MEMORY,
@@ -291,18 +317,20 @@ impl Metrics {
         Self { registry, ..metrics }
     }
 
-    pub fn for_model(&self, model: &str) -> ModelMetrics {
-        let labels = ModelLabels { model: model.to_string() };
-        let request =
-            |status| self.requests.get_or_create(&RequestLabels { model: model.to_string(), status }).clone();
-        let workers =
-            |state| self.workers.get_or_create(&WorkerLabels { model: model.to_string(), state }).clone();
+    pub fn for_model(&self, pid: u32, model: &str) -> ModelMetrics {
+        let labels = ModelLabels { model: model.to_string(), pid };
+        let request = |status| {
+            self.requests.get_or_create(&RequestLabels { model: model.to_string(), pid, status }).clone()
+        };
+        let workers = |state| {
+            self.workers.get_or_create(&WorkerLabels { model: model.to_string(), pid, state }).clone()
+        };
         ModelMetrics {
             requests: ByStatus::from_fn(request),
             request_duration: self.request_duration.get_or_create(&labels).clone(),
             request_queue: self.request_queue.get_or_create(&labels).clone(),
             request_service: self.request_service.get_or_create(&labels).clone(),
-            request_duration_quantiles: self.duration_summary(model),
+            request_duration_quantiles: self.duration_summary(&labels),
             queue_depth: self.queue_depth.get_or_create(&labels).clone(),
             queue_depth_max: self.queue_depth_max.get_or_create(&labels).clone(),
             workers_busy: workers(WorkerState::busy),
@@ -314,8 +342,8 @@ impl Metrics {
         }
     }
 
-    pub fn polls_for(&self, model: &str) -> PollMetrics {
-        let labels = ModelLabels { model: model.to_string() };
+    pub fn polls_for(&self, pid: u32, model: &str) -> PollMetrics {
+        let labels = ModelLabels { model: model.to_string(), pid };
         PollMetrics {
             polls: self.request_polls.get_or_create(&labels).clone(),
             busy_seconds: self.request_busy.get_or_create(&labels).clone(),
@@ -326,12 +354,55 @@ impl Metrics {
         self.events.get_or_create(&EventLabels { event: kind.name() }).clone()
     }
 
-    fn duration_summary(&self, model: &str) -> Arc<DurationSummary> {
+    fn duration_summary(&self, labels: &ModelLabels) -> Arc<DurationSummary> {
         let summary = Arc::new(DurationSummary::default());
         let mut summaries =
             self.request_duration_quantile.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        summaries.push((model.to_string(), summary.clone()));
+        summaries.push((labels.clone(), summary.clone()));
         summary
+    }
+
+    /// One process's series of its own: its memory and whether it runs.
+    pub fn for_process(&self, pid: u32) -> ProcessMetrics {
+        let labels = ProcessLabels { pid };
+        ProcessMetrics {
+            memory: self.process_memory.get_or_create(&labels).clone(),
+            memory_peak: self.process_memory_peak.get_or_create(&labels).clone(),
+            up: self.target_up.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Removes every series of process `pid`, whose models are `models`: it exited long enough
+    /// ago that the last scrapes saw its final counts.
+    pub fn forget_process(&self, pid: u32, models: &[String]) {
+        let process = ProcessLabels { pid };
+        self.process_memory.remove(&process);
+        self.process_memory_peak.remove(&process);
+        self.target_up.remove(&process);
+        for model in models {
+            let labels = ModelLabels { model: model.clone(), pid };
+            for status in Status::ALL {
+                self.requests.remove(&RequestLabels { model: model.clone(), pid, status });
+            }
+            for state in [WorkerState::busy, WorkerState::idle] {
+                self.workers.remove(&WorkerLabels { model: model.clone(), pid, state });
+            }
+            for family in [&self.request_duration, &self.request_queue, &self.request_service] {
+                family.remove(&labels);
+            }
+            for family in [&self.queue_depth, &self.queue_depth_max, &self.worker_memory] {
+                family.remove(&labels);
+            }
+            for family in
+                [&self.worker_spawns, &self.worker_evictions, &self.worker_crashes, &self.request_polls]
+            {
+                family.remove(&labels);
+            }
+            self.request_busy.remove(&labels);
+        }
+        let mut summaries =
+            self.request_duration_quantile.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        summaries.retain(|(labels, _)| labels.pid != pid);
     }
 
     /// The exposition in `format`.
@@ -358,16 +429,20 @@ impl Metrics {
             return;
         }
         let _ = writeln!(text, "# HELP {name} {QUANTILE_HELP}.\n# TYPE {name} summary");
-        for (model, summary) in summaries.iter() {
-            let model = escape_label_value(model);
+        for (labels, summary) in summaries.iter() {
+            let model = escape_label_value(&labels.model);
+            let pid = labels.pid;
             for (quantile, value) in QUANTILES.iter().zip(&summary.quantiles) {
                 let seconds = f64::from_bits(value.load(Ordering::Relaxed));
-                let _ = writeln!(text, "{name}{{model=\"{model}\",quantile=\"{quantile}\"}} {seconds}");
+                let _ = writeln!(
+                    text,
+                    "{name}{{model=\"{model}\",pid=\"{pid}\",quantile=\"{quantile}\"}} {seconds}"
+                );
             }
             let sum = f64::from_bits(summary.sum.load(Ordering::Relaxed));
-            let _ = writeln!(text, "{name}_sum{{model=\"{model}\"}} {sum}");
-            let _ =
-                writeln!(text, "{name}_count{{model=\"{model}\"}} {}", summary.count.load(Ordering::Relaxed));
+            let _ = writeln!(text, "{name}_sum{{model=\"{model}\",pid=\"{pid}\"}} {sum}");
+            let count = summary.count.load(Ordering::Relaxed);
+            let _ = writeln!(text, "{name}_count{{model=\"{model}\",pid=\"{pid}\"}} {count}");
         }
     }
 }
@@ -502,9 +577,10 @@ mod tests {
     #[test]
     fn the_readme_lists_every_metric_and_no_other() {
         let metrics = Metrics::new();
-        let model = metrics.for_model("m");
+        let model = metrics.for_model(7, "m");
+        metrics.for_process(7).up.set(1);
         model.request_duration_quantiles.observe(0.1);
-        metrics.polls_for("m").polls.inc();
+        metrics.polls_for(7, "m").polls.inc();
         metrics.event_counter(EventKind::RequestEnded).inc();
         let text = metrics.encode(Format::OpenMetrics);
         let exported: std::collections::BTreeSet<String> = text
@@ -532,17 +608,22 @@ mod tests {
     #[test]
     fn summaries_render_in_both_formats() {
         let metrics = Metrics::new();
-        let summary = metrics.for_model("m\"x").request_duration_quantiles;
+        let summary = metrics.for_model(7, "m\"x").request_duration_quantiles;
         summary.observe(0.5);
         summary.set_quantiles([0.1, 0.2, 0.3]);
         let text = metrics.encode(Format::OpenMetrics);
         assert!(text.ends_with("# EOF\n"));
         assert!(text.contains("# TYPE pool_request_duration_quantile_seconds summary\n"));
+        assert!(text.contains(
+            "pool_request_duration_quantile_seconds{model=\"m\\\"x\",pid=\"7\",quantile=\"0.99\"} 0.3\n"
+        ));
         assert!(
-            text.contains("pool_request_duration_quantile_seconds{model=\"m\\\"x\",quantile=\"0.99\"} 0.3\n")
+            text.contains("pool_request_duration_quantile_seconds_count{model=\"m\\\"x\",pid=\"7\"} 1\n")
         );
-        assert!(text.contains("pool_request_duration_quantile_seconds_count{model=\"m\\\"x\"} 1\n"));
         let text = metrics.encode(Format::PrometheusText);
         assert!(!text.contains("# EOF") && text.contains("# TYPE pool_requests_total counter"));
+        // A process's series go once it is forgotten.
+        metrics.forget_process(7, &["m\"x".to_string()]);
+        assert!(!metrics.encode(Format::OpenMetrics).contains("pid=\"7\""));
     }
 }

@@ -66,7 +66,8 @@ pub struct Header {
     pub probe: u32,
     /// Kernel thread id (the pool thread that ran the probed function).
     pub tid: u32,
-    pub _reserved: u32,
+    /// Its process (thread group) id: which of the followed processes wrote the event.
+    pub pid: u32,
     /// `bpf_ktime_get_ns` when the probe fired.
     pub ts_ns: u64,
 }

@@ -14,7 +14,7 @@ use pool_obs_common::{
 use crate::{
     EVENTS,
     calls::OpenCall,
-    count,
+    count, process_id,
     read::{self, Reader},
     registers::Registers,
     thread_id, wakeup_flags,
@@ -239,7 +239,8 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
     let Some(kind) = EventKind::from_u32(spec.kind) else {
         return;
     };
-    let header = Header { kind: spec.kind, probe: hit.probe, tid: thread_id(), _reserved: 0, ts_ns: hit.now };
+    let header =
+        Header { kind: spec.kind, probe: hit.probe, tid: thread_id(), pid: process_id(), ts_ns: hit.now };
     let model = source.model();
     match kind {
         EventKind::WorkerSpawned => submit(WorkerSpawned {

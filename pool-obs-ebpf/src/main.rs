@@ -179,6 +179,10 @@ pub(crate) fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+pub(crate) fn process_id() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
 /// A read of the target's memory failed for `probe`.
 pub(crate) fn count_read_failure(probe: u32) {
     count(Counter::ReadFailures);

@@ -121,29 +121,53 @@ pub struct Agent {
 
 impl Agent {
     pub fn attach(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str]) -> Self {
-        Self::start(&[], pid, manifest, address, extra, Log::ThroughHarness)
+        Self::start(&[], &pid_args(pid), manifest, address, extra, Log::ThroughHarness)
+    }
+
+    /// Follows every process of the executable `exe` (`--exe`), with its log kept for the test.
+    pub fn follow(exe: &Path, manifest: &Path, extra: &[&str], filter: &str) -> Self {
+        let target = ["--exe".to_string(), exe.display().to_string()];
+        Self::start(&[], &target, manifest, free_address(), extra, Log::Kept(filter))
+    }
+
+    /// Waits until the agent follows process `pid` (its probes are attached).
+    pub fn await_following(&self, pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, health) = self.health();
+            let followed = health["processes"].as_array().is_some_and(|processes| {
+                processes
+                    .iter()
+                    .any(|process| process["target"]["pid"] == pid && process["target"]["up"] == true)
+            });
+            if followed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the agent follows {pid} within 10 s: {health}");
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Attaches with its log written to `file`, as `cargo xtask demo` runs it.
     pub fn attach_logging_to(pid: u32, manifest: &Path, address: SocketAddr, file: &Path) -> Self {
         let file = std::fs::File::create(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
-        Self::start(&[], pid, manifest, address, &[], Log::File(file))
+        Self::start(&[], &pid_args(pid), manifest, address, &[], Log::File(file))
     }
 
     /// Attaches through `launcher`, a command that runs the agent as its last argument
     /// (`setpriv ...`, to run it with other credentials).
     pub fn attach_launched_by(launcher: &[&str], pid: u32, manifest: &Path) -> Self {
-        Self::start(launcher, pid, manifest, free_address(), &[], Log::ThroughHarness)
+        Self::start(launcher, &pid_args(pid), manifest, free_address(), &[], Log::ThroughHarness)
     }
 
     /// Attaches with `RUST_LOG` set to `filter`, keeping the log lines for the test.
     pub fn attach_logging(pid: u32, manifest: &Path, extra: &[&str], filter: &str) -> Self {
-        Self::start(&[], pid, manifest, free_address(), extra, Log::Kept(filter))
+        Self::start(&[], &pid_args(pid), manifest, free_address(), extra, Log::Kept(filter))
     }
 
     fn start(
         launcher: &[&str],
-        pid: u32,
+        target: &[String],
         manifest: &Path,
         address: SocketAddr,
         extra: &[&str],
@@ -157,10 +181,7 @@ impl Agent {
             }
             None => Command::new(binary("pool-obs-agent")),
         };
-        command
-            .args(["--pid", &pid.to_string(), "--listen", &address.to_string()])
-            .arg("--manifest")
-            .arg(manifest);
+        command.args(target).args(["--listen", &address.to_string()]).arg("--manifest").arg(manifest);
         command.args(extra);
         if let Log::Kept(filter) = &log {
             command.env("RUST_LOG", filter);
@@ -288,6 +309,10 @@ pub fn await_start_file(start_file: Option<&Path>) {
             thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+fn pid_args(pid: u32) -> [String; 2] {
+    ["--pid".to_string(), pid.to_string()]
 }
 
 /// Turns `["--flag", "value", …]` into owned arguments.

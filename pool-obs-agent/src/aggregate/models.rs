@@ -108,7 +108,7 @@ impl Aggregator {
         let label = model_label(key, truncated);
         let id = self.models.len();
         self.models.push(ModelState {
-            metrics: self.metrics.for_model(&label),
+            metrics: self.metrics.for_model(self.pid, &label),
             label,
             window: Window::new(self.settings.window),
             recent: WindowSummary::default(),

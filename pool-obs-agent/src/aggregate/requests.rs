@@ -20,7 +20,7 @@ pub(super) struct InFlight {
 /// Every completed request at debug; failures, timeouts and slow requests at info.
 /// A completed request's line: at info if it failed, timed out or was slow (`notable`), else
 /// at debug.
-fn log_request(model: &str, request_id: Option<u64>, record: &RequestRecord, notable: bool) {
+fn log_request(pid: u32, model: &str, request_id: Option<u64>, record: &RequestRecord, notable: bool) {
     let (total, queue, service) = record.durations();
     let millis = |duration: Option<Duration>| duration.map(|duration| duration.as_secs_f64() * 1000.0);
     let status = record.status.map(Status::as_str);
@@ -28,6 +28,7 @@ fn log_request(model: &str, request_id: Option<u64>, record: &RequestRecord, not
         ($level:ident) => {
             $level!(
                 target: REQUEST_LOG,
+                pid,
                 model,
                 request_id,
                 worker = record.worker,
@@ -174,7 +175,7 @@ impl Aggregator {
             state.metrics.request_service.observe(seconds(service));
         }
         if let Some(polls) = record.polls {
-            let metrics = state.polls.get_or_insert_with(|| self.metrics.polls_for(&state.label));
+            let metrics = state.polls.get_or_insert_with(|| self.metrics.polls_for(self.pid, &state.label));
             metrics.polls.inc_by(polls.count);
             metrics.busy_seconds.inc_by(polls.busy_ns as f64 / 1e9);
         }
@@ -183,7 +184,7 @@ impl Aggregator {
         let notable = status != Status::Ok || total.is_some_and(|total| total > self.settings.slow_request);
         let logged = !notable || state.log_budget.admit(seen_ns);
         if logged {
-            log_request(&state.label, request_id, &record, notable);
+            log_request(self.pid, &state.label, request_id, &record, notable);
         }
         if let Some(request_id) = request_id {
             self.recent.insert(request_id, record);

@@ -64,7 +64,7 @@ fn aggregator() -> Aggregator {
         future(EventKind::FuturePolled, Some(by_rule)),
         future(EventKind::FutureDropped, None),
     ];
-    Aggregator::new(Arc::new(Metrics::new()), probes, settings)
+    Aggregator::new(1, Arc::new(Metrics::new()), probes, settings)
 }
 
 /// A future's states, as rustc numbers them: `Suspend0` is the first `.await`.
@@ -97,7 +97,7 @@ fn dropped(future: u64, state: u64, ts_ns: u64) -> Event {
 }
 
 fn header(kind: EventKind, probe: u32, ts_ns: u64) -> Header {
-    Header { kind: kind as u32, probe, tid: 1, _reserved: 0, ts_ns }
+    Header { kind: kind as u32, probe, tid: 1, pid: 1, ts_ns }
 }
 
 fn model(name: &str) -> ModelKey {

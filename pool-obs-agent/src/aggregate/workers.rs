@@ -33,7 +33,7 @@ impl Aggregator {
         state.workers += 1;
         state.memory_bytes += memory_bytes;
         state.publish_workers();
-        info!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker spawned");
+        info!(target: WORKER_LOG, pid = self.pid, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker spawned");
     }
 
     pub(super) fn on_worker_evicted(&mut self, event: &WorkerEvicted) {
@@ -42,7 +42,7 @@ impl Aggregator {
         let state = &self.models[model];
         state.metrics.worker_evictions.inc();
         let memory_bytes = self.workers.get(&event.worker_id).map_or(0, |worker| worker.memory_bytes);
-        info!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker evicted");
+        info!(target: WORKER_LOG, pid = self.pid, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker evicted");
         match self.workers.get_mut(&event.worker_id) {
             Some(worker) if worker.serving.is_some() => worker.retiring = true,
             _ => self.remove_worker(event.worker_id),
@@ -57,7 +57,7 @@ impl Aggregator {
         state.crashed += 1;
         let worker = self.workers.get(&event.worker_id);
         let memory_bytes = worker.map_or(0, |worker| worker.memory_bytes);
-        warn!(target: WORKER_LOG, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker crashed");
+        warn!(target: WORKER_LOG, pid = self.pid, model = %state.label, worker_id = event.worker_id, memory_bytes, "worker crashed");
         // The request the worker was serving died with it: the pool's client sees a failure.
         let serving = worker.and_then(|worker| worker.serving);
         let served_here = |request: &InFlight| request.worker == Some(event.worker_id);

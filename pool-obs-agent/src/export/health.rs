@@ -38,26 +38,46 @@ pub struct Thresholds {
 #[derive(Serialize)]
 struct Report<'a> {
     status: Status,
-    /// Why the agent's own view is not to be trusted: probes that read the wrong place.
-    reasons: &'a [String],
+    /// Why the agent's own view is not to be trusted (probes that read the wrong place), or why
+    /// nothing is followed.
+    reasons: Vec<String>,
     timestamp: String,
     observing_since: String,
-    target: TargetReport<'a>,
-    memory: MemoryReport,
+    /// What the agent follows: a PID, or every process of an executable.
+    following: &'a str,
     events_lost: u64,
     /// Events that contradicted what the agent knew, by kind (`pool_obs_anomalies_total`).
     anomalies: BTreeMap<&'static str, u64>,
+    /// With one process followed, its report is also here, at the top.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    only: Option<OnlyProcess<'a>>,
+    processes: Vec<ProcessReport<'a>>,
+}
+
+#[derive(Serialize, Clone)]
+struct ProcessReport<'a> {
+    status: Status,
+    target: TargetReport<'a>,
+    memory: MemoryReport,
     models: Vec<ModelReport<'a>>,
 }
 
+/// The one process followed, at the top of the report, as before there could be several.
 #[derive(Serialize)]
+struct OnlyProcess<'a> {
+    target: TargetReport<'a>,
+    memory: MemoryReport,
+    models: Vec<ModelReport<'a>>,
+}
+
+#[derive(Serialize, Clone)]
 struct TargetReport<'a> {
     pid: u32,
     exe: &'a str,
     up: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct MemoryReport {
     used_mb: f64,
     total_mb: f64,
@@ -65,7 +85,7 @@ struct MemoryReport {
     peak_mb: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct ModelReport<'a> {
     registry_key: &'a str,
     status: Status,
@@ -82,7 +102,7 @@ struct ModelReport<'a> {
     requests: ByStatus<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct Workers {
     total: u64,
     busy: u64,
@@ -141,41 +161,42 @@ fn model_report<'a>(model: &'a ModelView, thresholds: &Thresholds) -> ModelRepor
     }
 }
 
+/// One process, as of one refresh.
+pub struct ProcessInputs<'a> {
+    pub target: &'a Target,
+    pub up: bool,
+    pub memory: MemorySample,
+    pub models: Vec<ModelView>,
+}
+
 /// Everything the report is made of, as of one refresh.
 pub struct Inputs<'a> {
-    pub models: &'a [ModelView],
+    /// What the agent follows, for people.
+    pub following: &'a str,
+    pub processes: Vec<ProcessInputs<'a>>,
     pub thresholds: &'a Thresholds,
-    pub target: &'a Target,
-    pub target_up: bool,
     pub observing_since: SystemTime,
-    pub memory: MemorySample,
     pub events_lost: u64,
     pub anomalies: Vec<(Anomaly, u64)>,
     /// From [`ProbeWindow::observe`].
     pub probe_reasons: &'a [String],
 }
 
-/// The report as served: HTTP 503 when unhealthy, else 200. Unhealthy when the target is gone
-/// or any model is; degraded when any model is, or the probes read the wrong places.
-pub fn render(inputs: &Inputs) -> RenderedHealth {
-    let models: Vec<ModelReport> = inputs
+/// A process's report: unhealthy when it is gone, else as its worst model.
+fn process_report<'a>(process: &'a ProcessInputs, thresholds: &Thresholds) -> ProcessReport<'a> {
+    let models: Vec<ModelReport> = process
         .models
         .iter()
         // The catch-all buckets are not models with workers of their own.
         .filter(|model| !model.catch_all)
-        .map(|model| model_report(model, inputs.thresholds))
+        .map(|model| model_report(model, thresholds))
         .collect();
     let worst_model = models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy);
-    let probes = if inputs.probe_reasons.is_empty() { Status::Healthy } else { Status::Degraded };
-    let status = if inputs.target_up { worst_model.max(probes) } else { Status::Unhealthy };
     const MB: f64 = 1024.0 * 1024.0;
-    let memory = &inputs.memory;
-    let report = Report {
-        status,
-        reasons: inputs.probe_reasons,
-        timestamp: rfc3339(SystemTime::now()),
-        observing_since: rfc3339(inputs.observing_since),
-        target: TargetReport { pid: inputs.target.pid.get(), exe: &inputs.target.exe, up: inputs.target_up },
+    let memory = &process.memory;
+    ProcessReport {
+        target: TargetReport { pid: process.target.pid.get(), exe: &process.target.exe, up: process.up },
+        status: if process.up { worst_model } else { Status::Unhealthy },
         memory: MemoryReport {
             used_mb: memory.resident_bytes as f64 / MB,
             total_mb: memory.system_bytes as f64 / MB,
@@ -186,9 +207,46 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
             },
             peak_mb: memory.peak_resident_bytes as f64 / MB,
         },
+        models,
+    }
+}
+
+/// The report as served: HTTP 503 when unhealthy, else 200. Unhealthy when no process followed
+/// runs, or a running one is; degraded when one is, or the probes read the wrong places. A
+/// process that exited is reported, and counts only when it was the one named by `--pid`.
+pub fn render(inputs: &Inputs) -> RenderedHealth {
+    let processes: Vec<ProcessReport> =
+        inputs.processes.iter().map(|process| process_report(process, inputs.thresholds)).collect();
+    let running = processes.iter().filter(|process| process.target.up);
+    let mut reasons = inputs.probe_reasons.to_vec();
+    let worst = match running.map(|process| process.status).max() {
+        Some(worst) => worst,
+        None => {
+            if processes.is_empty() {
+                reasons.push(format!("no process to follow: {}", inputs.following));
+            }
+            Status::Unhealthy
+        }
+    };
+    let probes = if inputs.probe_reasons.is_empty() { Status::Healthy } else { Status::Degraded };
+    let status = worst.max(probes);
+    let report = Report {
+        status,
+        reasons,
+        timestamp: rfc3339(SystemTime::now()),
+        observing_since: rfc3339(inputs.observing_since),
+        following: inputs.following,
         events_lost: inputs.events_lost,
         anomalies: inputs.anomalies.iter().map(|(kind, count)| (kind.name(), *count)).collect(),
-        models,
+        only: match processes.as_slice() {
+            [only] => Some(OnlyProcess {
+                target: only.target.clone(),
+                memory: only.memory.clone(),
+                models: only.models.clone(),
+            }),
+            _ => None,
+        },
+        processes,
     };
     let code = match status {
         Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
@@ -207,12 +265,15 @@ mod tests {
         let target = Target::open(std::process::id()).expect("this process");
         let render_with = |probe_reasons: &[String]| {
             render(&Inputs {
-                models: &[],
+                following: "PID 1",
+                processes: vec![ProcessInputs {
+                    target: &target,
+                    up: true,
+                    memory: MemorySample::default(),
+                    models: Vec::new(),
+                }],
                 thresholds: &Thresholds::default(),
-                target: &target,
-                target_up: true,
                 observing_since: SystemTime::now(),
-                memory: MemorySample::default(),
                 events_lost: 0,
                 anomalies: Vec::new(),
                 probe_reasons,

@@ -1,0 +1,224 @@
+//! Which processes the agent follows, and what it keeps of each. `--pid` names one process;
+//! `--exe` every process that runs that file (the same device and inode), those running when
+//! the agent starts and those that start later, found by a scan of /proc at each refresh.
+//! Each process gets its probes of its own (attached to it alone, so that no other process
+//! pays for them), its own aggregator, and series labelled with its pid. An exited process is
+//! detached at once; with `--exe`, its series stay for `--keep-exited` so that the last scrapes
+//! see its final counts, then go, as a restarted pool's new series start from zero.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    num::NonZeroU32,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use aya::Ebpf;
+use tracing::{info, warn};
+
+use crate::{
+    aggregate::{self, Aggregator},
+    anomaly::Anomaly,
+    attach::{self, ProcessLinks, plan::Plan},
+    decode,
+    memory::MemorySampler,
+    publish::{Metrics, ProcessMetrics},
+    target::Target,
+};
+
+/// What to follow.
+pub enum Selector {
+    Pid(NonZeroU32),
+    /// Every process whose executable is this file.
+    Exe {
+        path: PathBuf,
+        device: u64,
+        inode: u64,
+    },
+}
+
+impl Selector {
+    pub fn exe(path: &Path) -> Result<Self> {
+        let metadata = std::fs::metadata(path).map_err(|error| {
+            crate::error::Refusal::new(
+                crate::error::Class::Process,
+                format!("cannot read --exe {}: {error}: give the pool's executable file", path.display()),
+            )
+        })?;
+        Ok(Selector::Exe { path: path.to_path_buf(), device: metadata.dev(), inode: metadata.ino() })
+    }
+
+    /// What the agent follows, for people.
+    pub fn shown(&self) -> String {
+        match self {
+            Selector::Pid(pid) => format!("PID {pid}"),
+            Selector::Exe { path, .. } => format!("every process of {}", path.display()),
+        }
+    }
+}
+
+/// One process followed.
+pub struct Followed {
+    pub target: Target,
+    pub aggregator: Aggregator,
+    pub memory: MemorySampler,
+    pub metrics: ProcessMetrics,
+    /// Its probes, until it exits.
+    links: Option<ProcessLinks>,
+    /// When it was seen gone.
+    pub exited: Option<Instant>,
+}
+
+pub struct Fleet {
+    pub selector: Selector,
+    pub processes: BTreeMap<u32, Followed>,
+    /// Processes refused past `max_processes`, warned of once each.
+    refused: BTreeSet<u32>,
+    max_processes: usize,
+    keep_exited: Duration,
+    metrics: Arc<Metrics>,
+    settings: aggregate::Settings,
+}
+
+impl Fleet {
+    pub fn new(
+        selector: Selector,
+        metrics: Arc<Metrics>,
+        settings: aggregate::Settings,
+        max_processes: usize,
+        keep_exited: Duration,
+    ) -> Self {
+        Self {
+            selector,
+            processes: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            max_processes,
+            keep_exited,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Follows `target`: attaches the plan's probes to it alone, then counts its events.
+    pub fn follow(&mut self, ebpf: &mut Ebpf, plan: &Plan, target: Target) -> Result<()> {
+        let pid = target.pid.get();
+        let links = attach::attach_process(ebpf, target.pid, plan, self.processes.is_empty())?;
+        let metrics = self.metrics.for_process(pid);
+        metrics.up.set(1);
+        let mut memory = MemorySampler::new(pid);
+        let sample = memory.sample();
+        metrics.memory.set(sample.resident_bytes as i64);
+        metrics.memory_peak.set(sample.peak_resident_bytes as i64);
+        self.metrics.probes_attached.inc_by(plan.attachments.len() as i64);
+        info!(pid, exe = %target.exe, probes = plan.attachments.len(), "following the process");
+        let aggregator =
+            Aggregator::new(pid, self.metrics.clone(), plan.probes.clone(), self.settings.clone());
+        self.processes
+            .insert(pid, Followed { target, aggregator, memory, metrics, links: Some(links), exited: None });
+        Ok(())
+    }
+
+    /// With `--exe`: follows the processes of the file that started since the last look.
+    pub fn discover(&mut self, ebpf: &mut Ebpf, plan: &Plan) {
+        let Selector::Exe { device, inode, .. } = self.selector else { return };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            if self.processes.contains_key(&pid) || self.refused.contains(&pid) {
+                continue;
+            }
+            let runs_it = std::fs::metadata(entry.path().join("exe"))
+                .is_ok_and(|metadata| metadata.dev() == device && metadata.ino() == inode);
+            if !runs_it {
+                continue;
+            }
+            let live = self.processes.values().filter(|process| process.exited.is_none()).count();
+            if live >= self.max_processes {
+                self.refused.insert(pid);
+                self.metrics.processes_refused.inc();
+                warn!(
+                    pid,
+                    max_processes = self.max_processes,
+                    "not following the process: {} are followed already (--max-processes)",
+                    self.max_processes
+                );
+                continue;
+            }
+            let followed = Target::open(pid)
+                .map_err(anyhow::Error::from)
+                .and_then(|target| self.follow(ebpf, plan, target));
+            if let Err(error) = followed {
+                // It may have exited meanwhile; a real problem shows on every process.
+                warn!(pid, "cannot follow the process: {error:#}");
+            }
+        }
+    }
+
+    /// Notices the processes that exited: detaches them, and with `--exe`, forgets those gone
+    /// longer than `--keep-exited`.
+    pub fn check_exits(&mut self, ebpf: &mut Ebpf, now: Instant) {
+        for (pid, process) in &mut self.processes {
+            if process.exited.is_some() || process.target.is_alive() {
+                continue;
+            }
+            process.exited = Some(now);
+            process.metrics.up.set(0);
+            if let Some(links) = process.links.take() {
+                self.metrics.probes_attached.dec_by(links.len() as i64);
+                attach::detach_process(ebpf, links);
+            }
+            info!(pid, "the process exited");
+        }
+        if matches!(self.selector, Selector::Pid(_)) {
+            return;
+        }
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, process)| {
+                process.exited.is_some_and(|at| now.duration_since(at) >= self.keep_exited)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            if let Some(mut process) = self.processes.remove(&pid) {
+                process.aggregator.flush_request_logs();
+                self.metrics.forget_process(pid, &process.aggregator.model_labels());
+            }
+        }
+        self.refused.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// Counts one ring-buffer record in the aggregator of the process that wrote it.
+    pub fn apply(&mut self, record: &[u8]) {
+        match decode::decode(record) {
+            Ok(event) => {
+                if let Some(process) = self.processes.get_mut(&event.header().pid) {
+                    process.aggregator.apply(&event);
+                }
+            }
+            Err(error) => {
+                self.metrics.anomalies.add(Anomaly::UndecodableEvent, 1);
+                warn!(%error, "undecodable event");
+            }
+        }
+    }
+
+    pub fn all_exited(&self) -> bool {
+        self.processes.values().all(|process| process.exited.is_some())
+    }
+
+    pub fn sample_memory(&mut self) {
+        for process in self.processes.values_mut().filter(|process| process.exited.is_none()) {
+            let sample = process.memory.sample();
+            process.metrics.memory.set(sample.resident_bytes as i64);
+            process.metrics.memory_peak.set(sample.peak_resident_bytes as i64);
+            self.metrics.system_memory.set(sample.system_bytes as i64);
+        }
+    }
+}

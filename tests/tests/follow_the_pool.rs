@@ -1,0 +1,163 @@
+//! One agent per node: `--exe` follows every process of the pool's binary, those running when
+//! it starts and those that start later, restarts included, each with series of its own, and
+//! leaves every other process alone.
+
+use std::{collections::BTreeMap, thread, time::Duration};
+
+use pool_obs_tests::{
+    bpf,
+    ground_truth::Summary,
+    openmetrics::Exposition,
+    processes::{Agent, Pool, StartFile, args, binary, manifest, stop},
+};
+
+/// A short load of every outcome, at a pace the two cores keep up with beside three others.
+fn load(requests: u64, seed: u64) -> Vec<String> {
+    let (requests, seed) = (requests.to_string(), seed.to_string());
+    args(&[
+        "--requests",
+        &requests,
+        "--rate",
+        "400",
+        "--work-us",
+        "300",
+        "--timeout-ms",
+        "20",
+        "--fail-rate",
+        "0.05",
+        "--crash-rate",
+        "0.002",
+        "--seed",
+        &seed,
+    ])
+}
+
+/// A replica whose load waits for its start file.
+fn replica(name: &str, requests: u64, seed: u64) -> (Pool, StartFile) {
+    let start = StartFile::new(name);
+    let pool = Pool::start(&[load(requests, seed), start.arg().to_vec()].concat());
+    (pool, start)
+}
+
+/// What the agent counted for process `pid`, by model and status.
+fn counted(metrics: &Exposition, pid: u32) -> BTreeMap<(String, String), u64> {
+    let pid = pid.to_string();
+    metrics
+        .samples
+        .iter()
+        .filter(|sample| sample.name == "pool_requests_total" && sample.labels.get("pid") == Some(&pid))
+        .filter(|sample| sample.value > 0.0)
+        .map(|sample| {
+            ((sample.labels["model"].clone(), sample.labels["status"].clone()), sample.value as u64)
+        })
+        .collect()
+}
+
+/// The pool's own counts, as [`counted`] keys them.
+fn truth(summary: &Summary) -> BTreeMap<(String, String), u64> {
+    let mut counts = BTreeMap::new();
+    for (model, truth) in &summary.models {
+        for (status, count) in [
+            ("ok", truth.requests.ok),
+            ("failed", truth.requests.failed),
+            ("timeout", truth.requests.timeout),
+        ] {
+            if count > 0 {
+                counts.insert((model.clone(), status.to_string()), count);
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn one_agent_follows_every_replica_and_restart_of_the_binary_and_no_other_process() {
+    // Another binary beside the pools, which must be left alone.
+    let mut other = Pool::start_named("kv-pool", &args(&["--requests", "200000", "--rate", "500"]));
+    let (mut first, first_start) = replica("replica-0", 2400, 1);
+    let agent = Agent::follow(&binary("demo-pool"), &manifest("demo-pool.toml"), &[], "info");
+    agent.await_following(first.pid());
+    let mut replicas = vec![(first.pid(), first_start)];
+    let mut later = Vec::new();
+    for nth in 1..=2 {
+        let (pool, start) = replica(&format!("replica-{nth}"), 2400, nth);
+        agent.await_following(pool.pid());
+        replicas.push((pool.pid(), start));
+        later.push(pool);
+    }
+    for (_, start) in &replicas {
+        start.start();
+    }
+    // One more replica, restarted five times under the others' load.
+    let mut summaries: Vec<Summary> = Vec::new();
+    for restart in 0..5 {
+        let (mut pool, start) = replica(&format!("restarted-{restart}"), 300, 10 + restart);
+        agent.await_following(pool.pid());
+        start.start();
+        summaries.push(pool.summary());
+        pool.wait_for_exit();
+    }
+    summaries.push(first.summary());
+    first.wait_for_exit();
+    for mut pool in later {
+        summaries.push(pool.summary());
+        pool.wait_for_exit();
+    }
+    let requests: u64 = summaries
+        .iter()
+        .flat_map(|summary| summary.models.values())
+        .map(|model| model.requests.total())
+        .sum();
+    let metrics = agent.metrics_after(requests);
+
+    assert_eq!(summaries.len(), 8);
+    for summary in &summaries {
+        assert_eq!(counted(&metrics, summary.pid), truth(summary), "process {}", summary.pid);
+    }
+    assert_eq!(metrics.sum("pool_requests_total") as u64, requests, "the sum over every pid");
+    assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
+    // The other binary was not followed: no series, no probe.
+    let other_pid = other.pid().to_string();
+    assert!(
+        !metrics.samples.iter().any(|sample| sample.labels.get("pid") == Some(&other_pid)),
+        "kv-pool is not followed"
+    );
+    let pids = metrics.label_values("pool_obs_target_up", "pid");
+    assert_eq!(pids.len(), 8, "every process followed, each its own series: {pids:?}");
+    assert!(metrics.nonzero("pool_obs_target_up", "pid").is_empty(), "all eight exited");
+    stop(&mut other.child, libc::SIGTERM);
+
+    // Nothing is left in the kernel once the agent stops.
+    let held = bpf::held_by(agent.child.id());
+    assert!(!held.programs.is_empty());
+    let mut agent = agent;
+    stop(&mut agent.child, libc::SIGINT);
+    assert_eq!(bpf::still_listed(&held), bpf::Objects::default());
+}
+
+#[test]
+fn past_max_processes_a_process_is_refused_with_a_warning_and_counted() {
+    let pools: Vec<(Pool, StartFile)> =
+        (0..3).map(|nth| replica(&format!("refused-{nth}"), 100, nth)).collect();
+    let agent = Agent::follow(
+        &binary("demo-pool"),
+        &manifest("demo-pool.toml"),
+        &["--max-processes", "2", "--log-format", "json"],
+        "warn",
+    );
+    // The agent looks at /proc at each refresh (200 ms).
+    thread::sleep(Duration::from_millis(600));
+    let metrics = agent.metrics();
+    assert_eq!(metrics.value("pool_obs_processes_refused_total", &[]), Some(1.0));
+    assert_eq!(metrics.label_values("pool_obs_target_up", "pid").len(), 2);
+    let logs = agent.logs.as_ref().expect("the agent's log");
+    let refused = logs.try_iter().find(|line| line.contains("not following the process"));
+    let refused = refused.expect("a warning for the refused process");
+    let refused: serde_json::Value = serde_json::from_str(&refused).expect("a JSON log line");
+    assert_eq!(refused["level"], "WARN", "{refused}");
+    assert_eq!(
+        refused["fields"]["message"], "not following the process: 2 are followed already (--max-processes)",
+        "{refused}"
+    );
+    drop(pools);
+}
