@@ -127,7 +127,7 @@ impl Aggregator {
     }
 
     /// Every model as `/health` reports it.
-    pub fn views(&self) -> Vec<ModelView> {
+    pub fn views(&self) -> Vec<ModelView<'_>> {
         let workers_seen =
             self.probes.iter().any(|probe| probe.event == EventKind::WorkerSpawned || probe.has_worker_id);
         self.models.iter().map(|model| model.view(workers_seen)).collect()

@@ -25,8 +25,10 @@ fn a_one_megabyte_key_is_cut_to_what_the_probe_reads() {
 }
 
 /// What the agent may hold after any flood of keys at `--max-models` 1,000 (the default): a
-/// thousand models' series and windows, plus the runtime. Measured: about 30 MiB.
-const MEMORY_BOUND_BYTES: u64 = 64 << 20;
+/// thousand models' series and windows, plus the runtime, and a scrape of their 43,000 series
+/// (built as text twice). Measured: 62.9 MiB before every series carried its `pid`, 64.6 MiB
+/// after.
+const MEMORY_BOUND_BYTES: u64 = 72 << 20;
 
 #[test]
 fn a_million_distinct_keys_stop_at_max_models_and_the_agent_stays_bounded() {

@@ -40,9 +40,9 @@ pub struct ModelState {
 
 impl ModelState {
     /// The model as `/health` reports it; `workers_seen` when the manifest probes workers.
-    pub fn view(&self, workers_seen: bool) -> ModelView {
+    pub fn view(&self, workers_seen: bool) -> ModelView<'_> {
         ModelView {
-            label: self.label.clone(),
+            label: &self.label,
             catch_all: self.label == UNKNOWN_MODEL || self.label == OTHER_MODELS,
             workers_seen,
             workers: WorkerCounts { total: self.workers, busy: self.busy, crashed: self.crashed },

@@ -51,7 +51,7 @@ struct Report<'a> {
     /// With one process followed, its report is also here, at the top.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     only: Option<OnlyProcess<'a>>,
-    processes: Vec<ProcessReport<'a>>,
+    processes: &'a [ProcessReport<'a>],
 }
 
 #[derive(Serialize, Clone)]
@@ -65,9 +65,9 @@ struct ProcessReport<'a> {
 /// The one process followed, at the top of the report, as before there could be several.
 #[derive(Serialize)]
 struct OnlyProcess<'a> {
-    target: TargetReport<'a>,
-    memory: MemoryReport,
-    models: Vec<ModelReport<'a>>,
+    target: &'a TargetReport<'a>,
+    memory: &'a MemoryReport,
+    models: &'a [ModelReport<'a>],
 }
 
 #[derive(Serialize, Clone)]
@@ -111,7 +111,7 @@ struct Workers {
 }
 
 /// What the model's state says of its health, and why.
-fn assess(model: &ModelView, thresholds: &Thresholds) -> (Status, Vec<String>) {
+fn assess(model: &ModelView<'_>, thresholds: &Thresholds) -> (Status, Vec<String>) {
     if model.workers_seen && model.workers.total == 0 {
         return (Status::Unhealthy, vec!["no workers".to_string()]);
     }
@@ -138,11 +138,11 @@ fn assess(model: &ModelView, thresholds: &Thresholds) -> (Status, Vec<String>) {
     (status, reasons)
 }
 
-fn model_report<'a>(model: &'a ModelView, thresholds: &Thresholds) -> ModelReport<'a> {
+fn model_report<'a>(model: &ModelView<'a>, thresholds: &Thresholds) -> ModelReport<'a> {
     let (status, reasons) = assess(model, thresholds);
     let recent = &model.recent;
     ModelReport {
-        registry_key: &model.label,
+        registry_key: model.label,
         status,
         reasons,
         workers: Workers {
@@ -166,7 +166,7 @@ pub struct ProcessInputs<'a> {
     pub target: &'a Target,
     pub up: bool,
     pub memory: MemorySample,
-    pub models: Vec<ModelView>,
+    pub models: Vec<ModelView<'a>>,
 }
 
 /// Everything the report is made of, as of one refresh.
@@ -239,14 +239,10 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
         events_lost: inputs.events_lost,
         anomalies: inputs.anomalies.iter().map(|(kind, count)| (kind.name(), *count)).collect(),
         only: match processes.as_slice() {
-            [only] => Some(OnlyProcess {
-                target: only.target.clone(),
-                memory: only.memory.clone(),
-                models: only.models.clone(),
-            }),
+            [only] => Some(OnlyProcess { target: &only.target, memory: &only.memory, models: &only.models }),
             _ => None,
         },
-        processes,
+        processes: &processes,
     };
     let code = match status {
         Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
@@ -294,7 +290,7 @@ mod tests {
     #[test]
     fn a_model_without_workers_is_unhealthy_only_where_workers_are_seen() {
         let model = |workers_seen| ModelView {
-            label: "m".to_string(),
+            label: "m",
             catch_all: false,
             workers_seen,
             workers: crate::publish::WorkerCounts::default(),

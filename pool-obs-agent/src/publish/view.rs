@@ -20,8 +20,8 @@ pub struct WindowSummary {
 
 /// One model as `/health` reports it.
 #[derive(Clone, Debug)]
-pub struct ModelView {
-    pub label: String,
+pub struct ModelView<'a> {
+    pub label: &'a str,
     /// A catch-all bucket (`__unknown__`, `__other__`), not a model with workers of its own.
     pub catch_all: bool,
     /// Whether the pool's workers are seen at all (the manifest probes them): without, a
