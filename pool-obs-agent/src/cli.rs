@@ -85,8 +85,10 @@ pub struct Options {
     /// PID of the running pool.
     #[arg(long, required_unless_present = "exe", conflicts_with = "exe")]
     pub pid: Option<u32>,
-    /// Follow every process that runs this executable file: those running now and those that
-    /// start later, each with series of its own (`pid` label), until it exits.
+    /// Follow every process that runs this executable: those running now and those that start
+    /// later, each with series of its own (`pid` label), until it exits. A path names the file;
+    /// a name (no `/`) finds it as processes in containers run it (the first such process's
+    /// executable, and every process of that name with the same bytes).
     #[arg(long)]
     pub exe: Option<PathBuf>,
     /// With --exe: how long (seconds) an exited process's series stay, so that the last scrapes

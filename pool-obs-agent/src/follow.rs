@@ -9,8 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     num::NonZeroU32,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,33 +28,23 @@ use crate::{
     target::Target,
 };
 
+mod executable;
+
+pub use executable::Executable;
+
 /// What to follow.
 pub enum Selector {
     Pid(NonZeroU32),
-    /// Every process whose executable is this file.
-    Exe {
-        path: PathBuf,
-        device: u64,
-        inode: u64,
-    },
+    /// Every process that runs this executable.
+    Exe(Executable),
 }
 
 impl Selector {
-    pub fn exe(path: &Path) -> Result<Self> {
-        let metadata = std::fs::metadata(path).map_err(|error| {
-            crate::error::Refusal::new(
-                crate::error::Class::Process,
-                format!("cannot read --exe {}: {error}: give the pool's executable file", path.display()),
-            )
-        })?;
-        Ok(Selector::Exe { path: path.to_path_buf(), device: metadata.dev(), inode: metadata.ino() })
-    }
-
     /// What the agent follows, for people.
     pub fn shown(&self) -> String {
         match self {
             Selector::Pid(pid) => format!("PID {pid}"),
-            Selector::Exe { path, .. } => format!("every process of {}", path.display()),
+            Selector::Exe(executable) => format!("every process of {}", executable.shown),
         }
     }
 }
@@ -123,20 +112,16 @@ impl Fleet {
 
     /// With `--exe`: follows the processes of the file that started since the last look.
     pub fn discover(&mut self, ebpf: &mut Ebpf, plan: &Plan) {
-        let Selector::Exe { device, inode, .. } = self.selector else { return };
+        let Selector::Exe(executable) = &mut self.selector else { return };
         let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
-                continue;
-            };
-            if self.processes.contains_key(&pid) || self.refused.contains(&pid) {
-                continue;
-            }
-            let runs_it = std::fs::metadata(entry.path().join("exe"))
-                .is_ok_and(|metadata| metadata.dev() == device && metadata.ino() == inode);
-            if !runs_it {
-                continue;
-            }
+        let known = |pid: &u32| self.processes.contains_key(pid) || self.refused.contains(pid);
+        let started: Vec<u32> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| !known(pid))
+            .filter(|pid| executable.runs_in(*pid))
+            .collect();
+        for pid in started {
             let live = self.processes.values().filter(|process| process.exited.is_none()).count();
             if live >= self.max_processes {
                 self.refused.insert(pid);

@@ -54,7 +54,7 @@ use crate::{
         health::{self, ProbeTotals, ProbeWindow, Thresholds},
         http::{self, RenderedHealth},
     },
-    follow::{Fleet, Selector},
+    follow::{Executable, Fleet, Selector},
     publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
     target::Target,
@@ -144,10 +144,15 @@ async fn run(options: Options) -> Result<()> {
             (Selector::Pid(target.pid), Some(target), symbols)
         }
         (None, Some(exe)) => {
-            let selector = Selector::exe(exe)?;
-            let shown = exe.display().to_string();
-            let symbols = SymbolTable::open(exe, exe, &shown, options.debug.debug_file.as_deref())?;
-            (selector, None, symbols)
+            let executable = tokio::select! {
+                executable = locate(exe) => executable?,
+                _ = interrupt.recv() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+            };
+            let file = &executable.file;
+            let symbols =
+                SymbolTable::open(file, file, &executable.shown, options.debug.debug_file.as_deref())?;
+            (Selector::Exe(executable), None, symbols)
         }
         (None, None) => anyhow::bail!("give --pid or --exe: see --help"),
     };
@@ -259,6 +264,20 @@ async fn run(options: Options) -> Result<()> {
     let _ = stop_sender.send(true);
     server.await.context("serving HTTP")?;
     Ok(())
+}
+
+/// The executable of `--exe`. By name, as an agent per node starts before the pool may, it
+/// waits for a process of that name to run.
+async fn locate(exe: &std::path::Path) -> Result<Executable> {
+    let mut said = false;
+    while Executable::is_name(exe) && !Executable::runs_somewhere(exe) {
+        if !said {
+            info!(exe = %exe.display(), "waiting for a process of the executable to run");
+            said = true;
+        }
+        tokio::time::sleep(REFRESH_INTERVAL).await;
+    }
+    Ok(Executable::locate(exe)?)
 }
 
 /// Forwards the kernel's log records, if it was asked for them; else never resolves.

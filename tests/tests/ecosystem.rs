@@ -12,7 +12,7 @@ use std::{
 
 use pool_obs_tests::{
     dashboard, http,
-    processes::{Agent, Pool, StartFile, free_address, manifest, mixed_load, stop},
+    processes::{Agent, Pool, StartFile, binary, free_address, manifest, mixed_load, stop},
 };
 
 fn deploy(path: &str) -> PathBuf {
@@ -172,6 +172,9 @@ fn deploy_files_pass_the_tools_that_read_them() {
     assert_eq!(kinds, ["ConfigMap", "DaemonSet"]);
     let pod = &documents[1]["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"].as_bool(), Some(true));
+    let agent_args: Vec<&str> =
+        pod["containers"][0]["args"].as_vec().expect("args").iter().filter_map(|arg| arg.as_str()).collect();
+    assert!(agent_args.contains(&"--exe") && !daemonset.contains("pgrep"), "{agent_args:?}");
     let added: Vec<&str> = pod["containers"][0]["securityContext"]["capabilities"]["add"]
         .as_vec()
         .expect("added capabilities")
@@ -190,17 +193,23 @@ fn deploy_files_pass_the_tools_that_read_them() {
     }
 
     // systemd-analyze verifies an instance of the template beside a stand-in for the pool's unit.
+    assert!(
+        std::fs::read_to_string(deploy("systemd/pool-obs-agent@.service"))
+            .expect("the unit")
+            .contains("--exe"),
+        "the unit follows the pool's executable, not a PID"
+    );
     let units = TempDir::new("systemd");
     std::fs::write(
         units.0.join("demo-pool.service"),
         "[Unit]\nDescription=stand-in pool\n[Service]\nExecStart=/bin/true\n",
     )
     .expect("write the stand-in unit");
-    std::fs::copy(
-        deploy("systemd/pool-obs-agent@.service"),
-        units.0.join("pool-obs-agent@demo-pool.service"),
-    )
-    .expect("copy the agent unit");
+    // The agent where this build has it, rather than where the unit installs it.
+    let unit = std::fs::read_to_string(deploy("systemd/pool-obs-agent@.service")).expect("the agent unit");
+    let agent = binary("pool-obs-agent");
+    let unit = unit.replace("/usr/local/bin/pool-obs-agent", agent.to_str().expect("a UTF-8 path"));
+    std::fs::write(units.0.join("pool-obs-agent@demo-pool.service"), unit).expect("write the agent unit");
     let verified = Command::new("systemd-analyze")
         .arg("verify")
         .arg(units.0.join("demo-pool.service"))

@@ -135,29 +135,57 @@ fn one_agent_follows_every_replica_and_restart_of_the_binary_and_no_other_proces
     assert_eq!(bpf::still_listed(&held), bpf::Objects::default());
 }
 
+/// A copy of `demo-pool` in a directory of its own, named `demo-pool` still, as each container
+/// of an image has its own: `extra` bytes appended make it another build.
+fn copy_of_demo_pool(dir: &str, extra: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pool-obs-{dir}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for the copy");
+    let copy = dir.join("demo-pool");
+    let mut bytes = std::fs::read(binary("demo-pool")).expect("read demo-pool");
+    bytes.extend_from_slice(extra);
+    std::fs::write(&copy, bytes).expect("write the copy");
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    copy
+}
+
 #[test]
-fn past_max_processes_a_process_is_refused_with_a_warning_and_counted() {
-    let pools: Vec<(Pool, StartFile)> =
-        (0..3).map(|nth| replica(&format!("refused-{nth}"), 100, nth)).collect();
+fn by_name_the_same_bytes_are_followed_another_build_is_not_and_past_max_processes_one_is_refused() {
+    let copy = copy_of_demo_pool("same", b"");
+    let other_build = copy_of_demo_pool("other", b"another build");
+    let idle = |path: &std::path::Path, name: &str| {
+        let start = StartFile::new(name);
+        (Pool::start_binary(path, &[load(100, 1), start.arg().to_vec()].concat()), start)
+    };
+    let first = idle(&binary("demo-pool"), "by-name-0");
     let agent = Agent::follow(
-        &binary("demo-pool"),
+        std::path::Path::new("demo-pool"),
         &manifest("demo-pool.toml"),
         &["--max-processes", "2", "--log-format", "json"],
         "warn",
     );
+    let copied = idle(&copy, "by-name-1");
+    agent.await_following(copied.0.pid());
+    let rebuilt = idle(&other_build, "by-name-2");
+    let third = idle(&binary("demo-pool"), "by-name-3");
     // The agent looks at /proc at each refresh (200 ms).
     thread::sleep(Duration::from_millis(600));
     let metrics = agent.metrics();
-    assert_eq!(metrics.value("pool_obs_processes_refused_total", &[]), Some(1.0));
-    assert_eq!(metrics.label_values("pool_obs_target_up", "pid").len(), 2);
+    let followed = metrics.label_values("pool_obs_target_up", "pid");
+    let pids = |pools: &[&Pool]| pools.iter().map(|pool| pool.pid().to_string()).collect();
+    assert_eq!(followed, pids(&[&first.0, &copied.0]), "the same bytes, by name, two at most");
+    assert_eq!(metrics.value("pool_obs_processes_refused_total", &[]), Some(1.0), "the third replica");
     let logs = agent.logs.as_ref().expect("the agent's log");
     let refused = logs.try_iter().find(|line| line.contains("not following the process"));
-    let refused = refused.expect("a warning for the refused process");
-    let refused: serde_json::Value = serde_json::from_str(&refused).expect("a JSON log line");
+    let refused: serde_json::Value =
+        serde_json::from_str(&refused.expect("a warning for the refused process")).expect("a JSON log line");
     assert_eq!(refused["level"], "WARN", "{refused}");
+    assert_eq!(refused["fields"]["pid"], third.0.pid(), "{refused}");
     assert_eq!(
         refused["fields"]["message"], "not following the process: 2 are followed already (--max-processes)",
         "{refused}"
     );
-    drop(pools);
+    drop((first, copied, rebuilt, third));
+    for path in [copy, other_build] {
+        let _ = std::fs::remove_dir_all(path.parent().expect("its directory"));
+    }
 }

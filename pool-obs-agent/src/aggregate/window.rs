@@ -71,11 +71,14 @@ impl Window {
             summary.error_rate = outcomes.unsuccessful() as f64 / summary.requests as f64;
         }
         if !merged.is_empty() {
-            let millis = |micros: u64| micros as f64 / 1000.0;
+            // The middle of the quantile's bucket, not its top: HDR's buckets are 1/128 of their
+            // value wide here, so the middle is within 0.4% either way.
+            let quantile =
+                |quantile: f64| merged.median_equivalent(merged.value_at_quantile(quantile)) as f64 / 1000.0;
             summary.avg_ms = merged.mean() / 1000.0;
-            summary.p50_ms = millis(merged.value_at_quantile(0.5));
-            summary.p95_ms = millis(merged.value_at_quantile(0.95));
-            summary.p99_ms = millis(merged.value_at_quantile(0.99));
+            summary.p50_ms = quantile(0.5);
+            summary.p95_ms = quantile(0.95);
+            summary.p99_ms = quantile(0.99);
         }
         summary
     }
