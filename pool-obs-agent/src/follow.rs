@@ -28,6 +28,7 @@ use crate::{
     target::Target,
 };
 
+mod cgroup;
 mod executable;
 
 pub use executable::Executable;
@@ -95,7 +96,8 @@ impl Fleet {
     pub fn follow(&mut self, ebpf: &mut Ebpf, plan: &Plan, target: Target) -> Result<()> {
         let pid = target.pid.get();
         let links = attach::attach_process(ebpf, target.pid, plan, self.processes.is_empty())?;
-        let metrics = self.metrics.for_process(pid);
+        let container = cgroup::of(pid);
+        let metrics = self.metrics.for_process(pid, &container.id, &container.pod_uid);
         metrics.up.set(1);
         let mut memory = MemorySampler::new(pid);
         let sample = memory.sample();
@@ -173,7 +175,7 @@ impl Fleet {
         for pid in gone {
             if let Some(mut process) = self.processes.remove(&pid) {
                 process.aggregator.flush_request_logs();
-                self.metrics.forget_process(pid, &process.aggregator.model_labels());
+                self.metrics.forget_process(&process.metrics, &process.aggregator.model_labels());
             }
         }
         self.refused.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());

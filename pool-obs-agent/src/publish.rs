@@ -70,6 +70,15 @@ struct ProcessLabels {
     pid: u32,
 }
 
+/// A process, and where it runs: its container's id and its pod's UID, empty when it has none.
+/// Only `pool_obs_target_up` carries these: join on `pid` for the rest.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessInfoLabels {
+    pid: u32,
+    container_id: String,
+    pod_uid: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     model: String,
@@ -148,7 +157,7 @@ pub struct Metrics {
     pub events_lost: Counter,
     pub read_failures: Counter,
     pub anomalies: AnomalyCounters,
-    target_up: Family<ProcessLabels, Gauge>,
+    target_up: Family<ProcessInfoLabels, Gauge>,
     pub probes_attached: Gauge,
     pub processes_refused: Counter,
 }
@@ -159,6 +168,7 @@ pub struct ProcessMetrics {
     pub memory: Gauge,
     pub memory_peak: Gauge,
     pub up: Gauge,
+    info: ProcessInfoLabels,
 }
 
 /// One model's series, looked up once so that each event costs an atomic add.
@@ -362,23 +372,28 @@ impl Metrics {
         summary
     }
 
-    /// One process's series of its own: its memory and whether it runs.
-    pub fn for_process(&self, pid: u32) -> ProcessMetrics {
+    /// One process's series of its own: its memory and whether it runs, with the container and
+    /// pod it runs in (empty when none).
+    pub fn for_process(&self, pid: u32, container_id: &str, pod_uid: &str) -> ProcessMetrics {
         let labels = ProcessLabels { pid };
+        let info =
+            ProcessInfoLabels { pid, container_id: container_id.to_string(), pod_uid: pod_uid.to_string() };
         ProcessMetrics {
             memory: self.process_memory.get_or_create(&labels).clone(),
             memory_peak: self.process_memory_peak.get_or_create(&labels).clone(),
-            up: self.target_up.get_or_create(&labels).clone(),
+            up: self.target_up.get_or_create(&info).clone(),
+            info,
         }
     }
 
-    /// Removes every series of process `pid`, whose models are `models`: it exited long enough
-    /// ago that the last scrapes saw its final counts.
-    pub fn forget_process(&self, pid: u32, models: &[String]) {
-        let process = ProcessLabels { pid };
-        self.process_memory.remove(&process);
-        self.process_memory_peak.remove(&process);
-        self.target_up.remove(&process);
+    /// Removes every series of `process`, whose models are `models`: it exited long enough ago
+    /// that the last scrapes saw its final counts.
+    pub fn forget_process(&self, process: &ProcessMetrics, models: &[String]) {
+        let pid = process.info.pid;
+        let labels = ProcessLabels { pid };
+        self.process_memory.remove(&labels);
+        self.process_memory_peak.remove(&labels);
+        self.target_up.remove(&process.info);
         for model in models {
             let labels = ModelLabels { model: model.clone(), pid };
             for status in Status::ALL {
@@ -578,7 +593,8 @@ mod tests {
     fn the_readme_lists_every_metric_and_no_other() {
         let metrics = Metrics::new();
         let model = metrics.for_model(7, "m");
-        metrics.for_process(7).up.set(1);
+        let process = metrics.for_process(7, "", "");
+        process.up.set(1);
         model.request_duration_quantiles.observe(0.1);
         metrics.polls_for(7, "m").polls.inc();
         metrics.event_counter(EventKind::RequestEnded).inc();
@@ -623,7 +639,7 @@ mod tests {
         let text = metrics.encode(Format::PrometheusText);
         assert!(!text.contains("# EOF") && text.contains("# TYPE pool_requests_total counter"));
         // A process's series go once it is forgotten.
-        metrics.forget_process(7, &["m\"x".to_string()]);
+        metrics.forget_process(&metrics.for_process(7, "", ""), &["m\"x".to_string()]);
         assert!(!metrics.encode(Format::OpenMetrics).contains("pid=\"7\""));
     }
 }

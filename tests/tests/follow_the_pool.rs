@@ -125,6 +125,14 @@ fn one_agent_follows_every_replica_and_restart_of_the_binary_and_no_other_proces
     let pids = metrics.label_values("pool_obs_target_up", "pid");
     assert_eq!(pids.len(), 8, "every process followed, each its own series: {pids:?}");
     assert!(metrics.nonzero("pool_obs_target_up", "pid").is_empty(), "all eight exited");
+    // Where each runs: these run in no container, and say so with empty labels.
+    let ups = metrics.samples.iter().filter(|sample| sample.name == "pool_obs_target_up");
+    for up in ups {
+        assert_eq!(
+            (up.labels.get("container_id"), up.labels.get("pod_uid")),
+            (Some(&String::new()), Some(&String::new()))
+        );
+    }
     stop(&mut other.child, libc::SIGTERM);
 
     // Nothing is left in the kernel once the agent stops.

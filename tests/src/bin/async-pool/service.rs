@@ -82,7 +82,7 @@ pub struct Work {
 impl Service {
     pub async fn serve(&self, req: &Request) -> Result<Reply, ServeError> {
         // Admission: a short wait, longer for a longer prompt.
-        tokio::time::sleep(Duration::from_micros(200 + 20 * req.prompt.len() as u64)).await;
+        tokio::time::sleep(Duration::from_micros(2_000 + 100 * req.prompt.len() as u64)).await;
         let (answer, answered) = oneshot::channel();
         let work = Work { prompt: req.prompt.clone(), fails: req.fails, slow: req.slow, answer };
         self.work.send(work).await.map_err(|_| ServeError::Closed)?;
@@ -105,7 +105,7 @@ fn infer(work: &Work) -> Result<String, String> {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(u64::from(*token) ^ pass);
         }
     }
-    let wait = if work.slow { 8_000 } else { 300 + 10 * work.prompt.len() as u64 };
+    let wait = if work.slow { 20_000 } else { 1_000 + 40 * work.prompt.len() as u64 };
     std::thread::sleep(Duration::from_micros(wait));
     if work.fails { Err(format!("model diverged at state {state:x}")) } else { Ok(format!("{state:016x}")) }
 }
@@ -162,7 +162,7 @@ async fn client(service: Arc<Service>, truth: Arc<Mutex<Truth>>, options: Arc<Op
         let fails = unit_interval(options.seed, id, 2) < options.fail_rate;
         let slow = unit_interval(options.seed, id, 3) < options.slow_rate;
         let drops = unit_interval(options.seed, id, 4) < options.drop_rate;
-        let req = Request { id, model, prompt, deadline: Duration::from_millis(4), fails, slow };
+        let req = Request { id, model, prompt, deadline: Duration::from_millis(10), fails, slow };
         // The request is dropped at the end of this block, answered or not.
         let (outcome, latency, polls) = {
             let request = Counted::new(service.handle(&req));
@@ -205,7 +205,7 @@ pub fn main() {
     let (work, queued) = mpsc::channel::<Work>(256);
     let service = Arc::new(Service { work });
     let queued = Arc::new(Mutex::new(queued));
-    let workers: Vec<_> = (0..16)
+    let workers: Vec<_> = (0..32)
         .map(|_| {
             let queued = queued.clone();
             runtime.spawn_blocking(move || {
