@@ -122,12 +122,21 @@ pub fn attach_process(ebpf: &mut Ebpf, pid: NonZeroU32, plan: &Plan, log: bool) 
     Ok(links)
 }
 
-/// Detaches a process's uprobes.
+/// Detaches a process's uprobes. The kernel takes its time to unregister a uprobe (measured:
+/// 0.7 s for five), so their links are closed on a thread of their own, not on the one that
+/// drains the events.
 pub fn detach_process(ebpf: &mut Ebpf, links: ProcessLinks) {
+    let mut owned = Vec::with_capacity(links.0.len());
     for (program, link) in links.0 {
-        if let Ok(program) = uprobe(ebpf, program.name()) {
-            let _ = program.detach(link);
+        if let Ok(program) = uprobe(ebpf, program.name())
+            && let Ok(link) = program.take_link(link)
+        {
+            owned.push(link);
         }
+    }
+    let closing = std::thread::Builder::new().name("detach".into()).spawn(move || drop(owned));
+    if let Err(error) = closing {
+        warn!(%error, "cannot start a thread to detach an exited process's probes");
     }
 }
 
