@@ -219,16 +219,10 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_flag_of_the_agent_and_no_other() {
-        let readme = include_str!("../../README.md");
-        let table = readme.split("| flag | default | meaning |").nth(1).expect("the README's flag table");
-        let listed: BTreeSet<String> = table
-            .lines()
-            .skip(2)
-            .take_while(|line| line.starts_with('|'))
-            .filter_map(|line| {
-                let flag = line.split('|').nth(1)?.trim().trim_matches('`');
-                Some(flag.split([' ', '`']).next()?.trim_start_matches("--").to_string())
-            })
+        // `--pid PID`: the flag's name, without its value.
+        let listed: BTreeSet<String> = crate::readme::first_column("| flag | default | meaning |")
+            .iter()
+            .filter_map(|flag| Some(flag.split([' ', '`']).next()?.trim_start_matches("--").to_string()))
             .collect();
         let defined: BTreeSet<String> = Cli::command()
             .get_arguments()

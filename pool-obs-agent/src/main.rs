@@ -19,6 +19,8 @@ mod memory;
 mod outcome;
 mod privileges;
 mod publish;
+#[cfg(test)]
+mod readme;
 mod ring;
 mod target;
 

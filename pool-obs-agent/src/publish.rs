@@ -577,18 +577,6 @@ mod tests {
         );
     }
 
-    /// The first column of the README's table under `header`, without backquotes.
-    fn readme_table(header: &str) -> std::collections::BTreeSet<String> {
-        let readme = include_str!("../../README.md");
-        let table = readme.split(header).nth(1).expect("the README's table");
-        table
-            .lines()
-            .skip(2)
-            .take_while(|line| line.starts_with('|'))
-            .filter_map(|line| Some(line.split('|').nth(1)?.trim().trim_matches('`').to_string()))
-            .collect()
-    }
-
     #[test]
     fn the_readme_lists_every_metric_and_no_other() {
         let metrics = Metrics::new();
@@ -607,13 +595,13 @@ mod tests {
                 (name, _) => Some(name.to_string()),
             })
             .collect();
-        assert_eq!(readme_table("| metric | labels | meaning |"), exported);
+        assert_eq!(crate::readme::first_column("| metric | labels | meaning |"), exported);
     }
 
     #[test]
     fn the_readme_lists_every_anomaly_and_no_other() {
         let defined = Anomaly::ALL.iter().map(|anomaly| anomaly.name().to_string()).collect();
-        assert_eq!(readme_table("| kind | meaning |"), defined);
+        assert_eq!(crate::readme::first_column("| kind | meaning |"), defined);
     }
 
     #[test]

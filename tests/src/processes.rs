@@ -390,12 +390,17 @@ pub fn status_bytes(pid: u32, field: &str) -> u64 {
 /// Arguments for a reference-pool run with every outcome in it: `requests` at 2,500 a second,
 /// 5% failing, 1% with deadlines already past, and an occasional crashing worker.
 pub fn mixed_load(requests: u64, seed: u64) -> Vec<String> {
-    let (requests, seed) = (requests.to_string(), seed.to_string());
+    mixed_load_at(requests, 2500, seed)
+}
+
+/// [`mixed_load`] at `rate` requests a second.
+pub fn mixed_load_at(requests: u64, rate: u64, seed: u64) -> Vec<String> {
+    let (requests, rate, seed) = (requests.to_string(), rate.to_string(), seed.to_string());
     let load = [
         "--requests",
         &requests,
         "--rate",
-        "2500",
+        &rate,
         "--work-us",
         "500",
         "--timeout-ms",

@@ -8,34 +8,13 @@ use pool_obs_tests::{
     bpf,
     ground_truth::Summary,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, binary, manifest, stop},
+    processes::{Agent, Pool, StartFile, args, binary, manifest, mixed_load_at, stop},
 };
-
-/// A short load of every outcome, at a pace the two cores keep up with beside three others.
-fn load(requests: u64, seed: u64) -> Vec<String> {
-    let (requests, seed) = (requests.to_string(), seed.to_string());
-    args(&[
-        "--requests",
-        &requests,
-        "--rate",
-        "400",
-        "--work-us",
-        "300",
-        "--timeout-ms",
-        "20",
-        "--fail-rate",
-        "0.05",
-        "--crash-rate",
-        "0.002",
-        "--seed",
-        &seed,
-    ])
-}
 
 /// A replica whose load waits for its start file.
 fn replica(name: &str, requests: u64, seed: u64) -> (Pool, StartFile) {
     let start = StartFile::new(name);
-    let pool = Pool::start(&[load(requests, seed), start.arg().to_vec()].concat());
+    let pool = Pool::start(&[mixed_load_at(requests, 400, seed), start.arg().to_vec()].concat());
     (pool, start)
 }
 
@@ -162,7 +141,7 @@ fn by_name_the_same_bytes_are_followed_another_build_is_not_and_past_max_process
     let other_build = copy_of_demo_pool("other", b"another build");
     let idle = |path: &std::path::Path, name: &str| {
         let start = StartFile::new(name);
-        (Pool::start_binary(path, &[load(100, 1), start.arg().to_vec()].concat()), start)
+        (Pool::start_binary(path, &[mixed_load_at(100, 400, 1), start.arg().to_vec()].concat()), start)
     };
     let first = idle(&binary("demo-pool"), "by-name-0");
     let agent = Agent::follow(

@@ -26,7 +26,7 @@ use crate::{
     outcome::OutcomeRule,
 };
 
-use super::sourced::Compiled;
+use super::sourced::Shown;
 
 /// The states user space tells a future's polls apart by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,17 +111,8 @@ impl Plan {
             choices.extend(opened);
             let mut info = info_of(probe, &shown, Some(rule));
             info.future = Some(states.clone());
-            let cookie = self.push(spec, info);
-            self.compiled.extend(shown_values.into_iter().map(|(field, path, expression)| Compiled {
-                site: format!("{shown} at {:#x}", site.address),
-                field,
-                path,
-                expression,
-            }));
-            for choice in choices {
-                self.attach(symbol, cookie, choice);
-                placed += 1;
-            }
+            let shown_site = format!("{shown} at {:#x}", site.address);
+            placed += self.add_site(symbol, spec, info, &shown_site, shown_values, choices);
         }
         if placed == 0 {
             return Err(refuse(format!("{} is never polled in the binary", coroutine.key)));
@@ -166,15 +157,11 @@ impl Plan {
             let mut info = info_of(probe, &shown, None);
             info.event = EventKind::FutureDropped;
             info.future = Some(states.clone());
-            let cookie = self.push(spec, info);
-            self.compiled.push(Compiled {
-                site: format!("{shown} at {:#x}", site.address),
-                field: "future",
-                path: "the dropped future".to_string(),
-                expression: show(&future),
-            });
             let reason = "a request whose future is dropped before it is ready is cancelled".to_string();
-            self.attach(symbol, cookie, Choice::safe(Program::Entry, at, reason));
+            let shown_site = format!("{shown} at {:#x}", site.address);
+            let future_shown = vec![("future", "the dropped future".to_string(), show(&future))];
+            let choices = vec![Choice::safe(Program::Entry, at, reason)];
+            self.add_site(symbol, spec, info, &shown_site, future_shown, choices);
         }
         Ok(())
     }
@@ -216,9 +203,6 @@ fn drop_site(
     }
     Err(first_problem.unwrap_or((Class::SourceValue, "no instruction starts there".to_string())))
 }
-
-/// (field, path, compiled expression) for `check`.
-type Shown = Vec<(&'static str, String, String)>;
 
 /// A poll's spec as compiled at its site, and what `check` shows of it.
 struct PollSpec {

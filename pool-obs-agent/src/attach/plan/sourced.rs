@@ -4,7 +4,7 @@
 
 use pool_obs_common::probe::{ProbeSpec, Scalar};
 
-use super::{Choice, Plan, Program, info_of, out_of_line_sites, register_spec, unprobeable};
+use super::{Choice, Plan, ProbeInfo, Program, info_of, out_of_line_sites, register_spec, unprobeable};
 use crate::{
     attach::{
         machine_code::{FunctionCode, Handling, Site},
@@ -86,22 +86,39 @@ impl Plan {
                     rebase_stack(scalar, entry.site.sp_offset);
                 }
             }
-            let cookie = self.push(spec, info_of(probe, &shown, rule));
-            self.compiled.extend(compiled.into_iter().map(|(field, path, expression)| Compiled {
-                site: format!("{shown} at {address:#x}"),
-                field,
-                path,
-                expression,
-            }));
-            for choice in choices {
-                self.attach(symbol, cookie, choice);
-                placed += 1;
-            }
+            let site = format!("{shown} at {address:#x}");
+            placed += self.add_site(symbol, spec, info_of(probe, &shown, rule), &site, compiled, choices);
         }
         if placed == 0 {
             return Err(refuse(format!("{} has no code in the binary to probe", probe.function)));
         }
         Ok(())
+    }
+}
+
+impl Plan {
+    /// One site's spec, what `check` shows of its values, and its probes; how many probes.
+    pub(super) fn add_site(
+        &mut self,
+        symbol: &Symbol,
+        spec: ProbeSpec,
+        info: ProbeInfo,
+        site: &str,
+        shown: Shown,
+        choices: Vec<Choice>,
+    ) -> usize {
+        let cookie = self.push(spec, info);
+        self.compiled.extend(shown.into_iter().map(|(field, path, expression)| Compiled {
+            site: site.to_string(),
+            field,
+            path,
+            expression,
+        }));
+        let placed = choices.len();
+        for choice in choices {
+            self.attach(symbol, cookie, choice);
+        }
+        placed
     }
 }
 
@@ -137,7 +154,7 @@ fn inlined_site(
 }
 
 /// (field, path, compiled expression) for `check`.
-type Shown = Vec<(&'static str, String, String)>;
+pub(super) type Shown = Vec<(&'static str, String, String)>;
 
 /// A probe compiled at one site: its spec, its outcome rule there (variant values differ from
 /// one enum to another, not from one site to another, but the rule is compiled with the rest),
