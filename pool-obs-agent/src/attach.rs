@@ -82,13 +82,19 @@ impl ProcessLinks {
     }
 }
 
-/// Attaches every probe of the plan to process `pid` only (its executable as `/proc/PID/exe`
-/// names it, so a process in another mount namespace is found too). `log` says each probe's
-/// site, for the first process.
-pub fn attach_process(ebpf: &mut Ebpf, pid: NonZeroU32, plan: &Plan, log: bool) -> Result<ProcessLinks> {
+/// Attaches the plan's probes for executable `executable` to process `pid` only (its
+/// executable as `/proc/PID/exe` names it, so a process in another mount namespace is found
+/// too). `log` says each probe's site, for the first process.
+pub fn attach_process(
+    ebpf: &mut Ebpf,
+    pid: NonZeroU32,
+    plan: &Plan,
+    executable: usize,
+    log: bool,
+) -> Result<ProcessLinks> {
     let target = format!("/proc/{pid}/exe");
-    let mut links = ProcessLinks(Vec::with_capacity(plan.attachments.len()));
-    for attachment in &plan.attachments {
+    let mut links = ProcessLinks(Vec::new());
+    for attachment in plan.attachments.iter().filter(|attachment| attachment.target == executable) {
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
             cookie: Some(attachment.cookie.encode()),

@@ -89,8 +89,9 @@ pub struct Options {
     /// later, each with series of its own (`pid` label), until it exits. A path names the file;
     /// a name (no `/`) finds it as processes in containers run it (the first such process's
     /// executable, and every process of that name with the same bytes).
+    /// Repeat it, each with its --manifest, for several pools.
     #[arg(long)]
-    pub exe: Option<PathBuf>,
+    pub exe: Vec<PathBuf>,
     /// With --exe: how long (seconds) an exited process's series stay, so that the last scrapes
     /// see its final counts.
     #[arg(long, default_value_t = 300)]
@@ -100,8 +101,9 @@ pub struct Options {
     #[arg(long, default_value_t = 64)]
     pub max_processes: usize,
     /// Probe manifest (TOML): which functions mean which events, and where their values live.
+    /// With several --exe, one for each, in the same order.
     #[arg(long, required = true)]
-    pub manifest: Option<PathBuf>,
+    pub manifest: Vec<PathBuf>,
     /// Address to serve /metrics, /health and /requests/{id} on.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,

@@ -36,8 +36,9 @@ pub use executable::Executable;
 /// What to follow.
 pub enum Selector {
     Pid(NonZeroU32),
-    /// Every process that runs this executable.
-    Exe(Executable),
+    /// Every process that runs one of these executables; the index of each is its target in
+    /// the plan ([`crate::attach::plan::Attachment::target`]).
+    Exe(Vec<Executable>),
 }
 
 impl Selector {
@@ -45,13 +46,19 @@ impl Selector {
     pub fn shown(&self) -> String {
         match self {
             Selector::Pid(pid) => format!("PID {pid}"),
-            Selector::Exe(executable) => format!("every process of {}", executable.shown),
+            Selector::Exe(executables) => {
+                let shown: Vec<&str> =
+                    executables.iter().map(|executable| executable.shown.as_str()).collect();
+                format!("every process of {}", shown.join(", "))
+            }
         }
     }
 }
 
 /// One process followed.
 pub struct Followed {
+    /// Which executable it runs, of the agent's.
+    pub executable: usize,
     pub target: Target,
     pub aggregator: Aggregator,
     pub memory: MemorySampler,
@@ -92,10 +99,12 @@ impl Fleet {
         }
     }
 
-    /// Follows `target`: attaches the plan's probes to it alone, then counts its events.
-    pub fn follow(&mut self, ebpf: &mut Ebpf, plan: &Plan, target: Target) -> Result<()> {
+    /// Follows `target`, a process of executable `executable`: attaches that executable's
+    /// probes to it alone, then counts its events.
+    pub fn follow(&mut self, ebpf: &mut Ebpf, plan: &Plan, target: Target, executable: usize) -> Result<()> {
         let pid = target.pid.get();
-        let links = attach::attach_process(ebpf, target.pid, plan, self.processes.is_empty())?;
+        let first = !self.processes.values().any(|process| process.executable == executable);
+        let links = attach::attach_process(ebpf, target.pid, plan, executable, first)?;
         let container = cgroup::of(pid);
         let metrics = self.metrics.for_process(pid, &container.id, &container.pod_uid);
         metrics.up.set(1);
@@ -103,27 +112,31 @@ impl Fleet {
         let sample = memory.sample();
         metrics.memory.set(sample.resident_bytes as i64);
         metrics.memory_peak.set(sample.peak_resident_bytes as i64);
-        self.metrics.probes_attached.inc_by(plan.attachments.len() as i64);
-        info!(pid, exe = %target.exe, probes = plan.attachments.len(), "following the process");
+        self.metrics.probes_attached.inc_by(links.len() as i64);
+        info!(pid, exe = %target.exe, probes = links.len(), "following the process");
         let aggregator =
             Aggregator::new(pid, self.metrics.clone(), plan.probes.clone(), self.settings.clone());
-        self.processes
-            .insert(pid, Followed { target, aggregator, memory, metrics, links: Some(links), exited: None });
+        self.processes.insert(
+            pid,
+            Followed { executable, target, aggregator, memory, metrics, links: Some(links), exited: None },
+        );
         Ok(())
     }
 
     /// With `--exe`: follows the processes of the file that started since the last look.
     pub fn discover(&mut self, ebpf: &mut Ebpf, plan: &Plan) {
-        let Selector::Exe(executable) = &mut self.selector else { return };
+        let Selector::Exe(executables) = &mut self.selector else { return };
         let Ok(entries) = std::fs::read_dir("/proc") else { return };
         let known = |pid: &u32| self.processes.contains_key(pid) || self.refused.contains(pid);
-        let started: Vec<u32> = entries
+        let started: Vec<(u32, usize)> = entries
             .flatten()
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| !known(pid))
-            .filter(|pid| executable.runs_in(*pid))
+            .filter_map(|pid| {
+                Some((pid, executables.iter_mut().position(|executable| executable.runs_in(pid))?))
+            })
             .collect();
-        for pid in started {
+        for (pid, executable) in started {
             let live = self.processes.values().filter(|process| process.exited.is_none()).count();
             if live >= self.max_processes {
                 self.refused.insert(pid);
@@ -138,7 +151,7 @@ impl Fleet {
             }
             let followed = Target::open(pid)
                 .map_err(anyhow::Error::from)
-                .and_then(|target| self.follow(ebpf, plan, target));
+                .and_then(|target| self.follow(ebpf, plan, target, executable));
             if let Err(error) = followed {
                 // It may have exited meanwhile; a real problem shows on every process.
                 warn!(pid, "cannot follow the process: {error:#}");

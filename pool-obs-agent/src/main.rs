@@ -124,44 +124,54 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(options: Options) -> Result<()> {
-    let Some(manifest_path) = &options.manifest else {
-        anyhow::bail!("give --pid or --exe, and --manifest, or a command: see --help");
-    };
     // First, so that a signal arriving while we attach still detaches cleanly and exits 0.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let manifest = manifest::load(manifest_path)?;
+    let manifests =
+        options.manifest.iter().map(|path| manifest::load(path)).collect::<Result<Vec<_>, _>>()?;
     privileges::require_capabilities()?;
     privileges::require_uprobes()?;
-    // The binary the plan is made from: the process's, or the file every process runs.
-    let (selector, first, symbols) = match (options.pid, &options.exe) {
-        (Some(pid), _) => {
+    let debug_file = options.debug.debug_file.as_deref();
+    // The binary each plan is made from: the process's, or the file every process runs.
+    let (selector, first, plan) = match (options.pid, options.exe.as_slice(), manifests.as_slice()) {
+        (Some(pid), [], [manifest]) => {
             let target = Target::open(pid)?;
-            let symbols = SymbolTable::open(
-                &target.exe_link,
-                std::path::Path::new(&target.exe),
-                &target.shown(),
-                options.debug.debug_file.as_deref(),
-            )?;
-            (Selector::Pid(target.pid), Some(target), symbols)
+            let exe = std::path::Path::new(&target.exe);
+            let symbols = SymbolTable::open(&target.exe_link, exe, &target.shown(), debug_file)?;
+            let plan = plan_for(manifest, &symbols)?;
+            (Selector::Pid(target.pid), Some(target), plan)
         }
-        (None, Some(exe)) => {
-            let executable = tokio::select! {
-                executable = locate(exe) => executable?,
-                _ = interrupt.recv() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
-            };
-            let file = &executable.file;
-            let symbols =
-                SymbolTable::open(file, file, &executable.shown, options.debug.debug_file.as_deref())?;
-            (Selector::Exe(executable), None, symbols)
+        (None, exes, manifests) if !exes.is_empty() && exes.len() == manifests.len() => {
+            if exes.len() > 1 && debug_file.is_some() {
+                return Err(Refusal::new(
+                    Class::Other,
+                    "--debug-file names one binary's debug info: with several --exe, put each beside its binary",
+                )
+                .into());
+            }
+            let mut executables = Vec::new();
+            let mut plans = Vec::new();
+            for (exe, manifest) in exes.iter().zip(manifests) {
+                let executable = tokio::select! {
+                    executable = locate(exe) => executable?,
+                    _ = interrupt.recv() => return Ok(()),
+                    _ = terminate.recv() => return Ok(()),
+                };
+                let file = &executable.file;
+                let symbols = SymbolTable::open(file, file, &executable.shown, debug_file)?;
+                plans.push(plan_for(manifest, &symbols)?);
+                executables.push(executable);
+            }
+            (Selector::Exe(executables), None, plan::Plan::merge(plans)?)
         }
-        (None, None) => anyhow::bail!("give --pid or --exe: see --help"),
+        _ => {
+            return Err(Refusal::new(
+                Class::Other,
+                "give --pid with one --manifest, or each --exe with its --manifest, in the same order: see --help",
+            )
+            .into());
+        }
     };
-    // Source paths are compiled against the debug info, and register values checked with it.
-    let source = symbols.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
-    let plan = plan::plan(&manifest, &symbols, source.as_ref())?;
-    drop(source);
     http::raise_open_file_limit();
     let listener = TcpListener::bind(options.listen)
         .await
@@ -177,7 +187,7 @@ async fn run(options: Options) -> Result<()> {
         Duration::from_secs(options.keep_exited_secs),
     );
     if let Some(target) = first {
-        fleet.follow(&mut ebpf, &plan, target)?;
+        fleet.follow(&mut ebpf, &plan, target, 0)?;
     }
     fleet.discover(&mut ebpf, &plan);
     let functions = plan.probes.iter().map(|probe| probe.function.clone()).collect();
@@ -266,6 +276,13 @@ async fn run(options: Options) -> Result<()> {
     let _ = stop_sender.send(true);
     server.await.context("serving HTTP")?;
     Ok(())
+}
+
+/// The plan of one manifest against one binary: source paths are compiled against its debug
+/// info, and register values checked with it.
+fn plan_for(manifest: &manifest::Manifest, symbols: &SymbolTable) -> Result<plan::Plan> {
+    let source = symbols.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
+    plan::plan(manifest, symbols, source.as_ref())
 }
 
 /// The executable of `--exe`. By name, as an agent per node starts before the pool may, it

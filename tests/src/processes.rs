@@ -121,13 +121,22 @@ pub struct Agent {
 
 impl Agent {
     pub fn attach(pid: u32, manifest: &Path, address: SocketAddr, extra: &[&str]) -> Self {
-        Self::start(&[], &pid_args(pid), manifest, address, extra, Log::ThroughHarness)
+        Self::start(&[], &pid_args(pid), Some(manifest), address, extra, Log::ThroughHarness)
     }
 
     /// Follows every process of the executable `exe` (`--exe`), with its log kept for the test.
     pub fn follow(exe: &Path, manifest: &Path, extra: &[&str], filter: &str) -> Self {
-        let target = ["--exe".to_string(), exe.display().to_string()];
-        Self::start(&[], &target, manifest, free_address(), extra, Log::Kept(filter))
+        Self::follow_all(&[(exe, manifest)], extra, filter)
+    }
+
+    /// Follows every process of each executable, each by its own manifest, in one agent.
+    pub fn follow_all(targets: &[(&Path, &Path)], extra: &[&str], filter: &str) -> Self {
+        let mut arguments = Vec::new();
+        for (exe, manifest) in targets {
+            arguments.extend(["--exe".to_string(), exe.display().to_string()]);
+            arguments.extend(["--manifest".to_string(), manifest.display().to_string()]);
+        }
+        Self::start(&[], &arguments, None, free_address(), extra, Log::Kept(filter))
     }
 
     /// Waits until the agent follows process `pid` (its probes are attached).
@@ -151,24 +160,24 @@ impl Agent {
     /// Attaches with its log written to `file`, as `cargo xtask demo` runs it.
     pub fn attach_logging_to(pid: u32, manifest: &Path, address: SocketAddr, file: &Path) -> Self {
         let file = std::fs::File::create(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
-        Self::start(&[], &pid_args(pid), manifest, address, &[], Log::File(file))
+        Self::start(&[], &pid_args(pid), Some(manifest), address, &[], Log::File(file))
     }
 
     /// Attaches through `launcher`, a command that runs the agent as its last argument
     /// (`setpriv ...`, to run it with other credentials).
     pub fn attach_launched_by(launcher: &[&str], pid: u32, manifest: &Path) -> Self {
-        Self::start(launcher, &pid_args(pid), manifest, free_address(), &[], Log::ThroughHarness)
+        Self::start(launcher, &pid_args(pid), Some(manifest), free_address(), &[], Log::ThroughHarness)
     }
 
     /// Attaches with `RUST_LOG` set to `filter`, keeping the log lines for the test.
     pub fn attach_logging(pid: u32, manifest: &Path, extra: &[&str], filter: &str) -> Self {
-        Self::start(&[], &pid_args(pid), manifest, free_address(), extra, Log::Kept(filter))
+        Self::start(&[], &pid_args(pid), Some(manifest), free_address(), extra, Log::Kept(filter))
     }
 
     fn start(
         launcher: &[&str],
         target: &[String],
-        manifest: &Path,
+        manifest: Option<&Path>,
         address: SocketAddr,
         extra: &[&str],
         log: Log,
@@ -181,7 +190,10 @@ impl Agent {
             }
             None => Command::new(binary("pool-obs-agent")),
         };
-        command.args(target).args(["--listen", &address.to_string()]).arg("--manifest").arg(manifest);
+        command.args(target).args(["--listen", &address.to_string()]);
+        if let Some(manifest) = manifest {
+            command.arg("--manifest").arg(manifest);
+        }
         command.args(extra);
         if let Log::Kept(filter) = &log {
             command.env("RUST_LOG", filter);

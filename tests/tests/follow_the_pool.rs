@@ -176,3 +176,38 @@ fn by_name_the_same_bytes_are_followed_another_build_is_not_and_past_max_process
         let _ = std::fs::remove_dir_all(path.parent().expect("its directory"));
     }
 }
+
+#[test]
+fn one_agent_follows_two_executables_each_by_its_own_manifest() {
+    let (mut demo, demo_start) = replica("two-executables", 1200, 3);
+    let kv_start = StartFile::new("two-executables-kv");
+    let mut kv = Pool::start_named(
+        "kv-pool",
+        &[args(&["--requests", "3000", "--rate", "1500"]), kv_start.arg().to_vec()].concat(),
+    );
+    let (demo_manifest, kv_manifest) = (manifest("demo-pool.toml"), manifest("kv-pool.toml"));
+    let targets = [(binary("demo-pool"), &demo_manifest), (binary("kv-pool"), &kv_manifest)];
+    let targets: Vec<(&std::path::Path, &std::path::Path)> =
+        targets.iter().map(|(exe, manifest)| (exe.as_path(), manifest.as_path())).collect();
+    let agent = Agent::follow_all(&targets, &[], "info");
+    agent.await_following(demo.pid());
+    agent.await_following(kv.pid());
+    demo_start.start();
+    kv_start.start();
+    let summaries = [demo.summary(), kv.summary()];
+    demo.wait_for_exit();
+    kv.wait_for_exit();
+    let requests: u64 = summaries
+        .iter()
+        .flat_map(|summary| summary.models.values())
+        .map(|model| model.requests.total())
+        .sum();
+    let metrics = agent.metrics_after(requests);
+    for summary in &summaries {
+        assert_eq!(counted(&metrics, summary.pid), truth(summary), "process {}", summary.pid);
+    }
+    assert_eq!(metrics.value("pool_obs_read_failures_total", &[]), Some(0.0));
+    let (_, health) = agent.health();
+    let following = health["following"].as_str().unwrap_or_default();
+    assert!(following.contains("demo-pool") && following.contains("kv-pool"), "{health}");
+}

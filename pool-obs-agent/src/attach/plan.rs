@@ -5,7 +5,7 @@
 
 use pool_obs_common::{
     event::EventKind,
-    probe::{Base, Cookie, ProbeSpec, Register, Scalar},
+    probe::{Base, Cookie, MAX_PROBES, ProbeSpec, Register, Scalar},
 };
 
 mod future;
@@ -94,6 +94,8 @@ impl Program {
 
 #[derive(Clone, Debug)]
 pub struct Attachment {
+    /// Which of the agent's executables it is for (0 but in a [`Plan::merge`]d plan).
+    pub target: usize,
     pub function: String,
     pub program: Program,
     /// Where the site's instruction sits in the file: what the uprobe attaches to.
@@ -205,6 +207,37 @@ fn out_of_line_sites(probe: &Probe, spec: &ProbeSpec, code: &FunctionCode) -> Re
 type Sites = Vec<Choice>;
 
 impl Plan {
+    /// Several executables' plans as one, for one agent that follows them all: each plan's
+    /// specs follow the previous one's, its cookies shift with them, and its attachments say
+    /// which executable they are for.
+    pub fn merge(plans: Vec<Plan>) -> anyhow::Result<Plan> {
+        let mut merged =
+            Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new(), compiled: Vec::new() };
+        for (target, plan) in plans.into_iter().enumerate() {
+            let offset = merged.specs.len() as u32;
+            merged.specs.extend(plan.specs);
+            merged.probes.extend(plan.probes);
+            merged.compiled.extend(plan.compiled);
+            merged.attachments.extend(plan.attachments.into_iter().map(|mut attachment| {
+                attachment.cookie.probe += offset;
+                attachment.target = target;
+                attachment
+            }));
+        }
+        if merged.specs.len() > MAX_PROBES as usize {
+            return Err(Refusal::new(
+                Class::ManifestNames,
+                format!(
+                    "the manifests need {} probe specs together, and the kernel programs hold {MAX_PROBES}: \
+                     run one agent for some of the executables",
+                    merged.specs.len()
+                ),
+            )
+            .into());
+        }
+        Ok(merged)
+    }
+
     /// What each probe is, by index, for people: its function and event.
     pub fn probe_names(&self) -> Vec<String> {
         self.probes.iter().map(|probe| format!("{}, {}", probe.function, probe.event.name())).collect()
@@ -219,6 +252,7 @@ impl Plan {
     fn attach(&mut self, symbol: &Symbol, probe: u32, choice: Choice) {
         let Choice { program, site, reason, caution } = choice;
         self.attachments.push(Attachment {
+            target: 0,
             function: symbol.name.clone(),
             program,
             file_offset: symbol.file_offset + site.offset,
