@@ -103,6 +103,10 @@ impl Fleet {
     /// probes to it alone, then counts its events.
     pub fn follow(&mut self, ebpf: &mut Ebpf, plan: &Plan, target: Target, executable: usize) -> Result<()> {
         let pid = target.pid.get();
+        if let Some(earlier) = self.processes.remove(&pid) {
+            // Its PID's earlier process, exited: its series go now, as the new one's begin.
+            self.forget(earlier);
+        }
         let first = !self.processes.values().any(|process| process.executable == executable);
         let links = attach::attach_process(ebpf, target.pid, plan, executable, first)?;
         let container = cgroup::of(pid);
@@ -127,7 +131,11 @@ impl Fleet {
     pub fn discover(&mut self, ebpf: &mut Ebpf, plan: &Plan) {
         let Selector::Exe(executables) = &mut self.selector else { return };
         let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        let known = |pid: &u32| self.processes.contains_key(pid) || self.refused.contains(pid);
+        // An exited process's PID may be taken by a new process: that one is followed.
+        let known = |pid: &u32| {
+            self.processes.get(pid).is_some_and(|process| process.exited.is_none())
+                || self.refused.contains(pid)
+        };
         let started: Vec<(u32, usize)> = entries
             .flatten()
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
@@ -186,12 +194,17 @@ impl Fleet {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            if let Some(mut process) = self.processes.remove(&pid) {
-                process.aggregator.flush_request_logs();
-                self.metrics.forget_process(&process.metrics, &process.aggregator.model_labels());
+            if let Some(process) = self.processes.remove(&pid) {
+                self.forget(process);
             }
         }
         self.refused.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// Forgets an exited process: its series go.
+    fn forget(&self, mut process: Followed) {
+        process.aggregator.flush_request_logs();
+        self.metrics.forget_process(&process.metrics, &process.aggregator.model_labels());
     }
 
     /// Counts one ring-buffer record in the aggregator of the process that wrote it.
