@@ -82,16 +82,20 @@ pub struct Binary {
 
 #[derive(Args, Debug)]
 pub struct Options {
-    /// PID of the running pool.
-    #[arg(long, required_unless_present = "exe", conflicts_with = "exe")]
-    pub pid: Option<u32>,
+    /// PID of the running pool. Repeat it, each with its --manifest, for several.
+    #[arg(long, conflicts_with_all = ["exe", "targets"])]
+    pub pid: Vec<u32>,
     /// Follow every process that runs this executable: those running now and those that start
     /// later, each with series of its own (`pid` label), until it exits. A path names the file;
     /// a name (no `/`) finds it as processes in containers run it (the first such process's
     /// executable, and every process of that name with the same bytes).
     /// Repeat it, each with its --manifest, for several pools.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "targets")]
     pub exe: Vec<PathBuf>,
+    /// A TOML file of the pools to follow, instead of the flags: `[[target]]` tables, each with
+    /// `exe` or `pid`, and `manifest` (relative to the file).
+    #[arg(long)]
+    pub targets: Option<PathBuf>,
     /// With --exe: how long (seconds) an exited process's series stay, so that the last scrapes
     /// see its final counts.
     #[arg(long, default_value_t = 300)]
@@ -101,8 +105,8 @@ pub struct Options {
     #[arg(long, default_value_t = 64)]
     pub max_processes: usize,
     /// Probe manifest (TOML): which functions mean which events, and where their values live.
-    /// With several --exe, one for each, in the same order.
-    #[arg(long, required = true)]
+    /// With several --exe or --pid, one for each, in the same order.
+    #[arg(long, conflicts_with = "targets")]
     pub manifest: Vec<PathBuf>,
     /// Address to serve /metrics, /health and /requests/{id} on.
     #[arg(long, default_value = "127.0.0.1:9464")]

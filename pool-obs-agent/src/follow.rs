@@ -30,12 +30,14 @@ use crate::{
 
 mod cgroup;
 mod executable;
+pub mod targets;
 
 pub use executable::Executable;
 
 /// What to follow.
 pub enum Selector {
-    Pid(NonZeroU32),
+    /// These processes, each with its own manifest.
+    Pids(Vec<NonZeroU32>),
     /// Every process that runs one of these executables; the index of each is its target in
     /// the plan ([`crate::attach::plan::Attachment::target`]).
     Exe(Vec<Executable>),
@@ -45,7 +47,10 @@ impl Selector {
     /// What the agent follows, for people.
     pub fn shown(&self) -> String {
         match self {
-            Selector::Pid(pid) => format!("PID {pid}"),
+            Selector::Pids(pids) => {
+                let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+                format!("PID {}", pids.join(", "))
+            }
             Selector::Exe(executables) => {
                 let shown: Vec<&str> =
                     executables.iter().map(|executable| executable.shown.as_str()).collect();
@@ -182,7 +187,7 @@ impl Fleet {
             }
             info!(pid, "the process exited");
         }
-        if matches!(self.selector, Selector::Pid(_)) {
+        if matches!(self.selector, Selector::Pids(_)) {
             return;
         }
         let gone: Vec<u32> = self

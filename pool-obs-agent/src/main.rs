@@ -56,7 +56,7 @@ use crate::{
         health::{self, ProbeTotals, ProbeWindow, Thresholds},
         http::{self, RenderedHealth},
     },
-    follow::{Executable, Fleet, Selector},
+    follow::{Executable, Fleet, Selector, targets},
     publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
     target::Target,
@@ -127,31 +127,35 @@ async fn run(options: Options) -> Result<()> {
     // First, so that a signal arriving while we attach still detaches cleanly and exits 0.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let manifests =
-        options.manifest.iter().map(|path| manifest::load(path)).collect::<Result<Vec<_>, _>>()?;
+    let targets = match &options.targets {
+        Some(file) => targets::from_file(file)?,
+        None => targets::from_flags(&options.pid, &options.exe, &options.manifest)?,
+    };
     privileges::require_capabilities()?;
     privileges::require_uprobes()?;
     let debug_file = options.debug.debug_file.as_deref();
-    // The binary each plan is made from: the process's, or the file every process runs.
-    let (selector, first, plan) = match (options.pid, options.exe.as_slice(), manifests.as_slice()) {
-        (Some(pid), [], [manifest]) => {
-            let target = Target::open(pid)?;
-            let exe = std::path::Path::new(&target.exe);
-            let symbols = SymbolTable::open(&target.exe_link, exe, &target.shown(), debug_file)?;
-            let plan = plan_for(manifest, &symbols)?;
-            (Selector::Pid(target.pid), Some(target), plan)
-        }
-        (None, exes, manifests) if !exes.is_empty() && exes.len() == manifests.len() => {
-            if exes.len() > 1 && debug_file.is_some() {
-                return Err(Refusal::new(
-                    Class::Other,
-                    "--debug-file names one binary's debug info: with several --exe, put each beside its binary",
-                )
-                .into());
+    if targets.len() > 1 && debug_file.is_some() {
+        return Err(Refusal::new(
+            Class::Other,
+            "--debug-file names one binary's debug info: with several pools, put each beside its binary",
+        )
+        .into());
+    }
+    // Each pool's plan, made from its binary: the process's, or the file its processes run.
+    let mut plans = Vec::new();
+    let mut pids = Vec::new();
+    let mut executables = Vec::new();
+    for (target, manifest_path) in &targets {
+        let manifest = manifest::load(manifest_path)?;
+        match target {
+            targets::Target::Pid(pid) => {
+                let target = Target::open(*pid)?;
+                let exe = std::path::Path::new(&target.exe);
+                let symbols = SymbolTable::open(&target.exe_link, exe, &target.shown(), debug_file)?;
+                plans.push(plan_for(&manifest, &symbols)?);
+                pids.push(target);
             }
-            let mut executables = Vec::new();
-            let mut plans = Vec::new();
-            for (exe, manifest) in exes.iter().zip(manifests) {
+            targets::Target::Exe(exe) => {
                 let executable = tokio::select! {
                     executable = locate(exe) => executable?,
                     _ = interrupt.recv() => return Ok(()),
@@ -159,18 +163,16 @@ async fn run(options: Options) -> Result<()> {
                 };
                 let file = &executable.file;
                 let symbols = SymbolTable::open(file, file, &executable.shown, debug_file)?;
-                plans.push(plan_for(manifest, &symbols)?);
+                plans.push(plan_for(&manifest, &symbols)?);
                 executables.push(executable);
             }
-            (Selector::Exe(executables), None, plan::Plan::merge(plans)?)
         }
-        _ => {
-            return Err(Refusal::new(
-                Class::Other,
-                "give --pid with one --manifest, or each --exe with its --manifest, in the same order: see --help",
-            )
-            .into());
-        }
+    }
+    let plan = plan::Plan::merge(plans)?;
+    let selector = if executables.is_empty() {
+        Selector::Pids(pids.iter().map(|target| target.pid).collect())
+    } else {
+        Selector::Exe(executables)
     };
     http::raise_open_file_limit();
     let listener = TcpListener::bind(options.listen)
@@ -186,8 +188,8 @@ async fn run(options: Options) -> Result<()> {
         options.max_processes.max(1),
         Duration::from_secs(options.keep_exited_secs),
     );
-    if let Some(target) = first {
-        fleet.follow(&mut ebpf, &plan, target, 0)?;
+    for (index, target) in pids.into_iter().enumerate() {
+        fleet.follow(&mut ebpf, &plan, target, index)?;
     }
     fleet.discover(&mut ebpf, &plan);
     let functions = plan.probes.iter().map(|probe| probe.function.clone()).collect();
@@ -197,7 +199,7 @@ async fn run(options: Options) -> Result<()> {
     let wall = WallClock::now();
     // With --pid, nothing more is attached: every capability goes. With --exe, processes that
     // start later are attached as they come.
-    if matches!(fleet.selector, Selector::Pid(_)) {
+    if matches!(fleet.selector, Selector::Pids(_)) {
         privileges::drop_all_capabilities().context("giving up capabilities after attaching")?;
     }
 
