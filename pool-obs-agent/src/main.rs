@@ -131,6 +131,8 @@ async fn run(options: Options) -> Result<()> {
         Some(file) => targets::from_file(file)?,
         None => targets::from_flags(&options.pid, &options.exe, &options.manifest)?,
     };
+    // A manifest's mistakes are said before anything else is asked of the machine.
+    let manifests = targets.iter().map(|(_, path)| manifest::load(path)).collect::<Result<Vec<_>, _>>()?;
     privileges::require_capabilities()?;
     privileges::require_uprobes()?;
     let debug_file = options.debug.debug_file.as_deref();
@@ -145,14 +147,13 @@ async fn run(options: Options) -> Result<()> {
     let mut plans = Vec::new();
     let mut pids = Vec::new();
     let mut executables = Vec::new();
-    for (target, manifest_path) in &targets {
-        let manifest = manifest::load(manifest_path)?;
+    for ((target, _), manifest) in targets.iter().zip(&manifests) {
         match target {
             targets::Target::Pid(pid) => {
                 let target = Target::open(*pid)?;
                 let exe = std::path::Path::new(&target.exe);
                 let symbols = SymbolTable::open(&target.exe_link, exe, &target.shown(), debug_file)?;
-                plans.push(plan_for(&manifest, &symbols)?);
+                plans.push(plan_for(manifest, &symbols)?);
                 pids.push(target);
             }
             targets::Target::Exe(exe) => {
@@ -163,7 +164,7 @@ async fn run(options: Options) -> Result<()> {
                 };
                 let file = &executable.file;
                 let symbols = SymbolTable::open(file, file, &executable.shown, debug_file)?;
-                plans.push(plan_for(&manifest, &symbols)?);
+                plans.push(plan_for(manifest, &symbols)?);
                 executables.push(executable);
             }
         }

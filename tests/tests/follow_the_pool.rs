@@ -32,6 +32,11 @@ fn counted(metrics: &Exposition, pid: u32) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
+/// The requests the pools answered, all together.
+fn requests_of(summaries: &[Summary]) -> u64 {
+    summaries.iter().flat_map(|summary| summary.models.values()).map(|model| model.requests.total()).sum()
+}
+
 /// The pool's own counts, as [`counted`] keys them.
 fn truth(summary: &Summary) -> BTreeMap<(String, String), u64> {
     let mut counts = BTreeMap::new();
@@ -82,11 +87,7 @@ fn one_agent_follows_every_replica_and_restart_of_the_binary_and_no_other_proces
         summaries.push(pool.summary());
         pool.wait_for_exit();
     }
-    let requests: u64 = summaries
-        .iter()
-        .flat_map(|summary| summary.models.values())
-        .map(|model| model.requests.total())
-        .sum();
+    let requests = requests_of(&summaries);
     let metrics = agent.metrics_after(requests);
 
     assert_eq!(summaries.len(), 8);
@@ -197,11 +198,7 @@ fn one_agent_follows_two_executables_each_by_its_own_manifest() {
     let summaries = [demo.summary(), kv.summary()];
     demo.wait_for_exit();
     kv.wait_for_exit();
-    let requests: u64 = summaries
-        .iter()
-        .flat_map(|summary| summary.models.values())
-        .map(|model| model.requests.total())
-        .sum();
+    let requests = requests_of(&summaries);
     let metrics = agent.metrics_after(requests);
     for summary in &summaries {
         assert_eq!(counted(&metrics, summary.pid), truth(summary), "process {}", summary.pid);
