@@ -30,6 +30,7 @@ use crate::{
 /// `catch_unwind` (and the catch around every thread's main) calls it.
 const PANIC_CATCH: &str = "*__rust_panic_cleanup";
 
+#[derive(Default)]
 pub struct Plan {
     /// Indexed by the cookie's probe index.
     pub specs: Vec<ProbeSpec>,
@@ -123,8 +124,7 @@ impl Choice {
 }
 
 pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceInfo>) -> anyhow::Result<Plan> {
-    let mut plan =
-        Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new(), compiled: Vec::new() };
+    let mut plan = Plan::default();
     for probe in &manifest.probes {
         if probe.event == EventKind::FuturePolled {
             let source = source.ok_or_else(|| {
@@ -211,8 +211,7 @@ impl Plan {
     /// specs follow the previous one's, its cookies shift with them, and its attachments say
     /// which executable they are for.
     pub fn merge(plans: Vec<Plan>) -> anyhow::Result<Plan> {
-        let mut merged =
-            Plan { specs: Vec::new(), probes: Vec::new(), attachments: Vec::new(), compiled: Vec::new() };
+        let mut merged = Plan::default();
         for (target, plan) in plans.into_iter().enumerate() {
             let offset = merged.specs.len() as u32;
             merged.specs.extend(plan.specs);

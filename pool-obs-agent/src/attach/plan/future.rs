@@ -12,7 +12,7 @@ use pool_obs_common::{event::EventKind, probe::ProbeSpec};
 use super::{Choice, Plan, Program, entry_site, info_of, return_sites, unprobeable};
 use crate::{
     attach::{
-        machine_code::{FunctionCode, Handling, Site},
+        machine_code::{FunctionCode, Site},
         source::{
             self, SourceInfo,
             compile::{Scope, Side},
@@ -26,7 +26,7 @@ use crate::{
     outcome::OutcomeRule,
 };
 
-use super::sourced::Shown;
+use super::sourced::{Shown, first_inlined_place};
 
 /// The states user space tells a future's polls apart by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,8 +75,11 @@ impl Plan {
                     )));
                 }
                 callers.push(symbol.address);
-                let (at, mut compiled) = inlined_poll(probe, source, site, symbol, &code, &coroutine)
-                    .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
+                let (at, mut compiled) = first_inlined_place(site, symbol, &code, |moved| {
+                    Scope::new(source, moved, Side::Entry)
+                        .and_then(|scope| poll_spec(probe, scope, &coroutine))
+                })
+                .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
                 let sp_offset = symbols
                     .entry_sp_offset(symbol.address + at.offset)
                     .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
@@ -188,20 +191,7 @@ fn drop_site(
         rebase_stack(&mut future, choice.site.sp_offset);
         return Ok((choice.site, future));
     }
-    let mut first_problem = None;
-    for at in code.inlined_entries(site.address - symbol.address) {
-        let problem = match at.handling {
-            Handling::Refused(why) => {
-                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
-            }
-            _ => match future_at(&site.at(symbol.address + at.offset)) {
-                Ok(future) => return Ok((at, future)),
-                Err(problem) => (Class::SourceValue, problem),
-            },
-        };
-        first_problem.get_or_insert(problem);
-    }
-    Err(first_problem.unwrap_or((Class::SourceValue, "no instruction starts there".to_string())))
+    first_inlined_place(site, symbol, code, future_at)
 }
 
 /// A poll's spec as compiled at its site, and what `check` shows of it.
@@ -234,38 +224,6 @@ fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollS
         shown.push(("model", path.clone(), format!("str({}, {})", show(&model.ptr), show(&model.len))));
     }
     Ok(PollSpec { spec, shown })
-}
-
-/// Where a poll inlined into a caller is probed: the first place of the instance's entry
-/// that the kernel accepts and where the future can be read.
-fn inlined_poll(
-    probe: &Probe,
-    source: &SourceInfo,
-    site: &source::Site,
-    symbol: &Symbol,
-    code: &FunctionCode,
-    coroutine: &Coroutine,
-) -> Result<(Site, PollSpec), (Class, String)> {
-    let mut first_problem = None;
-    for at in code.inlined_entries(site.address - symbol.address) {
-        let problem = match at.handling {
-            Handling::Refused(why) => {
-                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
-            }
-            _ => {
-                let moved = site.at(symbol.address + at.offset);
-                match Scope::new(source, &moved, Side::Entry)
-                    .and_then(|scope| poll_spec(probe, scope, coroutine))
-                {
-                    Ok(compiled) => return Ok((at, compiled)),
-                    Err(problem) => (Class::SourceValue, problem),
-                }
-            }
-        };
-        first_problem.get_or_insert(problem);
-    }
-    Err(first_problem
-        .unwrap_or((Class::SourceValue, format!("no instruction starts at {:#x}", site.address))))
 }
 
 /// The outcome rule, and the values it reads at the returns of `returning`: the poll function,

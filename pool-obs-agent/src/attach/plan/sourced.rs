@@ -71,8 +71,10 @@ impl Plan {
                     (site.address, compiled, choices)
                 }
                 Some(inlined) => {
-                    let (at, compiled) = inlined_site(probe, source, site, symbol, &code)
-                        .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
+                    let (at, compiled) = first_inlined_place(site, symbol, &code, |moved| {
+                        Scope::new(source, moved, Side::Entry).and_then(|scope| source_spec(probe, &scope))
+                    })
+                    .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
                     let reason = format!("inlined at {}, {}", inlined.call, at.handling);
                     let address = symbol.address + at.offset;
                     (address, compiled, vec![Choice::safe(Program::Entry, at, reason)])
@@ -122,30 +124,25 @@ impl Plan {
     }
 }
 
-/// Where a probe on an inlined instance sits, and its spec there: the first place of
-/// [`FunctionCode::inlined_entries`] that the kernel accepts and where every value can be
-/// read. The refusal is that of the first place.
-fn inlined_site(
-    probe: &Probe,
-    source: &SourceInfo,
+/// Where a probe on an inlined instance sits, and what `compile` made of the site there: the
+/// first place of [`FunctionCode::inlined_entries`] that the kernel accepts and where
+/// `compile` succeeds. The refusal is that of the first place.
+pub(super) fn first_inlined_place<T>(
     site: &source::Site,
     symbol: &Symbol,
     code: &FunctionCode,
-) -> Result<(Site, SiteSpec), (Class, String)> {
-    let places = code.inlined_entries(site.address - symbol.address);
+    compile: impl Fn(&source::Site) -> Result<T, String>,
+) -> Result<(Site, T), (Class, String)> {
     let mut first_problem = None;
-    for at in places {
+    for at in code.inlined_entries(site.address - symbol.address) {
         let problem = match at.handling {
             Handling::Refused(why) => {
                 (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
             }
-            _ => {
-                let moved = site.at(symbol.address + at.offset);
-                match Scope::new(source, &moved, Side::Entry).and_then(|scope| source_spec(probe, &scope)) {
-                    Ok(compiled) => return Ok((at, compiled)),
-                    Err(problem) => (Class::SourceValue, problem),
-                }
-            }
+            _ => match compile(&site.at(symbol.address + at.offset)) {
+                Ok(compiled) => return Ok((at, compiled)),
+                Err(problem) => (Class::SourceValue, problem),
+            },
         };
         first_problem.get_or_insert(problem);
     }

@@ -59,16 +59,13 @@ impl SourceInfo {
             Err(other) => return Err(other),
         };
         let polls = self.sites(&key)?;
-        let first = &polls[0];
-        self.coroutine_of(&key, first)
-            .map(|mut coroutine| {
-                coroutine.polls = polls.clone();
-                coroutine
-            })
+        self.coroutine_of(&key, polls)
             .map_err(|problem| SiteError::NotAsync { function: format!("{function} ({problem})") })
     }
 
-    fn coroutine_of(&self, key: &str, poll: &Site) -> Result<Coroutine, String> {
+    /// The coroutine polled at `polls`, read from the first one's debug info.
+    fn coroutine_of(&self, key: &str, polls: Vec<Site>) -> Result<Coroutine, String> {
+        let poll = &polls[0];
         let parameters = self.parameters(poll)?;
         let pinned =
             parameters.first().and_then(|parameter| parameter.ty).ok_or("its poll takes no state")?;
@@ -95,13 +92,13 @@ impl SourceInfo {
         Ok(Coroutine {
             key: key.to_string(),
             function: poll.function.clone(),
-            polls: Vec::new(),
             state_type: state.name.clone(),
             tag: variants.discriminant.clone(),
             tag_size: tag_size as u8,
             states,
             arguments,
             poll_type: self.return_type(poll),
+            polls,
         })
     }
 
