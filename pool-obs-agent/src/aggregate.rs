@@ -2,6 +2,7 @@
 //! sliding-window statistics, and the metric series they feed. Events arrive in the order the
 //! kernel wrote them; each kind has its handler, `on_<event>`.
 
+mod cpu;
 mod departed;
 mod futures;
 mod models;
@@ -77,6 +78,7 @@ pub struct Aggregator {
     recent: RecentRequests,
     workers: HashMap<u64, Worker>,
     departed: Departed,
+    cpu: cpu::CpuSplit,
     merged_latency: Histogram<u32>,
 }
 
@@ -96,6 +98,7 @@ impl Probed {
 impl Aggregator {
     pub fn new(pid: u32, metrics: Arc<Metrics>, probes: Vec<ProbeInfo>, settings: Settings) -> Self {
         let event_counters = EventKind::ALL.map(|kind| (kind, metrics.event_counter(kind))).to_vec();
+        let cpu = cpu::CpuSplit::new(metrics.cpu_for_process(pid));
         Self {
             pid,
             metrics,
@@ -111,6 +114,7 @@ impl Aggregator {
             recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
             departed: Departed::default(),
+            cpu,
             merged_latency: window::new_histogram(),
             settings,
         }
@@ -172,6 +176,11 @@ impl Aggregator {
         self.log_suppressed(Some(now_ns));
     }
 
+    /// The process has had `total_ns` of CPU time since it was followed.
+    pub fn process_cpu(&mut self, total_ns: u64) {
+        self.cpu.process_total(total_ns);
+    }
+
     /// Counts, once the agent stops, the request lines not written.
     pub fn flush_request_logs(&mut self) {
         self.log_suppressed(None);
@@ -209,6 +218,7 @@ impl Aggregator {
                 started_ns: request.started_ns,
                 ended_ns: None,
                 polls: None,
+                cpu_ns: None,
             };
             return Some(record.timeline(request_id, label(request.model), wall));
         }

@@ -1,5 +1,6 @@
 //! Loads the kernel programs and attaches them to the target's functions.
 
+pub mod cpu;
 pub mod debug_file;
 pub mod frames;
 pub mod machine_code;
@@ -28,7 +29,7 @@ use plan::{Attachment, Plan, Program};
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
 
-/// Closes the calls a thread still had open when it exited.
+/// Closes the calls a thread still had open when it exited, and forgets its CPU clock.
 const THREAD_EXIT_PROGRAM: &str = "thread_exit";
 const THREAD_EXIT_TRACEPOINT: &str = "sched_process_exit";
 /// `ENOTSUPP`: the kernel's answer to a uprobe on an instruction it cannot handle.
@@ -62,14 +63,13 @@ pub fn load(plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
         let name = program.name();
         uprobe(&mut ebpf, name)?.load().with_context(|| format!("loading {name} into the kernel"))?;
     }
-    if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(THREAD_EXIT_PROGRAM)
-            .context("the kernel object has no thread_exit program")?
-            .try_into()?;
-        program.load().context("loading thread_exit into the kernel")?;
-        program.attach(THREAD_EXIT_TRACEPOINT).context("attaching to the sched_process_exit tracepoint")?;
-    }
+    // Every plan keeps CPU clocks per thread, which go when their thread exits.
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(THREAD_EXIT_PROGRAM)
+        .context("the kernel object has no thread_exit program")?
+        .try_into()?;
+    program.load().context("loading thread_exit into the kernel")?;
+    program.attach(THREAD_EXIT_TRACEPOINT).context("attaching to the sched_process_exit tracepoint")?;
     Ok(ebpf)
 }
 

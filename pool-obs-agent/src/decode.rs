@@ -116,6 +116,7 @@ mod tests {
             model: ModelKey { len: 2, state: MODEL_PRESENT, captured: 2, bytes: [b'm'; MODEL_KEY_CAPACITY] },
             request_id: 42,
             worker_id: 5,
+            cpu_ns: 1_000,
         };
         let Event::RequestStarted(decoded) = decode(&bytes_of(&event)).unwrap() else {
             panic!("wrong kind");

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::{
     aggregate::{self, Aggregator},
     anomaly::Anomaly,
-    attach::{self, ProcessLinks, plan::Plan},
+    attach::{self, ProcessLinks, cpu::CpuClocks, plan::Plan},
     decode,
     memory::MemorySampler,
     publish::{Metrics, ProcessMetrics},
@@ -76,6 +76,7 @@ pub struct Followed {
 
 pub struct Fleet {
     pub selector: Selector,
+    cpu: CpuClocks,
     pub processes: BTreeMap<u32, Followed>,
     /// Processes refused past `max_processes`, warned of once each.
     refused: BTreeSet<u32>,
@@ -88,6 +89,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(
         selector: Selector,
+        cpu: CpuClocks,
         metrics: Arc<Metrics>,
         settings: aggregate::Settings,
         max_processes: usize,
@@ -95,6 +97,7 @@ impl Fleet {
     ) -> Self {
         Self {
             selector,
+            cpu,
             processes: BTreeMap::new(),
             refused: BTreeSet::new(),
             max_processes,
@@ -113,6 +116,7 @@ impl Fleet {
             self.forget(earlier);
         }
         let first = !self.processes.values().any(|process| process.executable == executable);
+        self.cpu.follow(pid)?;
         let links = attach::attach_process(ebpf, target.pid, plan, executable, first)?;
         let container = cgroup::of(pid);
         let metrics = self.metrics.for_process(pid, &container.id, &container.pod_uid);
@@ -181,6 +185,7 @@ impl Fleet {
             }
             process.exited = Some(now);
             process.metrics.up.set(0);
+            self.cpu.unfollow(*pid);
             if let Some(links) = process.links.take() {
                 self.metrics.probes_attached.dec_by(links.len() as i64);
                 attach::detach_process(ebpf, links);
@@ -229,6 +234,15 @@ impl Fleet {
 
     pub fn all_exited(&self) -> bool {
         self.processes.values().all(|process| process.exited.is_some())
+    }
+
+    /// Brings each running process's CPU time up to the kernel's count.
+    pub fn sample_cpu(&mut self) {
+        for (pid, process) in self.processes.iter_mut().filter(|(_, process)| process.exited.is_none()) {
+            if let Some(total_ns) = self.cpu.process_ns(*pid) {
+                process.aggregator.process_cpu(total_ns);
+            }
+        }
     }
 
     pub fn sample_memory(&mut self) {

@@ -46,6 +46,7 @@ use crate::{
     aggregate::REQUEST_LOG,
     anomaly::Anomaly,
     attach::{
+        cpu::CpuClocks,
         plan,
         symbols::{SymbolError, SymbolTable},
     },
@@ -181,9 +182,11 @@ async fn run(options: Options) -> Result<()> {
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
     let mut ebpf = attach::load(&plan, &options.load_settings())?;
+    let cpu = CpuClocks::start(&mut ebpf)?;
     let metrics = Arc::new(Metrics::new());
     let mut fleet = Fleet::new(
         selector,
+        cpu,
         metrics.clone(),
         options.aggregation_settings(),
         options.max_processes.max(1),
@@ -248,6 +251,7 @@ async fn run(options: Options) -> Result<()> {
                 // What an exited process wrote is counted before it is marked gone.
                 fleet.check_exits(&mut ebpf, Instant::now());
                 fleet.discover(&mut ebpf, &plan);
+                fleet.sample_cpu();
                 let _ = health_sender.send(observer.refresh(&mut fleet, &metrics));
                 if options.exit_with_target && !fleet.processes.is_empty() && fleet.all_exited() {
                     warn!("the target exited: detaching and exiting (--exit-with-target)");

@@ -22,7 +22,9 @@ use crate::{
     outcome::{ByStatus, Status},
 };
 
+mod cpu;
 mod view;
+pub use cpu::{ModelCpu, ProcessCpu};
 pub use view::{ModelView, Timeline, WindowSummary, WorkerCounts};
 
 pub mod name {
@@ -33,6 +35,9 @@ pub mod name {
     pub const REQUEST_DURATION_QUANTILE: &str = "pool_request_duration_quantile_seconds";
     pub const REQUEST_POLLS: &str = "pool_request_polls";
     pub const REQUEST_BUSY: &str = "pool_request_busy_seconds";
+    pub const REQUEST_CPU: &str = "pool_request_cpu_seconds";
+    pub const MODEL_CPU: &str = "pool_model_cpu_seconds";
+    pub const PROCESS_CPU: &str = "pool_process_cpu_seconds";
     pub const QUEUE_DEPTH: &str = "pool_queue_depth";
     pub const QUEUE_DEPTH_MAX: &str = "pool_queue_depth_max";
     pub const WORKERS: &str = "pool_workers";
@@ -141,6 +146,7 @@ pub struct Metrics {
     request_service: HistogramFamily<ModelLabels>,
     request_polls: Family<ModelLabels, Counter>,
     request_busy: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    cpu: cpu::CpuFamilies,
     /// prometheus-client has no summary type: this family is rendered by [`Metrics::encode`].
     request_duration_quantile: RwLock<Vec<(ModelLabels, Arc<DurationSummary>)>>,
     queue_depth: Family<ModelLabels, Gauge>,
@@ -188,6 +194,7 @@ pub struct ModelMetrics {
     pub worker_evictions: Counter,
     pub worker_crashes: Counter,
     pub worker_memory: Gauge,
+    pub cpu: ModelCpu,
 }
 
 impl ModelMetrics {
@@ -215,6 +222,7 @@ impl Metrics {
             request_service: Family::new_with_constructor(latency_histogram),
             request_polls: Family::default(),
             request_busy: Family::default(),
+            cpu: cpu::CpuFamilies::new(),
             request_duration_quantile: RwLock::default(),
             queue_depth: Family::default(),
             queue_depth_max: Family::default(),
@@ -262,6 +270,7 @@ impl Metrics {
             "Time inside the polls of async requests that ended: busy on the executor, not waiting",
             metrics.request_busy.clone(),
         );
+        metrics.cpu.register(&mut registry);
         registry.register(
             name::QUEUE_DEPTH,
             "Requests submitted and not yet started",
@@ -349,6 +358,7 @@ impl Metrics {
             worker_evictions: self.worker_evictions.get_or_create(&labels).clone(),
             worker_crashes: self.worker_crashes.get_or_create(&labels).clone(),
             worker_memory: self.worker_memory.get_or_create(&labels).clone(),
+            cpu: self.cpu.for_model(&labels),
         }
     }
 
@@ -358,6 +368,11 @@ impl Metrics {
             polls: self.request_polls.get_or_create(&labels).clone(),
             busy_seconds: self.request_busy.get_or_create(&labels).clone(),
         }
+    }
+
+    /// One process's CPU, serving requests and not.
+    pub fn cpu_for_process(&self, pid: u32) -> ProcessCpu {
+        self.cpu.for_process(pid)
     }
 
     pub fn event_counter(&self, kind: EventKind) -> Counter {
@@ -394,6 +409,7 @@ impl Metrics {
         self.process_memory.remove(&labels);
         self.process_memory_peak.remove(&labels);
         self.target_up.remove(&process.info);
+        self.cpu.forget_process(pid);
         for model in models {
             let labels = ModelLabels { model: model.clone(), pid };
             for status in Status::ALL {
@@ -414,6 +430,7 @@ impl Metrics {
                 family.remove(&labels);
             }
             self.request_busy.remove(&labels);
+            self.cpu.forget_model(&labels);
         }
         let mut summaries =
             self.request_duration_quantile.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -585,6 +602,7 @@ mod tests {
         process.up.set(1);
         model.request_duration_quantiles.observe(0.1);
         metrics.polls_for(7, "m").polls.inc();
+        metrics.cpu_for_process(7).serving.inc();
         metrics.event_counter(EventKind::RequestEnded).inc();
         let text = metrics.encode(Format::OpenMetrics);
         let exported: std::collections::BTreeSet<String> = text

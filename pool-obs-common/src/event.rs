@@ -140,6 +140,8 @@ pub struct RequestStarted {
     pub model: ModelKey,
     pub request_id: u64,
     pub worker_id: u64,
+    /// The thread's CPU clock (see [`RequestEnded::cpu_ns`]).
+    pub cpu_ns: u64,
 }
 
 #[repr(C)]
@@ -156,6 +158,11 @@ pub struct RequestEnded {
     pub outcome_detail: u64,
     /// For a return probe: when the probed call was entered on this thread, else 0.
     pub entered_ns: u64,
+    /// The thread's CPU clock when the probed call was entered (for a return probe), and now:
+    /// the on-CPU time the kernel gave the thread since the agent attached. Their difference
+    /// is the call's CPU time.
+    pub entered_cpu_ns: u64,
+    pub cpu_ns: u64,
     /// A [`CallEnding`] as `u8`: how the probed call ended.
     pub ending: u8,
     pub _reserved: [u8; 7],
@@ -181,6 +188,9 @@ pub struct FuturePolled {
     pub outcome_detail: u64,
     /// When the poll started.
     pub entered_ns: u64,
+    /// The thread's CPU clock when the poll started, and when it returned.
+    pub entered_cpu_ns: u64,
+    pub cpu_ns: u64,
     /// A [`CallEnding`] as `u8`: a poll a panic unwound through never returned.
     pub ending: u8,
     pub _reserved: [u8; 7],

@@ -14,4 +14,8 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU, by probe index: reads of the target's memory that failed.
     pub const PROBE_READ_FAILURES: &str = "PROBE_READ_FAILURES";
+    /// By pid: the followed processes, and their on-CPU time since the agent attached.
+    pub const PROCESS_CPU: &str = "PROCESS_CPU";
+    /// Per-CPU: when the task now running there got the CPU.
+    pub const SLICE_STARTED: &str = "SLICE_STARTED";
 }

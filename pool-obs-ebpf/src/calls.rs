@@ -27,6 +27,8 @@ pub struct OpenCall {
     /// The stack pointer at the function's entry (pointing at its return address).
     pub sp: u64,
     pub entered_ns: u64,
+    /// The thread's CPU clock at entry ([`crate::cpu::thread_clock`]).
+    pub entered_cpu_ns: u64,
     /// Index of the return probe's spec.
     pub return_probe: u32,
     pub _reserved: u32,

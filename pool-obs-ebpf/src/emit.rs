@@ -14,7 +14,7 @@ use pool_obs_common::{
 use crate::{
     EVENTS,
     calls::OpenCall,
-    count, process_id,
+    count, cpu, process_id,
     read::{self, Reader},
     registers::Registers,
     thread_id, wakeup_flags,
@@ -37,6 +37,7 @@ trait Source {
     fn outcome_value(&self) -> u64;
     fn outcome_detail(&self) -> u64;
     fn entered_ns(&self) -> u64;
+    fn entered_cpu_ns(&self) -> u64;
     fn ending(&self) -> CallEnding;
     /// A request future's address, and its state when its poll started and ended.
     fn future(&self) -> u64;
@@ -74,6 +75,10 @@ impl<C: EbpfContext> Source for AtEntry<'_, C> {
     }
     #[inline(always)]
     fn entered_ns(&self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn entered_cpu_ns(&self) -> u64 {
         0
     }
     #[inline(always)]
@@ -137,6 +142,10 @@ impl<C: EbpfContext> Source for AtReturn<'_, C> {
         self.call.entered_ns
     }
     #[inline(always)]
+    fn entered_cpu_ns(&self) -> u64 {
+        self.call.entered_cpu_ns
+    }
+    #[inline(always)]
     fn ending(&self) -> CallEnding {
         CallEnding::Returned
     }
@@ -185,6 +194,10 @@ impl Source for Unwound<'_> {
     #[inline(always)]
     fn entered_ns(&self) -> u64 {
         self.0.entered_ns
+    }
+    #[inline(always)]
+    fn entered_cpu_ns(&self) -> u64 {
+        self.0.entered_cpu_ns
     }
     #[inline(always)]
     fn ending(&self) -> CallEnding {
@@ -259,6 +272,7 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
             model,
             request_id: source.request_id(),
             worker_id: source.worker_id(),
+            cpu_ns: cpu::thread_clock(hit.now),
         }),
         EventKind::RequestEnded => submit(RequestEnded {
             header,
@@ -268,6 +282,8 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
             outcome_value: source.outcome_value(),
             outcome_detail: source.outcome_detail(),
             entered_ns: source.entered_ns(),
+            entered_cpu_ns: source.entered_cpu_ns(),
+            cpu_ns: cpu::thread_clock(hit.now),
             ending: source.ending() as u8,
             _reserved: [0; 7],
         }),
@@ -287,6 +303,8 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
                 outcome_value: source.outcome_value(),
                 outcome_detail: source.outcome_detail(),
                 entered_ns: source.entered_ns(),
+                entered_cpu_ns: source.entered_cpu_ns(),
+                cpu_ns: cpu::thread_clock(hit.now),
                 ending: source.ending() as u8,
                 _reserved: [0; 7],
             })
@@ -343,6 +361,7 @@ pub fn fill_poll<C: EbpfContext>(
     let reader = Reader::new(ctx, registers, spec, hit.probe);
     read_poll(&reader, call);
     call.entered_ns = hit.now;
+    call.entered_cpu_ns = cpu::thread_clock(hit.now);
     reader.report_failure();
 }
 

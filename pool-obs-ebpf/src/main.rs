@@ -7,6 +7,7 @@
 #![no_main]
 
 mod calls;
+mod cpu;
 mod emit;
 mod read;
 mod registers;
@@ -80,6 +81,7 @@ pub fn probe_call(ctx: ProbeContext) {
     let registers = unsafe { Registers::at_entry(ctx.regs) };
     calls::open(calls, sp, cookie.probe, |call| {
         call.entered_ns = now;
+        call.entered_cpu_ns = cpu::thread_clock(now);
         call.registers = registers.general;
         emit::read_at_entry(&ctx, spec, cookie.probe, &registers, call);
     });
@@ -132,6 +134,7 @@ pub fn probe_unwind_caught(ctx: ProbeContext) {
 /// A thread that exits with calls open unwound through them (or never returned).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn thread_exit(_ctx: RawTracePointContext) -> i32 {
+    cpu::forget_current_thread();
     if let Some(calls) = calls::of_current_thread(false) {
         calls::close_unwound(calls, Gone::ALL, unsafe { bpf_ktime_get_ns() });
         calls::forget_current_thread();

@@ -48,6 +48,12 @@ pub struct ModelSummary {
     /// Polls of the requests' futures, for an async pool.
     #[serde(default)]
     pub polls: u64,
+    /// CPU time of the threads serving the requests, and the rest of their wall time, for a
+    /// pool that measures them.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    #[serde(default)]
+    pub offcpu_seconds: f64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -108,6 +114,8 @@ impl Tally {
             p99_ms: quantile_ms(&self.latencies_us, 0.99),
             panics: self.panics,
             polls: 0,
+            cpu_seconds: 0.0,
+            offcpu_seconds: 0.0,
         }
     }
 }

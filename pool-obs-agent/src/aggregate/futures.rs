@@ -31,6 +31,7 @@ impl OpenFuture {
             started_ns: Some(self.first_poll_ns),
             ended_ns,
             polls: Some(self.polls),
+            cpu_ns: Some(self.polls.cpu_ns),
         }
     }
 }
@@ -49,6 +50,10 @@ impl Aggregator {
         future.polls.count += 1;
         future.polls.busy_ns += event.header.ts_ns.saturating_sub(event.entered_ns);
         let unwound = CallEnding::from_u8(event.ending) == Some(CallEnding::Unwound);
+        if !unwound {
+            // A poll a panic unwound through was closed later, by the thread's next probe.
+            future.polls.cpu_ns += event.cpu_ns.saturating_sub(event.entered_cpu_ns);
+        }
         let status = if unwound || event.state_after == states.panicked {
             // The poll panicked: the request failed.
             Status::Failed

@@ -25,6 +25,9 @@ pub struct RequestRecord {
     pub ended_ns: Option<u64>,
     /// For an async request: its future's polls.
     pub polls: Option<Polls>,
+    /// The CPU time of the threads that served it, from its start to its end: unknown when
+    /// it started on one thread and ended on another, or a panic ended it.
+    pub cpu_ns: Option<u64>,
 }
 
 /// How often an async request's future was polled, and for how long in all.
@@ -32,6 +35,8 @@ pub struct RequestRecord {
 pub struct Polls {
     pub count: u64,
     pub busy_ns: u64,
+    /// CPU time inside the polls.
+    pub cpu_ns: u64,
 }
 
 impl RequestRecord {
@@ -44,6 +49,12 @@ impl RequestRecord {
             between(self.submitted_ns, self.started_ns),
             between(self.started_ns, self.ended_ns),
         )
+    }
+
+    /// Time off the CPU while it was served: service time less CPU time.
+    pub fn off_cpu(&self) -> Option<Duration> {
+        let (_, _, service) = self.durations();
+        Some(service?.saturating_sub(Duration::from_nanos(self.cpu_ns?)))
     }
 
     pub fn timeline(&self, request_id: u64, model: String, wall: &WallClock) -> Timeline {
@@ -68,6 +79,8 @@ impl RequestRecord {
             service_ms: millis(service),
             polls: self.polls.map(|polls| polls.count),
             busy_ms: self.polls.map(|polls| polls.busy_ns as f64 / 1e6),
+            cpu_ms: self.cpu_ns.map(|ns| ns as f64 / 1e6),
+            offcpu_ms: millis(self.off_cpu()),
         }
     }
 }

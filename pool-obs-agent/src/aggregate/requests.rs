@@ -15,6 +15,22 @@ pub(super) struct InFlight {
     pub(super) submitted_ns: u64,
     pub(super) started_ns: Option<u64>,
     pub(super) worker: Option<u64>,
+    /// The starting thread's CPU clock when it started.
+    pub(super) started_cpu: Option<ThreadClock>,
+}
+
+/// A thread's CPU clock (`cpu_ns` of the events), which only that thread's events continue.
+#[derive(Clone, Copy)]
+pub(super) struct ThreadClock {
+    tid: u32,
+    cpu_ns: u64,
+}
+
+impl ThreadClock {
+    /// The CPU time from this reading to `later`, if `later` is of the same thread.
+    fn until(self, later: ThreadClock) -> Option<u64> {
+        (self.tid == later.tid).then(|| later.cpu_ns.saturating_sub(self.cpu_ns))
+    }
 }
 
 /// Every completed request at debug; failures, timeouts and slow requests at info.
@@ -35,6 +51,7 @@ fn log_request(pid: u32, model: &str, request_id: Option<u64>, record: &RequestR
                 total_ms = millis(total),
                 queue_ms = millis(queue),
                 service_ms = millis(service),
+                cpu_ms = record.cpu_ns.map(|ns| ns as f64 / 1e6),
                 outcome = status,
                 "request completed"
             )
@@ -53,7 +70,13 @@ impl Aggregator {
         if !self.has_room_for(event.request_id) {
             return;
         }
-        let request = InFlight { model, submitted_ns: event.header.ts_ns, started_ns: None, worker: None };
+        let request = InFlight {
+            model,
+            submitted_ns: event.header.ts_ns,
+            started_ns: None,
+            worker: None,
+            started_cpu: None,
+        };
         if let Some(reused) = self.requests.insert(event.request_id, request) {
             self.anomaly(Anomaly::RequestIdReused, event.request_id);
             self.unqueue(&reused, event.header.ts_ns);
@@ -82,10 +105,17 @@ impl Aggregator {
             .requests
             .entry(event.request_id)
             // Submitted before we attached: it starts its life here.
-            .or_insert(InFlight { model, submitted_ns: now, started_ns: Some(now), worker: None });
+            .or_insert(InFlight {
+                model,
+                submitted_ns: now,
+                started_ns: Some(now),
+                worker: None,
+                started_cpu: None,
+            });
         let was_queued = request.started_ns.is_none();
         let request_model = request.model;
         request.started_ns = Some(now);
+        request.started_cpu = Some(ThreadClock { tid: event.header.tid, cpu_ns: event.cpu_ns });
         let previous_worker = std::mem::replace(&mut request.worker, worker);
         if let Some(previous) = previous_worker.filter(|previous| Some(*previous) != worker) {
             self.worker_finishes(previous, request_model, Some(event.request_id));
@@ -125,6 +155,16 @@ impl Aggregator {
         let model = self.model_of(&event.header, &event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
         let ended_ns = (!unwound).then_some(event.header.ts_ns);
+        let tid = event.header.tid;
+        let clock_now = ThreadClock { tid, cpu_ns: event.cpu_ns };
+        // From the probed call's entry, else from the request's start on the same thread; a
+        // call a panic unwound through was closed later, by the thread's next probe.
+        let cpu_ns = match (entered, &request) {
+            _ if unwound => None,
+            (Some(_), _) => ThreadClock { tid, cpu_ns: event.entered_cpu_ns }.until(clock_now),
+            (None, Some(request)) => request.started_cpu.and_then(|started| started.until(clock_now)),
+            (None, None) => None,
+        };
         let record = match &request {
             Some(request) => {
                 self.unqueue(request, event.header.ts_ns);
@@ -137,6 +177,7 @@ impl Aggregator {
                     started_ns: request.started_ns,
                     ended_ns,
                     polls: None,
+                    cpu_ns,
                 }
             }
             // The call itself is the request: it was submitted and started when it was entered.
@@ -148,6 +189,7 @@ impl Aggregator {
                 started_ns: entered,
                 ended_ns,
                 polls: None,
+                cpu_ns,
             },
         };
         self.end_request(request_id, record, event.header.ts_ns);
@@ -173,6 +215,11 @@ impl Aggregator {
         }
         if let Some(service) = service {
             state.metrics.request_service.observe(seconds(service));
+        }
+        if let Some(cpu_ns) = record.cpu_ns {
+            state.metrics.cpu.seconds.inc_by(cpu_ns as f64 / 1e9);
+            state.metrics.cpu.per_request.observe(cpu_ns as f64 / 1e9);
+            self.cpu.serve(cpu_ns);
         }
         if let Some(polls) = record.polls {
             let metrics = state.polls.get_or_insert_with(|| self.metrics.polls_for(self.pid, &state.label));

@@ -87,9 +87,16 @@ fn polled(future: u64, (before, after): (u64, u64), (entered_ns, ts_ns): (u64, u
         outcome_value: outcome,
         outcome_detail: 0,
         entered_ns,
+        entered_cpu_ns: cpu_clock(entered_ns),
+        cpu_ns: cpu_clock(ts_ns),
         ending: CallEnding::Returned as u8,
         _reserved: [0; 7],
     })
+}
+
+/// The events' thread's CPU clock at `ts_ns`: it is on the CPU half the time.
+fn cpu_clock(ts_ns: u64) -> u64 {
+    ts_ns / 2
 }
 
 fn dropped(future: u64, state: u64, ts_ns: u64) -> Event {
@@ -156,6 +163,7 @@ fn started(request_id: u64, worker_id: u64, ts_ns: u64) -> Event {
         model: no_model(),
         request_id,
         worker_id,
+        cpu_ns: cpu_clock(ts_ns),
     })
 }
 
@@ -168,6 +176,8 @@ fn ended(probe: u32, request_id: u64, outcome_value: u64, ts_ns: u64) -> Event {
         outcome_value,
         outcome_detail: 0,
         entered_ns: 0,
+        entered_cpu_ns: 0,
+        cpu_ns: cpu_clock(ts_ns),
         ending: CallEnding::Returned as u8,
         _reserved: [0; 7],
     })
@@ -533,4 +543,48 @@ fn a_first_poll_where_an_open_future_was_ends_the_old_one_as_cancelled() {
     );
     assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 1 });
     assert!(aggregator.metrics.anomalies.counted().contains(&(Anomaly::FutureReused, 1)));
+}
+
+#[test]
+fn a_requests_cpu_time_is_its_threads_clock_from_start_to_end_and_the_rest_of_its_service_is_off_cpu() {
+    let mut aggregator = aggregator();
+    let Event::RequestEnded(elsewhere) = ended(0, 8, 0, 3_000) else { unreachable!() };
+    let elsewhere = RequestEnded { header: Header { tid: 2, ..elsewhere.header }, ..elsewhere };
+    feed(
+        &mut aggregator,
+        &[
+            spawned("m", 1),
+            submitted("m", 7, 100),
+            started(7, 1, 300),
+            ended(0, 7, 0, 1_000),
+            submitted("m", 8, 1_100),
+            started(8, 1, 1_200),
+            Event::RequestEnded(elsewhere),
+        ],
+    );
+    let nanos = |millis: Option<f64>| millis.map(|millis| (millis * 1e6).round() as u64);
+    let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
+    // 700 ns of service, half of it on the CPU.
+    assert_eq!((nanos(timeline.cpu_ms), nanos(timeline.offcpu_ms)), (Some(350), Some(350)));
+    // Started on one thread and ended on another: the clocks are not comparable.
+    let timeline = aggregator.timeline(8, &WallClock::now()).expect("recently completed");
+    assert_eq!((timeline.cpu_ms, timeline.offcpu_ms), (None, None));
+    assert_eq!(aggregator.cpu.serving_ns(), 350);
+}
+
+#[test]
+fn an_async_requests_cpu_time_is_the_sum_over_its_polls() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            polled(0x70, (SUSPENDED, SUSPENDED), (4_000, 4_200), 0),
+            polled(0x70, (SUSPENDED, RETURNED), (9_000, 10_000), 0),
+        ],
+    );
+    let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
+    let nanos = |millis: Option<f64>| millis.map(|millis| (millis * 1e6).round() as u64);
+    // Half of the 1.7 µs inside the polls; the request took 9 µs.
+    assert_eq!((nanos(timeline.cpu_ms), nanos(timeline.offcpu_ms)), (Some(850), Some(8_150)));
 }

@@ -73,6 +73,7 @@ impl Aggregator {
                 started_ns: request.started_ns,
                 ended_ns: Some(event.header.ts_ns),
                 polls: None,
+                cpu_ns: None,
             };
             self.end_request(Some(request_id), record, event.header.ts_ns);
         }

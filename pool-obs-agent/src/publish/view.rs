@@ -62,4 +62,7 @@ pub struct Timeline {
     pub polls: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy_ms: Option<f64>,
+    /// On the CPU and off it while served (waiting on a lock, I/O, a sleep, or the scheduler).
+    pub cpu_ms: Option<f64>,
+    pub offcpu_ms: Option<f64>,
 }

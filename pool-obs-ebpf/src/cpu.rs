@@ -1,0 +1,67 @@
+//! Each followed thread's CPU clock: the on-CPU time the kernel gave it since the agent
+//! attached. It is kept at every context switch (`sched_switch`), so that a probe reads the
+//! clock at the instant it fires, and a request's CPU time is the difference between the
+//! clock at its end and at its start, on one thread. No sampling: the figure is exact to the
+//! switch, and costs one map update per switch of a followed thread.
+//!
+//! At `sched_switch` the task still current is the one leaving the CPU; it got the CPU at the
+//! previous switch on this CPU, whose time `SLICE_STARTED` keeps (the agent sets it for every
+//! CPU before attaching, so the first slice is counted from then).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::RawTracePointContext,
+};
+
+/// The followed processes (the agent adds and removes them), with their on-CPU time: per CPU,
+/// so that threads switching on several CPUs at once each add to their own.
+#[map]
+static PROCESS_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// By pid_tgid: the on-CPU time of each thread of a followed process, to its last switch.
+#[map]
+static THREAD_CPU: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+#[map]
+static SLICE_STARTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn cpu_switch(_ctx: RawTracePointContext) -> i32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(started) = SLICE_STARTED.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU map, for this program run alone.
+    let slice = now.saturating_sub(unsafe { *started });
+    unsafe { *started = now };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(process) = PROCESS_CPU.get_ptr_mut((pid_tgid >> 32) as u32) else {
+        return 0;
+    };
+    // SAFETY: this CPU's value, for this program run alone.
+    unsafe { *process += slice };
+    match THREAD_CPU.get_ptr_mut(pid_tgid) {
+        // Only this thread's own switches write its entry, and it runs on one CPU at a time.
+        Some(thread) => unsafe { *thread += slice },
+        None => {
+            let _ = THREAD_CPU.insert(pid_tgid, slice, 0);
+        }
+    }
+    0
+}
+
+/// The current thread's CPU clock at `now`: its time to its last switch, and its current slice.
+#[inline(always)]
+pub fn thread_clock(now: u64) -> u64 {
+    // SAFETY: map values read once, for this program run.
+    let until_switch = unsafe { THREAD_CPU.get(bpf_get_current_pid_tgid()) }.copied().unwrap_or(0);
+    let started = SLICE_STARTED.get(0).copied().unwrap_or(now);
+    until_switch + now.saturating_sub(started)
+}
+
+/// The current thread exits: its clock goes.
+pub fn forget_current_thread() {
+    let _ = THREAD_CPU.remove(bpf_get_current_pid_tgid());
+}
