@@ -9,6 +9,7 @@ mod models;
 mod recent;
 mod request_log;
 mod requests;
+mod samples;
 pub mod window;
 mod workers;
 
@@ -73,6 +74,9 @@ pub struct Aggregator {
     /// Models with keys of their own, not counting the unknown and other models.
     tracked_models: usize,
     requests: HashMap<u64, InFlight>,
+    /// By thread: the request it started last and has not ended, for requests that start and
+    /// end at entry probes (a CPU sample's thread serves it).
+    threads: HashMap<u32, u64>,
     /// Async requests in flight, by their future's address.
     futures: HashMap<u64, futures::OpenFuture>,
     recent: RecentRequests,
@@ -110,6 +114,7 @@ impl Aggregator {
             models: Vec::new(),
             tracked_models: 0,
             requests: HashMap::new(),
+            threads: HashMap::new(),
             futures: HashMap::new(),
             recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
@@ -154,6 +159,8 @@ impl Aggregator {
             Event::RequestEnded(event) => self.on_request_ended(event),
             Event::FuturePolled(event) => self.on_future_polled(event),
             Event::FutureDropped(event) => self.on_future_dropped(event),
+            // A sample is labelled, not counted: see `label_sample`.
+            Event::CpuSampled(_) => {}
         }
     }
 

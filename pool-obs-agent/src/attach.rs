@@ -5,6 +5,7 @@ pub mod debug_file;
 pub mod frames;
 pub mod machine_code;
 pub mod plan;
+pub mod sampling;
 pub mod source;
 pub mod symbols;
 pub mod verdicts;

@@ -57,6 +57,25 @@ pub enum Command {
         #[arg(required = true)]
         functions: Vec<String>,
     },
+    /// Take a CPU profile, split by model, from the agent that follows the pool: pprof (gzip
+    /// protobuf), or an SVG flame graph if FILE ends in .svg, or folded stacks in .folded.
+    Profile {
+        /// Only this process's samples, of those the agent follows.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long to sample, at 99 Hz on every CPU.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Only this model's samples (`__idle__`: threads serving no request).
+        #[arg(long)]
+        model: Option<String>,
+        /// Where to write the profile.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// The agent's address (its --listen).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        agent: SocketAddr,
+    },
 }
 
 /// Where the binary's DWARF is, when it is not in the binary, beside it (`.gnu_debuglink`) or

@@ -3,7 +3,7 @@
 use std::{fmt, mem::size_of, ptr};
 
 use pool_obs_common::event::{
-    CallEnding, EventKind, FutureDropped, FuturePolled, Header, RequestEnded, RequestStarted,
+    CallEnding, CpuSampled, EventKind, FutureDropped, FuturePolled, Header, RequestEnded, RequestStarted,
     RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
@@ -17,6 +17,8 @@ pub enum Event {
     RequestEnded(RequestEnded),
     FuturePolled(FuturePolled),
     FutureDropped(FutureDropped),
+    /// A CPU sample: its stack is in the record, after it ([`sample_stack`]).
+    CpuSampled(CpuSampled),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -56,7 +58,21 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             Event::FuturePolled(polled)
         }
         EventKind::FutureDropped => Event::FutureDropped(read(record)?),
+        EventKind::CpuSampled => {
+            let sample: CpuSampled = read(record)?;
+            let stack_end = size_of::<CpuSampled>().saturating_add(sample.stack_len as usize);
+            if record.len() < stack_end {
+                return Err(DecodeError::Short { len: record.len() });
+            }
+            Event::CpuSampled(sample)
+        }
     })
+}
+
+/// The user stack a sample's record holds after the sample, as long as the kernel read it.
+pub fn sample_stack<'a>(record: &'a [u8], sample: &CpuSampled) -> &'a [u8] {
+    let start = size_of::<CpuSampled>();
+    record.get(start..start + sample.stack_len as usize).unwrap_or_default()
 }
 
 /// Copies a wire struct out of the record. Every wire struct is plain old data, so any bytes
@@ -81,6 +97,7 @@ impl Event {
             Event::RequestEnded(event) => &event.header,
             Event::FuturePolled(event) => &event.header,
             Event::FutureDropped(event) => &event.header,
+            Event::CpuSampled(event) => &event.header,
         }
     }
 
@@ -94,6 +111,7 @@ impl Event {
             Event::RequestEnded(_) => EventKind::RequestEnded,
             Event::FuturePolled(_) => EventKind::FuturePolled,
             Event::FutureDropped(_) => EventKind::FutureDropped,
+            Event::CpuSampled(_) => EventKind::CpuSampled,
         }
     }
 }

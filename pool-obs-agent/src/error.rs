@@ -25,12 +25,15 @@ pub enum Class {
     /// A value named by its source path cannot be read where the function runs: no debug
     /// info, optimised out there, no such parameter, field or variant.
     SourceValue = 21,
+    /// `profile` got no profile: no agent answers, or it refused (another profile is being
+    /// taken, or it does not follow the PID).
+    Profile = 22,
 }
 
 impl Class {
     /// Every class, for the test that keeps the README's table of exit codes true.
     #[cfg(test)]
-    pub const ALL: [Class; 13] = [
+    pub const ALL: [Class; 14] = [
         Class::Other,
         Class::FunctionNotFound,
         Class::AmbiguousFunction,
@@ -44,6 +47,7 @@ impl Class {
         Class::CheckFailed,
         Class::Unprobeable,
         Class::SourceValue,
+        Class::Profile,
     ];
 }
 

@@ -21,9 +21,10 @@ use tracing::{info, warn};
 use crate::{
     aggregate::{self, Aggregator},
     anomaly::Anomaly,
-    attach::{self, ProcessLinks, cpu::CpuClocks, plan::Plan},
-    decode,
+    attach::{self, ProcessLinks, cpu::CpuClocks, plan::Plan, sampling::Sampler},
+    decode::{self, Event},
     memory::MemorySampler,
+    profile::{self, Collector, Selection, objects::ProcessCode},
     publish::{Metrics, ProcessMetrics},
     target::Target,
 };
@@ -68,6 +69,8 @@ pub struct Followed {
     pub aggregator: Aggregator,
     pub memory: MemorySampler,
     pub metrics: ProcessMetrics,
+    /// Where its code is, for profiles: `None` if it could not be read.
+    code: Option<ProcessCode>,
     /// Its probes, until it exits.
     links: Option<ProcessLinks>,
     /// When it was seen gone.
@@ -77,6 +80,8 @@ pub struct Followed {
 pub struct Fleet {
     pub selector: Selector,
     cpu: CpuClocks,
+    /// The profile being taken, which the samples go to.
+    pub profile: Option<Collector>,
     pub processes: BTreeMap<u32, Followed>,
     /// Processes refused past `max_processes`, warned of once each.
     refused: BTreeSet<u32>,
@@ -98,6 +103,7 @@ impl Fleet {
         Self {
             selector,
             cpu,
+            profile: None,
             processes: BTreeMap::new(),
             refused: BTreeSet::new(),
             max_processes,
@@ -131,7 +137,16 @@ impl Fleet {
             Aggregator::new(pid, self.metrics.clone(), plan.probes.clone(), self.settings.clone());
         self.processes.insert(
             pid,
-            Followed { executable, target, aggregator, memory, metrics, links: Some(links), exited: None },
+            Followed {
+                executable,
+                target,
+                aggregator,
+                memory,
+                metrics,
+                code: ProcessCode::capture(pid),
+                links: Some(links),
+                exited: None,
+            },
         );
         Ok(())
     }
@@ -220,6 +235,20 @@ impl Fleet {
     /// Counts one ring-buffer record in the aggregator of the process that wrote it.
     pub fn apply(&mut self, record: &[u8]) {
         match decode::decode(record) {
+            Ok(Event::CpuSampled(sample)) => {
+                let (Some(process), Some(profile)) =
+                    (self.processes.get_mut(&sample.header.pid), self.profile.as_mut())
+                else {
+                    return;
+                };
+                let model = process.aggregator.label_sample(&sample);
+                let model = model.as_deref().unwrap_or(profile::IDLE);
+                if profile.wants(sample.header.pid, model)
+                    && let Some(code) = &process.code
+                {
+                    profile.add(&sample, model, decode::sample_stack(record, &sample), code);
+                }
+            }
             Ok(event) => {
                 if let Some(process) = self.processes.get_mut(&event.header().pid) {
                     process.aggregator.apply(&event);
@@ -234,6 +263,36 @@ impl Fleet {
 
     pub fn all_exited(&self) -> bool {
         self.processes.values().all(|process| process.exited.is_some())
+    }
+
+    /// Starts a profile of `selection`: samples go to it until [`Fleet::finish_profile`].
+    pub fn start_profile(
+        &mut self,
+        sampler: Option<&mut Sampler>,
+        selection: Selection,
+    ) -> Result<(), String> {
+        if self.profile.is_some() {
+            return Err("a profile is being taken: one at a time, ask again when it is done".into());
+        }
+        if let Some(pid) = selection.pid
+            && self.processes.get(&pid).is_none_or(|process| process.exited.is_some())
+        {
+            return Err(format!("the agent does not follow a running process {pid}"));
+        }
+        let sampler = sampler.ok_or("CPU profiles are not available: see the agent's log at its start")?;
+        sampler.switch(true).map_err(|error| format!("{error:#}"))?;
+        info!(seconds = selection.seconds, model = ?selection.model, pid = ?selection.pid, "taking a CPU profile");
+        self.profile = Some(Collector::new(selection));
+        Ok(())
+    }
+
+    /// Stops sampling; the profile, once the caller drained the samples still in the ring.
+    pub fn stop_sampling(&mut self, sampler: Option<&mut Sampler>) {
+        if let Some(sampler) = sampler
+            && let Err(error) = sampler.switch(false)
+        {
+            warn!("{error:#}");
+        }
     }
 
     /// Brings each running process's CPU time up to the kernel's count.

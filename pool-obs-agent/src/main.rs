@@ -18,6 +18,7 @@ mod manifest;
 mod memory;
 mod outcome;
 mod privileges;
+mod profile;
 mod publish;
 #[cfg(test)]
 mod readme;
@@ -48,6 +49,7 @@ use crate::{
     attach::{
         cpu::CpuClocks,
         plan,
+        sampling::Sampler,
         symbols::{SymbolError, SymbolTable},
     },
     cli::{Cli, Command, LogFormat, Options},
@@ -58,6 +60,7 @@ use crate::{
         http::{self, RenderedHealth},
     },
     follow::{Executable, Fleet, Selector, targets},
+    profile::{Format, Selection},
     publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
     target::Target,
@@ -83,6 +86,15 @@ fn main() -> ExitCode {
         }
         Some(Command::Check { manifest, target, debug }) => inspect::check(manifest, target, debug),
         Some(Command::Init { target, debug, functions }) => inspect::init(target, debug, functions),
+        Some(Command::Profile { pid, seconds, model, output, agent }) => {
+            let selection = Selection {
+                seconds: *seconds,
+                model: model.clone(),
+                pid: *pid,
+                format: Format::of_path(output),
+            };
+            profile::fetch::fetch(*agent, &selection, output).map_err(anyhow::Error::from)
+        }
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -183,6 +195,13 @@ async fn run(options: Options) -> Result<()> {
 
     let mut ebpf = attach::load(&plan, &options.load_settings())?;
     let cpu = CpuClocks::start(&mut ebpf)?;
+    let mut sampler = match Sampler::attach(&mut ebpf, profile::SAMPLE_HZ) {
+        Ok(sampler) => Some(sampler),
+        Err(error) => {
+            warn!("CPU profiles are not available: {error:#}");
+            None
+        }
+    };
     let metrics = Arc::new(Metrics::new());
     let mut fleet = Fleet::new(
         selector,
@@ -218,7 +237,15 @@ async fn run(options: Options) -> Result<()> {
     let (health_sender, health) = watch::channel(observer.refresh(&mut fleet, &metrics));
     let (query_sender, mut queries) = mpsc::channel::<http::RequestQuery>(64);
     let (stop_sender, mut stop) = watch::channel(false);
-    let endpoints = http::Endpoints { metrics: metrics.clone(), health, requests: query_sender };
+    let (profile_sender, mut profile_orders) = mpsc::channel::<http::ProfileOrder>(4);
+    let endpoints = http::Endpoints {
+        metrics: metrics.clone(),
+        health,
+        requests: query_sender,
+        profiles: profile_sender,
+    };
+    // The profile being taken: when it ends, and who waits for it.
+    let mut profiling: Option<(Instant, http::ProfileReply)> = None;
     let server = tokio::spawn(http::serve(listener, endpoints, options.http_limits(), async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }));
@@ -260,6 +287,21 @@ async fn run(options: Options) -> Result<()> {
             }
             _ = memory_tick.tick() => fleet.sample_memory(),
             forwarded = forward_kernel_logs(&mut kernel_logs) => forwarded?,
+            Some(order) = profile_orders.recv() => {
+                let ends = Instant::now() + Duration::from_secs(order.selection.seconds);
+                match fleet.start_profile(sampler.as_mut(), order.selection) {
+                    Ok(()) => profiling = Some((ends, order.reply)),
+                    Err(why) => _ = order.reply.send(Err(why)),
+                }
+            }
+            _ = until(profiling.as_ref().map(|(ends, _)| *ends)) => {
+                fleet.stop_sampling(sampler.as_mut());
+                ring.drain(|record| fleet.apply(record));
+                if let (Some((_, reply)), Some(collector)) = (profiling.take(), fleet.profile.take()) {
+                    // Symbolising reads the binaries' debug info: off the event loop.
+                    tokio::task::spawn_blocking(move || _ = reply.send(Ok(collector.finish())));
+                }
+            }
             Some(query) = queries.recv() => {
                 ring.drain(|record| fleet.apply(record));
                 let timeline = fleet
@@ -304,6 +346,14 @@ async fn locate(exe: &std::path::Path) -> Result<Executable> {
         tokio::time::sleep(REFRESH_INTERVAL).await;
     }
     Ok(Executable::locate(exe)?)
+}
+
+/// Resolves at `instant`, or never when there is none.
+async fn until(instant: Option<Instant>) {
+    match instant {
+        Some(instant) => tokio::time::sleep_until(instant.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Forwards the kernel's log records, if it was asked for them; else never resolves.
@@ -390,6 +440,7 @@ impl Observer {
                 Counter::CallsUnwound => metrics.anomalies.add(Anomaly::Unwound, grown),
                 Counter::CallsTooDeep => metrics.anomalies.add(Anomaly::CallTooDeep, grown),
                 Counter::PollsMerged => metrics.anomalies.add(Anomaly::PollsMerged, grown),
+                Counter::SamplesUnreadable => _ = metrics.samples_unreadable.inc_by(grown),
             }
         }
     }

@@ -55,6 +55,7 @@ pub mod name {
     pub const TARGET_UP: &str = "pool_obs_target_up";
     pub const PROBES_ATTACHED: &str = "pool_obs_probes_attached";
     pub const PROCESSES_REFUSED: &str = "pool_obs_processes_refused";
+    pub const SAMPLES_UNREADABLE: &str = "pool_obs_samples_unreadable";
     pub const BUILD_INFO: &str = "pool_obs_build_info";
 }
 
@@ -166,6 +167,7 @@ pub struct Metrics {
     target_up: Family<ProcessInfoLabels, Gauge>,
     pub probes_attached: Gauge,
     pub processes_refused: Counter,
+    pub samples_unreadable: Counter,
 }
 
 /// One process's own series.
@@ -241,6 +243,7 @@ impl Metrics {
             target_up: Family::default(),
             probes_attached: Gauge::default(),
             processes_refused: Counter::default(),
+            samples_unreadable: Counter::default(),
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
@@ -320,6 +323,11 @@ impl Metrics {
             name::PROCESSES_REFUSED,
             "Processes of the executable not followed, past --max-processes",
             metrics.processes_refused.clone(),
+        );
+        registry.register(
+            name::SAMPLES_UNREADABLE,
+            "CPU samples of followed threads whose user registers could not be read: not in profiles",
+            metrics.samples_unreadable.clone(),
         );
         registry.register(
             name::PROCESS_MEMORY,

@@ -21,10 +21,13 @@ pub enum Counter {
     /// A caller polled an inlined request future twice in one call: the first poll's end was
     /// not seen.
     PollsMerged = 6,
+    /// A CPU sample of a followed thread whose user registers could not be read: not in the
+    /// profile.
+    SamplesUnreadable = 7,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::EventsLost,
         Counter::ReadFailures,
         Counter::ReturnsWithoutEntry,
@@ -32,6 +35,7 @@ impl Counter {
         Counter::CallsUnwound,
         Counter::CallsTooDeep,
         Counter::PollsMerged,
+        Counter::SamplesUnreadable,
     ];
 
     /// The size of the `COUNTERS` array.

@@ -19,10 +19,13 @@ pub enum EventKind {
     FuturePolled = 7,
     /// A request's future dropped: before it was ready, the request was cancelled.
     FutureDropped = 8,
+    /// A thread of a followed process on the CPU, sampled while a profile is taken: its
+    /// registers, the top of its user stack, and the call it was in.
+    CpuSampled = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::WorkerSpawned,
         EventKind::WorkerEvicted,
         EventKind::WorkerCrashed,
@@ -31,11 +34,13 @@ impl EventKind {
         EventKind::RequestEnded,
         EventKind::FuturePolled,
         EventKind::FutureDropped,
+        EventKind::CpuSampled,
     ];
 
-    /// The events a manifest can name: a future's drop comes with its `async_request`.
+    /// The events a manifest can name: a future's drop comes with its `async_request`, and
+    /// samples with a profile.
     pub fn in_manifests(self) -> bool {
-        self != EventKind::FutureDropped
+        !matches!(self, EventKind::FutureDropped | EventKind::CpuSampled)
     }
 
     pub fn from_u32(raw: u32) -> Option<Self> {
@@ -53,6 +58,7 @@ impl EventKind {
             EventKind::RequestEnded => "request_ended",
             EventKind::FuturePolled => "async_request",
             EventKind::FutureDropped => "future_dropped",
+            EventKind::CpuSampled => "cpu_sample",
         }
     }
 }
@@ -203,6 +209,41 @@ pub struct FutureDropped {
     pub header: Header,
     pub future: u64,
     pub state: u64,
+}
+
+/// How many bytes of the user stack a sample copies, from its stack pointer up: as
+/// `perf record --call-graph dwarf` does, for the agent to unwind with `.eh_frame`.
+pub const SAMPLE_STACK_BYTES: usize = 16 << 10;
+
+/// One CPU sample of a thread of a followed process. In the ring buffer it is followed by
+/// [`SAMPLE_STACK_BYTES`] of its user stack, of which `stack_len` were read ([`CpuSampleRecord`]).
+/// Its header's `probe` is the spec of the innermost call the thread has open, or
+/// [`NOT_IN_CALL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSampled {
+    pub header: Header,
+    /// The innermost call with a return probe the thread was in (a request, or a poll of one),
+    /// as its entry read it: absent when none, or when it is known only at its return.
+    pub model: ModelKey,
+    pub request_id: u64,
+    pub future: u64,
+    /// The user registers the unwinding starts from.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of the stack copied: less than [`SAMPLE_STACK_BYTES`] near the stack's top.
+    pub stack_len: u64,
+}
+
+/// A sampled thread had no call with a return probe open.
+pub const NOT_IN_CALL: u32 = u32::MAX;
+
+/// A sample as the kernel writes it.
+#[repr(C)]
+pub struct CpuSampleRecord {
+    pub sample: CpuSampled,
+    pub stack: [u8; SAMPLE_STACK_BYTES],
 }
 
 /// How a call followed by a return probe ended.

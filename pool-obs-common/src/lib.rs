@@ -16,6 +16,8 @@ pub mod maps {
     pub const PROBE_READ_FAILURES: &str = "PROBE_READ_FAILURES";
     /// By pid: the followed processes, and their on-CPU time since the agent attached.
     pub const PROCESS_CPU: &str = "PROCESS_CPU";
+    /// One entry: non-zero while a profile is taken.
+    pub const SAMPLING: &str = "SAMPLING";
     /// Per-CPU: when the task now running there got the CPU.
     pub const SLICE_STARTED: &str = "SLICE_STARTED";
 }

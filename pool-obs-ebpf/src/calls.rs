@@ -160,6 +160,18 @@ pub fn innermost(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*m
     None
 }
 
+/// The innermost open call, whatever it is: what a CPU sample names the thread's work by.
+pub fn innermost_open(calls: *mut OpenCalls) -> Option<*const OpenCall> {
+    // SAFETY: as above.
+    let depth = unsafe { (*calls).depth };
+    for index in 0..MAX_OPEN_CALLS {
+        if index as u64 + 1 == depth {
+            return Some(unsafe { &(*calls).calls[index] });
+        }
+    }
+    None
+}
+
 /// Takes the innermost open call if it is the one returning at `sp` for `return_probe`. The
 /// slot it points at stays as it is until the program run ends.
 pub fn take(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*const OpenCall> {

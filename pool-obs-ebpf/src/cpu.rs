@@ -61,6 +61,12 @@ pub fn thread_clock(now: u64) -> u64 {
     until_switch + now.saturating_sub(started)
 }
 
+/// Whether the agent follows process `pid`.
+#[inline(always)]
+pub fn is_followed(pid: u32) -> bool {
+    PROCESS_CPU.get_ptr(pid).is_some()
+}
+
 /// The current thread exits: its clock goes.
 pub fn forget_current_thread() {
     let _ = THREAD_CPU.remove(bpf_get_current_pid_tgid());

@@ -313,6 +313,8 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
             let future = source.future();
             submit(FutureDropped { header, future, state: source.state_before(future) })
         }
+        // Written by `cpu_sample`, never by a probe.
+        EventKind::CpuSampled => {}
     }
 }
 

@@ -11,6 +11,7 @@ mod cpu;
 mod emit;
 mod read;
 mod registers;
+mod sample;
 
 use aya_ebpf::{
     EbpfContext, Global,

@@ -64,3 +64,12 @@ fn bpftool_ids(kind: &str) -> BTreeSet<u64> {
     let items: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("bpftool prints JSON");
     items.iter().filter_map(|item| item["id"].as_u64()).collect()
 }
+
+/// What every agent holds besides its manifest's probes, as (programs, links): the tracepoint
+/// programs of threads' exits and of their CPU clocks at context switches (a link each), and
+/// the CPU sampler, on a perf event per online CPU.
+pub fn every_agents_own() -> (usize, usize) {
+    // SAFETY: sysconf reads a system setting.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
+    (3, 2 + cpus)
+}

@@ -116,6 +116,7 @@ impl Aggregator {
         let request_model = request.model;
         request.started_ns = Some(now);
         request.started_cpu = Some(ThreadClock { tid: event.header.tid, cpu_ns: event.cpu_ns });
+        self.threads.insert(event.header.tid, event.request_id);
         let previous_worker = std::mem::replace(&mut request.worker, worker);
         if let Some(previous) = previous_worker.filter(|previous| Some(*previous) != worker) {
             self.worker_finishes(previous, request_model, Some(event.request_id));
@@ -141,7 +142,7 @@ impl Aggregator {
             None => Status::Failed,
         };
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
-        let request = request_id.and_then(|id| self.requests.remove(&id));
+        let request = request_id.and_then(|id| self.remove_request(id));
         if let Some(id) = request_id.filter(|_| request.is_none() && self.probed.submissions) {
             self.anomaly(Anomaly::RequestEndWithoutStart, id);
         }
@@ -262,13 +263,24 @@ impl Aggregator {
             .map(|(id, _)| *id)
             .collect();
         for request_id in expired {
-            let Some(request) = self.requests.remove(&request_id) else { continue };
+            let Some(request) = self.remove_request(request_id) else { continue };
             self.anomaly(Anomaly::RequestExpired, request_id);
             self.unqueue(&request, now_ns);
             if let Some(worker) = request.worker {
                 self.worker_finishes(worker, request.model, Some(request_id));
             }
         }
+    }
+
+    /// Forgets a request in flight, and that its thread serves it.
+    pub(super) fn remove_request(&mut self, request_id: u64) -> Option<InFlight> {
+        let request = self.requests.remove(&request_id)?;
+        if let Some(started) = request.started_cpu
+            && self.threads.get(&started.tid) == Some(&request_id)
+        {
+            self.threads.remove(&started.tid);
+        }
+        Some(request)
     }
 
     /// A request that ends or is replaced while still queued leaves the queue.

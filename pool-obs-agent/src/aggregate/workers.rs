@@ -63,7 +63,7 @@ impl Aggregator {
         let served_here = |request: &InFlight| request.worker == Some(event.worker_id);
         if let Some((request_id, request)) = serving
             .filter(|id| self.requests.get(id).is_some_and(served_here))
-            .and_then(|id| self.requests.remove(&id).map(|request| (id, request)))
+            .and_then(|id| self.remove_request(id).map(|request| (id, request)))
         {
             let record = RequestRecord {
                 model: request.model,

@@ -5,7 +5,7 @@ use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{Path, Request, State},
+    extract::{Path, Query, Request, State},
     http::{
         HeaderMap, StatusCode,
         header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
@@ -27,8 +27,10 @@ use tokio::{
 use tokio_io_timeout::TimeoutStream;
 use tracing::warn;
 
-use crate::publish::Timeline;
-use crate::publish::{Format, Metrics};
+use crate::{
+    profile::{self, Selection},
+    publish::{Format, Metrics, Timeline},
+};
 
 const JSON: &str = "application/json";
 
@@ -38,6 +40,15 @@ pub struct RenderedHealth {
     pub code: StatusCode,
     pub body: Arc<str>,
 }
+
+/// A `/profile`, taken by the task that owns the aggregator.
+pub struct ProfileOrder {
+    pub selection: Selection,
+    pub reply: ProfileReply,
+}
+
+/// Where a profile goes once taken: its bytes, or why it was not.
+pub type ProfileReply = oneshot::Sender<Result<Vec<u8>, String>>;
 
 /// A `/requests/{id}` lookup, answered by the task that owns the aggregator.
 pub struct RequestQuery {
@@ -50,6 +61,7 @@ pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     pub health: watch::Receiver<RenderedHealth>,
     pub requests: mpsc::Sender<RequestQuery>,
+    pub profiles: mpsc::Sender<ProfileOrder>,
 }
 
 /// What one client may take of the agent. A scraper needs one connection and a few hundred
@@ -81,6 +93,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/requests/{id}", get(request))
+        .route("/profile", get(profile))
         .layer(middleware::from_fn(reject_bodies))
         .with_state(endpoints);
     let service = TowerToHyperService::new(router);
@@ -197,6 +210,44 @@ async fn request(State(endpoints): State<Endpoints>, Path(id): Path<String>) -> 
             format!("request {request_id} is neither in flight nor among the recently completed"),
         ),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "the agent did not answer in time".to_string()),
+    }
+}
+
+/// The longest profile taken.
+pub const MAX_PROFILE_SECONDS: u64 = 300;
+
+#[derive(serde::Deserialize)]
+struct ProfileQuery {
+    seconds: Option<u64>,
+    model: Option<String>,
+    pid: Option<u32>,
+    /// `pprof` (the default), `svg` or `folded`.
+    format: Option<String>,
+}
+
+/// A CPU profile of the followed processes over `seconds` (10 by default), pprof or SVG.
+async fn profile(State(endpoints): State<Endpoints>, Query(query): Query<ProfileQuery>) -> Response {
+    let seconds = query.seconds.unwrap_or(10);
+    if !(1..=MAX_PROFILE_SECONDS).contains(&seconds) {
+        return error(StatusCode::BAD_REQUEST, format!("seconds={seconds}: from 1 to {MAX_PROFILE_SECONDS}"));
+    }
+    let format = match query.format.as_deref() {
+        None | Some("pprof") => profile::Format::Pprof,
+        Some("svg") => profile::Format::FlameGraph,
+        Some("folded") => profile::Format::Folded,
+        Some(other) => {
+            return error(StatusCode::BAD_REQUEST, format!("format={other}: pprof, svg or folded"));
+        }
+    };
+    let selection = Selection { seconds, model: query.model, pid: query.pid, format };
+    let (reply, answer) = oneshot::channel();
+    if endpoints.profiles.send(ProfileOrder { selection, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down".to_string());
+    }
+    match tokio::time::timeout(Duration::from_secs(seconds + 60), answer).await {
+        Ok(Ok(Ok(bytes))) => (StatusCode::OK, [(CONTENT_TYPE, format.content_type())], bytes).into_response(),
+        Ok(Ok(Err(why))) => error(StatusCode::CONFLICT, why),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "the agent did not finish the profile".to_string()),
     }
 }
 

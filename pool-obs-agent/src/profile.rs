@@ -1,0 +1,161 @@
+//! CPU profiles split by model. While a profile is taken, every CPU samples the thread it
+//! runs at [`SAMPLE_HZ`] (`pool-obs-ebpf/src/sample.rs`); a sample of a followed process
+//! comes through the ring buffer in order with that thread's request events, so the
+//! aggregator names the model the thread was serving then (`__idle__` when none). Here the
+//! samples are unwound as they come (only their return addresses are kept), and at the end
+//! symbolised and written as a pprof profile or a flame graph.
+
+pub mod fetch;
+mod flame;
+pub mod objects;
+mod pprof;
+pub mod symbolize;
+pub mod unwind;
+
+use std::{collections::HashMap, path::PathBuf, time::SystemTime};
+
+use objects::{AddressSpace, Objects, ProcessCode};
+use pool_obs_common::event::CpuSampled;
+use symbolize::{Frame, Symbols};
+use unwind::{Registers, Stack, Unwinder};
+
+/// Samples per second on each CPU: off the beat of timers that tick at round rates.
+pub const SAMPLE_HZ: u64 = 99;
+
+/// The model of a sample whose thread served no request.
+pub const IDLE: &str = "__idle__";
+
+/// What a profile is written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// gzip-compressed protobuf, as pprof, Pyroscope, Grafana and speedscope read it.
+    Pprof,
+    /// An SVG flame graph, one tower per model.
+    FlameGraph,
+    /// Folded stacks (one line per stack: frames outermost first, `;`-separated, then the
+    /// count), as flame graph tools and scripts read them.
+    Folded,
+}
+
+impl Format {
+    /// From a file name: `.svg` is a flame graph, anything else pprof.
+    pub fn of_path(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some("svg") => Format::FlameGraph,
+            Some("folded" | "txt") => Format::Folded,
+            _ => Format::Pprof,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Pprof => "application/octet-stream",
+            Format::FlameGraph => "image/svg+xml",
+            Format::Folded => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+/// What to profile.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub seconds: u64,
+    /// Only this model's samples.
+    pub model: Option<String>,
+    /// Only this process's samples.
+    pub pid: Option<u32>,
+    pub format: Format,
+}
+
+/// One unwound stack of a process, while serving a model: the sampled instruction, then the
+/// calls it is in (each return address less one, so that it falls in the call).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct StackKey {
+    pid: u32,
+    model: String,
+    addresses: Vec<u64>,
+}
+
+/// A profile being taken: the samples so far, unwound.
+pub struct Collector {
+    selection: Selection,
+    started: SystemTime,
+    objects: Objects,
+    spaces: HashMap<u32, AddressSpace>,
+    unwinder: Unwinder,
+    stacks: HashMap<StackKey, u64>,
+}
+
+impl Collector {
+    pub fn new(selection: Selection) -> Self {
+        Self {
+            selection,
+            started: SystemTime::now(),
+            objects: Objects::default(),
+            spaces: HashMap::new(),
+            unwinder: Unwinder::default(),
+            stacks: HashMap::new(),
+        }
+    }
+
+    /// Whether samples of process `pid` serving `model` are wanted.
+    pub fn wants(&self, pid: u32, model: &str) -> bool {
+        self.selection.pid.is_none_or(|wanted| wanted == pid)
+            && self.selection.model.as_deref().is_none_or(|wanted| wanted == model)
+    }
+
+    /// Adds a sample of a thread serving `model`, with the `stack` the kernel copied, of the
+    /// process whose code is `code`.
+    pub fn add(&mut self, sample: &CpuSampled, model: &str, stack: &[u8], code: &ProcessCode) {
+        let pid = sample.header.pid;
+        let objects = &mut self.objects;
+        let space = self.spaces.entry(pid).or_insert_with(|| objects.address_space(code));
+        let registers = Registers { ip: sample.ip, sp: sample.sp, bp: sample.bp };
+        let stack = Stack { sp: sample.sp, bytes: stack };
+        let mut addresses = unwind::unwind(space, &stack, registers, &mut self.unwinder);
+        for address in addresses.iter_mut().skip(1) {
+            *address -= 1;
+        }
+        *self.stacks.entry(StackKey { pid, model: model.to_string(), addresses }).or_default() += 1;
+    }
+
+    /// Symbolises the stacks and writes the profile.
+    pub fn finish(self) -> Vec<u8> {
+        let duration = self.started.elapsed().unwrap_or_default();
+        // Loaded for the objects sampled only, by path.
+        let mut symbols: HashMap<PathBuf, Symbols> = HashMap::new();
+        let mut symbolized: HashMap<(u32, u64), Vec<Frame>> = HashMap::new();
+        for key in self.stacks.keys() {
+            for address in &key.addresses {
+                symbolized.entry((key.pid, *address)).or_insert_with(|| {
+                    let Some(module) = self.spaces.get(&key.pid).and_then(|space| space.module(*address))
+                    else {
+                        return vec![unknown(format!("{address:#x}"))];
+                    };
+                    let object = &module.object;
+                    let symbols =
+                        symbols.entry(object.path.clone()).or_insert_with(|| Symbols::load(object.data()));
+                    let frames = symbols.frames(module.object_address(*address));
+                    if frames.is_empty() {
+                        // A function the object does not name (a library's internals, without
+                        // its debug symbols), by where it is, as perf shows it.
+                        let file = object.path.file_name().unwrap_or_default().to_string_lossy();
+                        return vec![unknown(format!("{file}+{:#x}", module.object_address(*address)))];
+                    }
+                    frames
+                });
+            }
+        }
+        let stacks: Vec<(&StackKey, u64)> = self.stacks.iter().map(|(key, count)| (key, *count)).collect();
+        match self.selection.format {
+            Format::Pprof => pprof::encode(&stacks, &symbolized, self.started, duration),
+            Format::FlameGraph => flame::render(&stacks, &symbolized),
+            Format::Folded => flame::folded(&stacks, &symbolized).join("\n").into_bytes(),
+        }
+    }
+}
+
+/// A frame named only by where its code is.
+fn unknown(place: String) -> Frame {
+    Frame { function: place, file: String::new(), line: 0 }
+}
