@@ -73,3 +73,21 @@ pub fn every_agents_own() -> (usize, usize) {
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
     (3, 2 + cpus)
 }
+
+/// The run time the kernel counted for each program `pid` holds, by name, as (total ns, runs):
+/// only while `kernel.bpf_stats_enabled` is 1.
+pub fn run_times(pid: u32) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let held = held_by(pid);
+    let output = Command::new("bpftool").args(["prog", "list", "--json"]).output().expect("run bpftool");
+    let programs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let mut times = std::collections::BTreeMap::new();
+    for program in programs.as_array().into_iter().flatten() {
+        if !program["id"].as_u64().is_some_and(|id| held.programs.contains(&id)) {
+            continue;
+        }
+        let name = program["name"].as_str().unwrap_or("?").to_string();
+        let runs = (program["run_time_ns"].as_u64().unwrap_or(0), program["run_cnt"].as_u64().unwrap_or(0));
+        times.insert(name, runs);
+    }
+    times
+}

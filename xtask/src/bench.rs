@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use pool_obs_tests::{
-    http,
+    bpf, http,
     processes::{Agent, Pool, StartFile, args, binary, free_address, manifest, stop, vm_rss_bytes},
 };
 
@@ -25,6 +25,9 @@ pub struct Options {
     /// Fewer calls and rounds: done in under three minutes.
     #[arg(long)]
     quick: bool,
+    /// Only these sections (repeatable): probes, agent-cpu, loss, endpoints, overhead, cpu, stacks.
+    #[arg(long)]
+    only: Vec<String>,
 }
 
 struct Scale {
@@ -62,20 +65,35 @@ impl Scale {
 
 pub fn run(options: &Options) -> Result<()> {
     setup()?.build_release()?;
-    ensure_debian_packages(&["bpftrace"])?;
+    ensure_debian_packages(&["bpftrace", "bpftool", "linux-perf"])?;
     let scale = Scale::new(options.quick);
+    let sections: [(&str, Section); 7] = [
+        ("probes", probe_costs),
+        ("agent-cpu", agent_cpu),
+        ("loss", loss),
+        ("endpoints", endpoints),
+        ("overhead", demo_overhead),
+        ("cpu", cpu_costs),
+        ("stacks", stacks_against_perf),
+    ];
+    if let Some(unknown) = options.only.iter().find(|only| !sections.iter().any(|(name, _)| name == *only)) {
+        bail!("no bench section `{unknown}`: {}", sections.map(|(name, _)| name).join(", "));
+    }
     let mut report = String::new();
-    report += &probe_costs(&scale)?;
-    report += &agent_cpu(&scale)?;
-    report += &loss(&scale)?;
-    report += &endpoints(&scale)?;
-    report += &demo_overhead(&scale)?;
+    for (name, section) in sections {
+        if options.only.is_empty() || options.only.iter().any(|only| only == name) {
+            report += &section(&scale)?;
+        }
+    }
     println!("{report}");
     let saved = workspace_root().join("target").join("bench.md");
     std::fs::write(&saved, &report).with_context(|| format!("writing {}", saved.display()))?;
     eprintln!("xtask: the report is also in {}", saved.display());
     Ok(())
 }
+
+/// One section of the report.
+type Section = fn(&Scale) -> Result<String>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
@@ -523,4 +541,171 @@ fn reap_cpu_seconds(child: &mut Child) -> Result<f64> {
     }
     let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
     Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// Turns the kernel's per-program run-time statistics on while alive.
+struct BpfStats;
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+            .context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    }
+}
+
+/// What CPU time per model and profiles cost: the context-switch program that keeps threads'
+/// CPU clocks (always on), and a profile at 99 Hz (on demand), on `cpu-pool`.
+fn cpu_costs(scale: &Scale) -> Result<String> {
+    let _stats = BpfStats::enable()?;
+    let seconds = scale.overhead_seconds.min(10);
+    let requests = (120 * seconds).to_string();
+    let start = StartFile::new("cpu-costs");
+    let mut pool =
+        Pool::start_named("cpu-pool", &[args(&["--requests", &requests]), start.arg().to_vec()].concat());
+    let mut agent = Agent::attach(pool.pid(), &manifest("cpu-pool.toml"), free_address(), &[]);
+    let agent_pid = agent.child.id();
+    start.start();
+    // First half: CPU clocks only. Second half: a profile as well.
+    let before = (bpf::run_times(agent_pid), cpu_seconds(agent_pid), Instant::now());
+    thread::sleep(Duration::from_secs(seconds / 2));
+    let middle = (bpf::run_times(agent_pid), cpu_seconds(agent_pid), Instant::now());
+    let profile_seconds = (seconds / 2).max(1);
+    let profile = http::get(agent.address, &format!("/profile?seconds={profile_seconds}&format=folded"))?;
+    let after = (bpf::run_times(agent_pid), cpu_seconds(agent_pid), Instant::now());
+    pool.summary();
+    pool.wait_for_exit();
+    stop(&mut agent.child, libc::SIGTERM);
+    let program =
+        |times: &BTreeMap<String, (u64, u64)>, name: &str| times.get(name).copied().unwrap_or((0, 0));
+    let per_run = |from: &BTreeMap<String, (u64, u64)>, to: &BTreeMap<String, (u64, u64)>, name: &str| {
+        let ((time_0, runs_0), (time_1, runs_1)) = (program(from, name), program(to, name));
+        let runs = runs_1.saturating_sub(runs_0);
+        ((time_1.saturating_sub(time_0)) as f64 / runs.max(1) as f64, runs)
+    };
+    let (switch_ns, switches) = per_run(&before.0, &middle.0, "cpu_switch");
+    let first_half = middle.2.duration_since(before.2).as_secs_f64();
+    let switch_share = 100.0 * switch_ns * switches as f64 / 1e9 / first_half;
+    let (sample_ns, samples) = per_run(&middle.0, &after.0, "cpu_sample");
+    let second_half = after.2.duration_since(middle.2).as_secs_f64();
+    let sample_kernel_share = 100.0 * sample_ns * samples as f64 / 1e9 / second_half;
+    let agent_idle = 100.0 * (middle.1 - before.1) / first_half;
+    let agent_profiling = 100.0 * (after.1 - middle.1) / second_half;
+    let sampling_share = sample_kernel_share + (agent_profiling - agent_idle).max(0.0);
+    Ok(format!(
+        "### CPU time per model and profiles (`cpu-pool`, {seconds} s)\n\n\
+         | | per run | runs/s | share of one core |\n|---|---|---|---|\n\
+         | `cpu_switch` (sched_switch, every process; always on) | {switch_ns:.0} ns | {:.0} | {switch_share:.3}% |\n\
+         | `cpu_sample` (99 Hz on each CPU, while profiling) | {sample_ns:.0} ns | {:.0} | {sample_kernel_share:.3}% |\n\
+         | the agent, not profiling | | | {agent_idle:.2}% |\n\
+         | the agent, profiling (unwinding each sample; symbolising at the end included) | | | {agent_profiling:.2}% |\n\n\
+         A {profile_seconds} s profile ({} distinct stacks) cost {sampling_share:.2}% of a core in all \
+         (target: under 1%: {}).\n\n",
+        switches as f64 / first_half,
+        samples as f64 / second_half,
+        profile.body.lines().count(),
+        verdict(sampling_share < 1.0),
+    ))
+}
+
+/// What one tool's stacks of `cpu-pool` show: samples, mean depth, the share that reach the
+/// thread's start (unwound whole), and the share of the model's samples with its hot function.
+struct StackSummary {
+    samples: u64,
+    mean_depth: f64,
+    whole: f64,
+    hot: f64,
+}
+
+impl StackSummary {
+    /// From stacks (frames innermost first, with `(model, frames, count)`), the model's samples
+    /// only.
+    fn of<'a>(stacks: impl Iterator<Item = (Vec<&'a str>, u64)>) -> Self {
+        let (mut samples, mut frames, mut whole, mut hot) = (0, 0, 0, 0);
+        for (stack, count) in stacks {
+            samples += count;
+            frames += stack.len() as u64 * count;
+            let has = |name: &str| stack.iter().any(|frame| frame.contains(name));
+            if has("start_thread") || has("thread_start") {
+                whole += count;
+            }
+            if has("dense_forward") || has("sparse_lookup") {
+                hot += count;
+            }
+        }
+        let share = |part: u64| part as f64 / samples.max(1) as f64;
+        Self {
+            samples,
+            mean_depth: frames as f64 / samples.max(1) as f64,
+            whole: share(whole),
+            hot: share(hot),
+        }
+    }
+
+    fn row(&self, tool: &str) -> String {
+        format!(
+            "| {tool} | {} | {:.1} | {:.1}% | {:.1}% |\n",
+            self.samples,
+            self.mean_depth,
+            100.0 * self.whole,
+            100.0 * self.hot
+        )
+    }
+}
+
+/// The same seconds of `cpu-pool`, profiled by pool-obs and by `perf record --call-graph dwarf`
+/// at once: do the stacks agree?
+fn stacks_against_perf(_: &Scale) -> Result<String> {
+    let seconds = 4;
+    let start = StartFile::new("against-perf");
+    let mut pool =
+        Pool::start_named("cpu-pool", &[args(&["--requests", "900"]), start.arg().to_vec()].concat());
+    let mut agent = Agent::attach(pool.pid(), &manifest("cpu-pool.toml"), free_address(), &[]);
+    start.start();
+    let data = std::env::temp_dir().join(format!("pool-obs-bench-{}.perf.data", std::process::id()));
+    let perf = Command::new("perf")
+        .args(["record", "-F", "99", "--call-graph", "dwarf", "-p", &pool.pid().to_string(), "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running perf record")?;
+    let ours = http::get(agent.address, &format!("/profile?seconds={seconds}&format=folded"))?;
+    perf.wait_with_output()?;
+    pool.summary();
+    pool.wait_for_exit();
+    stop(&mut agent.child, libc::SIGTERM);
+    let script = Command::new("perf").args(["script", "-i"]).arg(&data).output().context("perf script")?;
+    std::fs::remove_file(&data).ok();
+    let text = String::from_utf8_lossy(&script.stdout);
+    // perf script: a header line per sample, then one frame per line, then a blank line. Only
+    // the samples pool-obs would name a model for (inside `serve`) are compared.
+    let perf_stacks = text.split("\n\n").filter_map(|sample| {
+        let frames: Vec<&str> =
+            sample.lines().skip(1).map(str::trim).filter(|line| !line.is_empty()).collect();
+        frames.iter().any(|frame| frame.contains("cpu_pool::serve")).then_some((frames, 1))
+    });
+    let perf = StackSummary::of(perf_stacks);
+    // Folded: the model first, then frames outermost first; the same samples, inside `serve`.
+    let our_stacks = ours.body.lines().filter_map(|line| {
+        let (stack, count) = line.rsplit_once(' ')?;
+        let mut frames: Vec<&str> = stack.split(';').skip(1).collect();
+        frames.reverse();
+        frames.iter().any(|frame| frame.contains("cpu_pool::serve")).then_some((frames, count.parse().ok()?))
+    });
+    let ours = StackSummary::of(our_stacks);
+    Ok(format!(
+        "### Stacks against `perf record --call-graph dwarf` (`cpu-pool`, the same {seconds} s, 99 Hz)\n\n\
+         Samples taken inside `serve`. Inlined functions count as frames in both.\n\n\
+         | profiler | samples | mean frames | unwound to the thread's start | hot function on the stack |\n|---|---|---|---|---|\n{}{}\n",
+        ours.row("pool-obs (16 KiB of stack, `.eh_frame` in the agent)"),
+        perf.row("perf (8 KiB of stack, libunwind/libdw)")
+    ))
 }

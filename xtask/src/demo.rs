@@ -43,14 +43,29 @@ pub fn run(options: &Options) -> Result<()> {
         libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
     }
     let pool_log = std::env::current_dir()?.join("target/demo-pool.log");
-    let mut pool = Pool::start_logging_to(&[], &pool_log);
+    // A millisecond of CPU per request, so that the flame graph has something to show.
+    let mut pool = Pool::start_logging_to(&["--cpu-us".to_string(), "1000".to_string()], &pool_log);
     let log = std::env::current_dir()?.join("target/demo-agent.log");
     let mut agent = Agent::attach_logging_to(pool.pid(), &manifest("demo-pool.toml"), options.listen, &log);
     println!("pool-obs is attached to demo-pool (pid {}).", pool.pid());
     println!("  metrics: http://{}/metrics", options.listen);
     println!("  health:  http://{}/health", options.listen);
     println!("  logs:    {} (the agent), {} (the pool)", log.display(), pool_log.display());
+    let flame = std::env::current_dir()?.join("target/demo-flame.svg");
+    println!("  CPU by model: {} (a 5 s profile, written 5 s from now)", flame.display());
     println!("Press Ctrl-C to stop.\n");
+    let address = agent.address;
+    let profiled = thread::spawn(move || {
+        thread::sleep(Duration::from_secs(5));
+        let profile = pool_obs_tests::http::get(address, "/profile?seconds=5&format=svg");
+        match profile {
+            Ok(response) if response.status == 200 => std::fs::write(&flame, response.body)
+                .map(|()| format!("CPU by model: {}", flame.display()))
+                .unwrap_or_else(|error| format!("cannot write {}: {error}", flame.display())),
+            Ok(response) => format!("no flame graph: {}", response.body),
+            Err(error) => format!("no flame graph: {error}"),
+        }
+    });
 
     let deadline = options.seconds.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let mut table = Table { live: std::io::stdout().is_terminal(), lines: 0 };
@@ -68,6 +83,11 @@ pub fn run(options: &Options) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     table.show(&agent);
+    if profiled.is_finished()
+        && let Ok(said) = profiled.join()
+    {
+        println!("{said}");
+    }
     let agent_status = stop(&mut agent.child, libc::SIGINT);
     stop(&mut pool.child, libc::SIGTERM);
     println!("agent stopped ({agent_status}); demo-pool stopped.");
@@ -89,6 +109,7 @@ struct Row {
     busy: u64,
     idle: u64,
     queued: u64,
+    cpu_seconds: f64,
 }
 
 impl Table {
@@ -115,17 +136,18 @@ impl Table {
                 ("pool_workers", _, _, Some("busy")) => row.busy = sample.value as u64,
                 ("pool_workers", _, _, Some("idle")) => row.idle = sample.value as u64,
                 ("pool_queue_depth", _, _, _) => row.queued = sample.value as u64,
+                ("pool_model_cpu_seconds_total", _, _, _) => row.cpu_seconds = sample.value,
                 _ => {}
             }
         }
         let mut text = format!(
-            "{:<16} {:>8} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8} {:>6}\n",
-            "model", "ok", "failed", "timeout", "cancelled", "p50 ms", "p99 ms", "workers", "queue"
+            "{:<16} {:>8} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8} {:>6} {:>8}\n",
+            "model", "ok", "failed", "timeout", "cancelled", "p50 ms", "p99 ms", "workers", "queue", "CPU s"
         );
         for (model, row) in &rows {
             let count = |status: &str| row.statuses.get(status).copied().unwrap_or(0);
             text += &format!(
-                "{model:<16} {:>8} {:>7} {:>8} {:>10} {:>9.2} {:>9.2} {:>8} {:>6}\n",
+                "{model:<16} {:>8} {:>7} {:>8} {:>10} {:>9.2} {:>9.2} {:>8} {:>6} {:>8.3}\n",
                 count("ok"),
                 count("failed"),
                 count("timeout"),
@@ -133,7 +155,8 @@ impl Table {
                 row.p50_ms,
                 row.p99_ms,
                 format!("{}/{}", row.busy, row.busy + row.idle),
-                row.queued
+                row.queued,
+                row.cpu_seconds
             );
         }
         let mut out = std::io::stdout().lock();

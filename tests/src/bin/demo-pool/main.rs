@@ -38,6 +38,10 @@ pub struct Options {
     /// Mean service time of a request, in microseconds.
     #[arg(long, default_value_t = 5_000)]
     pub work_us: u64,
+    /// CPU time a request computes for before its service time, in microseconds of its
+    /// thread's CPU time: the model's forward pass. 0 (the default) computes nothing.
+    #[arg(long, default_value_t = 0)]
+    pub cpu_us: u64,
     /// A request still queued after this long times out.
     #[arg(long, default_value_t = 200)]
     pub timeout_ms: u64,

@@ -34,6 +34,7 @@ pub struct Pool {
 
 struct Config {
     idle_eviction: Option<Duration>,
+    cpu: Duration,
     fail_rate: f64,
     crash_rate: f64,
     max_workers: usize,
@@ -129,6 +130,7 @@ impl Pool {
             config: Config {
                 idle_eviction: (options.idle_evict_ms > 0)
                     .then(|| Duration::from_millis(options.idle_evict_ms)),
+                cpu: Duration::from_micros(options.cpu_us),
                 fail_rate: options.fail_rate,
                 crash_rate: options.crash_rate,
                 max_workers: options.max_workers.max(1),
@@ -406,6 +408,9 @@ impl Pool {
     // A real pool runs a model here, far too large to inline; the sleep stands in for it.
     #[inline(never)]
     pub fn serve(&self, model: &[u8], request_id: u64, worker_id: u64, work_us: u64) -> Result<u64, String> {
+        if !self.config.cpu.is_zero() {
+            std::hint::black_box(forward_pass(model, self.config.cpu));
+        }
         thread::sleep(Duration::from_micros(work_us));
         if self.roll(request_id, 1) < self.config.crash_rate {
             panic!(
@@ -487,4 +492,27 @@ fn touched_memory(bytes: u64) -> Vec<u8> {
         page[0] = 1;
     }
     memory
+}
+
+/// The model's forward pass: arithmetic over a state seeded by the model's key, for `cpu` of
+/// this thread's CPU time.
+pub fn forward_pass(model: &[u8], cpu: Duration) -> u64 {
+    let started = thread_cpu();
+    let mut state = model
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3));
+    while thread_cpu() - started < cpu {
+        for _ in 0..2_000 {
+            state = (state ^ (state >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(17);
+        }
+    }
+    state
+}
+
+/// The CPU time the calling thread has had.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
