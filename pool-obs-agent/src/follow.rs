@@ -24,7 +24,10 @@ use crate::{
     attach::{self, ProcessLinks, cpu::CpuClocks, plan::Plan, sampling::Sampler},
     decode::{self, Event},
     memory::MemorySampler,
-    profile::{self, Collector, Selection, objects::ProcessCode},
+    profile::{
+        self, Collector, Selection,
+        objects::{Objects, ProcessCode},
+    },
     publish::{Metrics, ProcessMetrics},
     target::Target,
 };
@@ -82,6 +85,8 @@ pub struct Fleet {
     cpu: CpuClocks,
     /// The profile being taken, which the samples go to.
     pub profile: Option<Collector>,
+    /// The processes' code files, loaded for profiles and kept for the next.
+    objects: Objects,
     pub processes: BTreeMap<u32, Followed>,
     /// Processes refused past `max_processes`, warned of once each.
     refused: BTreeSet<u32>,
@@ -104,6 +109,7 @@ impl Fleet {
             selector,
             cpu,
             profile: None,
+            objects: Objects::default(),
             processes: BTreeMap::new(),
             refused: BTreeSet::new(),
             max_processes,
@@ -246,7 +252,13 @@ impl Fleet {
                 if profile.wants(sample.header.pid, model)
                     && let Some(code) = &process.code
                 {
-                    profile.add(&sample, model, decode::sample_stack(record, &sample), code);
+                    profile.add(
+                        &sample,
+                        model,
+                        decode::sample_stack(record, &sample),
+                        code,
+                        &mut self.objects,
+                    );
                 }
             }
             Ok(event) => {

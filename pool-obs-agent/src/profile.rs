@@ -80,10 +80,11 @@ struct StackKey {
 pub struct Collector {
     selection: Selection,
     started: SystemTime,
-    objects: Objects,
     spaces: HashMap<u32, AddressSpace>,
     unwinder: Unwinder,
     stacks: HashMap<StackKey, u64>,
+    /// Time spent unwinding, with reading the processes' code.
+    unwinding: std::time::Duration,
 }
 
 impl Collector {
@@ -91,10 +92,10 @@ impl Collector {
         Self {
             selection,
             started: SystemTime::now(),
-            objects: Objects::default(),
             spaces: HashMap::new(),
             unwinder: Unwinder::default(),
             stacks: HashMap::new(),
+            unwinding: std::time::Duration::ZERO,
         }
     }
 
@@ -105,10 +106,18 @@ impl Collector {
     }
 
     /// Adds a sample of a thread serving `model`, with the `stack` the kernel copied, of the
-    /// process whose code is `code`.
-    pub fn add(&mut self, sample: &CpuSampled, model: &str, stack: &[u8], code: &ProcessCode) {
+    /// process whose code is `code`; `objects` are the files loaded so far, kept from profile
+    /// to profile.
+    pub fn add(
+        &mut self,
+        sample: &CpuSampled,
+        model: &str,
+        stack: &[u8],
+        code: &ProcessCode,
+        objects: &mut Objects,
+    ) {
+        let began = std::time::Instant::now();
         let pid = sample.header.pid;
-        let objects = &mut self.objects;
         let space = self.spaces.entry(pid).or_insert_with(|| objects.address_space(code));
         let registers = Registers { ip: sample.ip, sp: sample.sp, bp: sample.bp };
         let stack = Stack { sp: sample.sp, bytes: stack };
@@ -117,11 +126,13 @@ impl Collector {
             *address -= 1;
         }
         *self.stacks.entry(StackKey { pid, model: model.to_string(), addresses }).or_default() += 1;
+        self.unwinding += began.elapsed();
     }
 
     /// Symbolises the stacks and writes the profile.
     pub fn finish(self) -> Vec<u8> {
         let duration = self.started.elapsed().unwrap_or_default();
+        let symbolising = std::time::Instant::now();
         // Loaded for the objects sampled only, by path.
         let mut symbols: HashMap<PathBuf, Symbols> = HashMap::new();
         let mut symbolized: HashMap<(u32, u64), Vec<Frame>> = HashMap::new();
@@ -147,6 +158,14 @@ impl Collector {
             }
         }
         let stacks: Vec<(&StackKey, u64)> = self.stacks.iter().map(|(key, count)| (key, *count)).collect();
+        tracing::info!(
+            samples = stacks.iter().map(|(_, count)| count).sum::<u64>(),
+            stacks = stacks.len(),
+            addresses = symbolized.len(),
+            unwound_ms = self.unwinding.as_millis() as u64,
+            symbolised_ms = symbolising.elapsed().as_millis() as u64,
+            "CPU profile taken"
+        );
         match self.selection.format {
             Format::Pprof => pprof::encode(&stacks, &symbolized, self.started, duration),
             Format::FlameGraph => flame::render(&stacks, &symbolized),

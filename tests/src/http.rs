@@ -12,16 +12,23 @@ pub struct Response {
 }
 
 pub fn get(address: SocketAddr, path: &str) -> io::Result<Response> {
-    exchange(
-        address,
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
+    get_waiting(address, path, Duration::from_secs(10))
+}
+
+/// As [`get`], for an answer that takes up to `wait` (a profile).
+pub fn get_waiting(address: SocketAddr, path: &str, wait: Duration) -> io::Result<Response> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    exchange_waiting(address, request.as_bytes(), wait)
 }
 
 /// Sends `request` as it is and reads the response to the end of the connection.
 pub fn exchange(address: SocketAddr, request: &[u8]) -> io::Result<Response> {
+    exchange_waiting(address, request, Duration::from_secs(10))
+}
+
+fn exchange_waiting(address: SocketAddr, request: &[u8], wait: Duration) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(wait))?;
     stream.write_all(request)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

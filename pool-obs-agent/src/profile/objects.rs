@@ -16,7 +16,8 @@ pub type Reader = EndianArcSlice<LittleEndian>;
 /// One ELF file, as unwinding and symbolising need it.
 pub struct ObjectFile {
     pub path: PathBuf,
-    data: Arc<[u8]>,
+    /// The file, mapped: its pages are the page cache's, shared with the pool.
+    data: memmap2::Mmap,
     /// `.eh_frame` and `.eh_frame_hdr`: their bytes and addresses.
     pub eh_frame: Option<(Reader, u64)>,
     pub eh_frame_hdr: Option<(Reader, u64)>,
@@ -27,7 +28,11 @@ pub struct ObjectFile {
 
 impl ObjectFile {
     fn load(path: &Path) -> Option<Self> {
-        let data: Arc<[u8]> = std::fs::read(path).ok()?.into();
+        let file = std::fs::File::open(path).ok()?;
+        // SAFETY: the mapping is read only; a binary rewritten in place while mapped (which
+        // the loader forbids for a running executable) would show changed bytes, not unsafety
+        // in what we read, since every read is bounds-checked.
+        let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
         let file = object::File::parse(&*data).ok()?;
         let section = |name: &str| {
             let section = file.section_by_name(name)?;
@@ -47,7 +52,7 @@ impl ObjectFile {
             eh_frame_hdr: section(".eh_frame_hdr"),
             text_address: file.section_by_name(".text").map_or(0, |text| text.address()),
             segments,
-            data: data.clone(),
+            data,
         })
     }
 
@@ -128,10 +133,11 @@ impl ProcessCode {
     }
 }
 
-/// Every object loaded so far, by path: replicas share their executable.
+/// Every object loaded so far, by path and inode: replicas share their executable, and a
+/// file replaced at the same path is another.
 #[derive(Default)]
 pub struct Objects {
-    by_path: HashMap<PathBuf, Option<Arc<ObjectFile>>>,
+    by_file: HashMap<(String, u64), Option<Arc<ObjectFile>>>,
 }
 
 impl Objects {
@@ -143,8 +149,8 @@ impl Objects {
             let Some(mapping) = Mapping::parse(line) else { continue };
             let path = code.path(mapping.path);
             let object = self
-                .by_path
-                .entry(PathBuf::from(mapping.path))
+                .by_file
+                .entry((mapping.path.to_string(), mapping.inode))
                 .or_insert_with(|| ObjectFile::load(&path).map(Arc::new));
             let Some(object) = object.clone() else { continue };
             let Some(address) = object.address_of_offset(mapping.offset) else { continue };
@@ -164,6 +170,7 @@ struct Mapping<'a> {
     start: u64,
     end: u64,
     offset: u64,
+    inode: u64,
     path: &'a str,
 }
 
@@ -173,7 +180,9 @@ impl<'a> Mapping<'a> {
         let (start, end) = fields.next()?.split_once('-')?;
         let permissions = fields.next()?;
         let offset = fields.next()?;
-        let path = fields.nth(2)?;
+        let _device = fields.next()?;
+        let inode = fields.next()?.parse().ok()?;
+        let path = fields.next()?;
         if !permissions.contains('x') || !path.starts_with('/') {
             return None;
         }
@@ -181,6 +190,7 @@ impl<'a> Mapping<'a> {
             start: u64::from_str_radix(start, 16).ok()?,
             end: u64::from_str_radix(end, 16).ok()?,
             offset: u64::from_str_radix(offset, 16).ok()?,
+            inode,
             path,
         })
     }
@@ -195,7 +205,7 @@ mod tests {
         let code = "55d0c8a00000-55d0c8b00000 r-xp 00040000 fd:01 1234   /usr/bin/pool";
         let mapping = Mapping::parse(code).expect("code");
         assert_eq!((mapping.start, mapping.end, mapping.offset), (0x55d0c8a00000, 0x55d0c8b00000, 0x40000));
-        assert_eq!(mapping.path, "/usr/bin/pool");
+        assert_eq!((mapping.inode, mapping.path), (1234, "/usr/bin/pool"));
         assert!(Mapping::parse("7ffd0000-7ffd1000 rw-p 00000000 00:00 0   [stack]").is_none());
         assert!(Mapping::parse("7ffd0000-7ffd1000 r-xp 00000000 00:00 0   [vdso]").is_none());
         assert!(Mapping::parse("55d0c8900000-55d0c8a00000 r--p 00000000 fd:01 1234 /usr/bin/pool").is_none());

@@ -21,7 +21,8 @@ pub struct Frame {
 /// What an object file says of its addresses.
 pub struct Symbols {
     dwarf: Option<addr2line::Context<Reader>>,
-    /// Function symbols by address, sorted, with their sizes.
+    /// Function symbols by address, sorted, with their sizes and mangled names (demangled
+    /// when looked up: a binary has tens of thousands, a profile names a few hundred).
     table: Vec<(u64, u64, String)>,
 }
 
@@ -34,7 +35,7 @@ impl Symbols {
             .symbols()
             .chain(file.dynamic_symbols())
             .filter(|symbol| symbol.kind() == object::SymbolKind::Text && symbol.address() != 0)
-            .filter_map(|symbol| Some((symbol.address(), symbol.size(), demangled(symbol.name().ok()?))))
+            .filter_map(|symbol| Some((symbol.address(), symbol.size(), symbol.name().ok()?.to_string())))
             .collect();
         table.sort_by_key(|(address, _, _)| *address);
         table.dedup_by_key(|(address, _, _)| *address);
@@ -65,7 +66,7 @@ impl Symbols {
         if frames.is_empty()
             && let Some(function) = self.symbol(address)
         {
-            frames.push(Frame { function: function.to_string(), file: String::new(), line: 0 });
+            frames.push(Frame { function: demangled(function), file: String::new(), line: 0 });
         }
         frames
     }

@@ -4,6 +4,8 @@
 //! caller's rbp were saved, as `perf record --call-graph dwarf` does. Where a frame has no
 //! call-frame information, frame pointers are followed, if the code keeps them.
 
+use std::{collections::HashMap, sync::Arc};
+
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, RegisterRule, UnwindContext, UnwindSection, X86_64,
 };
@@ -66,14 +68,27 @@ fn frame_pointer_step(registers: Registers, stack: &Stack<'_>) -> Option<Registe
     Some(Registers { ip: stack.read(bp.checked_add(8)?)?, sp: bp.checked_add(16)?, bp: stack.read(bp)? })
 }
 
-/// The state unwinding keeps between frames (gimli's evaluation context).
+/// How to find a frame's caller at one address, from its call-frame information: the CFA as
+/// a register plus an offset, and where the return address and rbp were saved.
+#[derive(Clone, Copy)]
+struct Rule {
+    cfa_from_rbp: bool,
+    cfa_offset: i64,
+    return_address: i64,
+    /// `None`: rbp is the callee's.
+    saved_rbp: Option<i64>,
+}
+
+/// The state unwinding keeps between frames (gimli's evaluation context), and the rules found
+/// so far: a profile samples the same few hundred addresses over and over.
 pub struct Unwinder {
     context: Box<UnwindContext<usize>>,
+    rules: HashMap<(usize, u64), Option<Rule>>,
 }
 
 impl Default for Unwinder {
     fn default() -> Self {
-        Self { context: Box::new(UnwindContext::new()) }
+        Self { context: Box::new(UnwindContext::new()), rules: HashMap::new() }
     }
 }
 
@@ -86,11 +101,32 @@ impl Unwinder {
         registers: Registers,
         stack: &Stack<'_>,
     ) -> Option<Registers> {
+        let address = module.object_address(lookup);
+        let key = (Arc::as_ptr(&module.object) as usize, address);
+        let rule = match self.rules.get(&key) {
+            Some(rule) => *rule,
+            None => {
+                let rule = self.rule(module, address);
+                self.rules.insert(key, rule);
+                rule
+            }
+        }?;
+        let base = if rule.cfa_from_rbp { registers.bp } else { registers.sp };
+        let cfa = base.checked_add_signed(rule.cfa_offset)?;
+        let ip = stack.read(cfa.checked_add_signed(rule.return_address)?)?;
+        let bp = match rule.saved_rbp {
+            Some(offset) => stack.read(cfa.checked_add_signed(offset)?)?,
+            None => registers.bp,
+        };
+        Some(Registers { ip, sp: cfa, bp })
+    }
+
+    /// The rule at `address` of `module`'s object, from `.eh_frame`.
+    fn rule(&mut self, module: &Module, address: u64) -> Option<Rule> {
         let object = &module.object;
         let (eh_frame_data, eh_frame_address) = object.eh_frame.clone()?;
         let eh_frame = EhFrame::from(eh_frame_data);
         let mut bases = BaseAddresses::default().set_eh_frame(eh_frame_address).set_text(object.text_address);
-        let address = module.object_address(lookup);
         let row = match object.eh_frame_hdr.clone() {
             Some((hdr_data, hdr_address)) => {
                 bases = bases.set_eh_frame_hdr(hdr_address);
@@ -104,29 +140,25 @@ impl Unwinder {
                 .ok()?
                 .clone(),
         };
-        let cfa = match row.cfa() {
-            CfaRule::RegisterAndOffset { register, offset } => {
-                let base = match *register {
-                    X86_64::RSP => registers.sp,
-                    X86_64::RBP => registers.bp,
-                    _ => return None,
-                };
-                base.checked_add_signed(*offset)?
-            }
+        let (cfa_from_rbp, cfa_offset) = match row.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } => match *register {
+                X86_64::RSP => (false, *offset),
+                X86_64::RBP => (true, *offset),
+                _ => return None,
+            },
             CfaRule::Expression(_) => return None,
         };
-        let saved = |rule: RegisterRule<usize>, current: u64| match rule {
-            RegisterRule::Offset(offset) => stack.read(cfa.checked_add_signed(offset)?),
-            RegisterRule::Undefined | RegisterRule::SameValue => Some(current),
-            RegisterRule::ValOffset(offset) => cfa.checked_add_signed(offset),
-            _ => None,
-        };
-        let ip = match row.register(X86_64::RA) {
-            RegisterRule::Offset(offset) => stack.read(cfa.checked_add_signed(offset)?)?,
+        let return_address = match row.register(X86_64::RA) {
+            RegisterRule::Offset(offset) => offset,
             // The outermost frame (`_start`, a thread's entry) marks its return undefined.
             _ => return None,
         };
-        Some(Registers { ip, sp: cfa, bp: saved(row.register(X86_64::RBP), registers.bp)? })
+        let saved_rbp = match row.register(X86_64::RBP) {
+            RegisterRule::Offset(offset) => Some(offset),
+            RegisterRule::Undefined | RegisterRule::SameValue => None,
+            _ => return None,
+        };
+        Some(Rule { cfa_from_rbp, cfa_offset, return_address, saved_rbp })
     }
 }
 
