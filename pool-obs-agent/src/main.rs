@@ -440,7 +440,7 @@ impl Observer {
                 Counter::CallsUnwound => metrics.anomalies.add(Anomaly::Unwound, grown),
                 Counter::CallsTooDeep => metrics.anomalies.add(Anomaly::CallTooDeep, grown),
                 Counter::PollsMerged => metrics.anomalies.add(Anomaly::PollsMerged, grown),
-                Counter::SamplesUnreadable => _ = metrics.samples_unreadable.inc_by(grown),
+                Counter::SamplesDropped => _ = metrics.samples_dropped.inc_by(grown),
             }
         }
     }

@@ -55,7 +55,7 @@ pub mod name {
     pub const TARGET_UP: &str = "pool_obs_target_up";
     pub const PROBES_ATTACHED: &str = "pool_obs_probes_attached";
     pub const PROCESSES_REFUSED: &str = "pool_obs_processes_refused";
-    pub const SAMPLES_UNREADABLE: &str = "pool_obs_samples_unreadable";
+    pub const SAMPLES_DROPPED: &str = "pool_obs_samples_dropped";
     pub const BUILD_INFO: &str = "pool_obs_build_info";
 }
 
@@ -167,7 +167,7 @@ pub struct Metrics {
     target_up: Family<ProcessInfoLabels, Gauge>,
     pub probes_attached: Gauge,
     pub processes_refused: Counter,
-    pub samples_unreadable: Counter,
+    pub samples_dropped: Counter,
 }
 
 /// One process's own series.
@@ -243,7 +243,7 @@ impl Metrics {
             target_up: Family::default(),
             probes_attached: Gauge::default(),
             processes_refused: Counter::default(),
-            samples_unreadable: Counter::default(),
+            samples_dropped: Counter::default(),
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
@@ -325,9 +325,9 @@ impl Metrics {
             metrics.processes_refused.clone(),
         );
         registry.register(
-            name::SAMPLES_UNREADABLE,
-            "CPU samples of followed threads whose user registers could not be read: not in profiles",
-            metrics.samples_unreadable.clone(),
+            name::SAMPLES_DROPPED,
+            "CPU samples missing from profiles: the ring buffer was half full, or a thread's registers unreadable",
+            metrics.samples_dropped.clone(),
         );
         registry.register(
             name::PROCESS_MEMORY,

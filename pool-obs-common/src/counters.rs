@@ -21,9 +21,9 @@ pub enum Counter {
     /// A caller polled an inlined request future twice in one call: the first poll's end was
     /// not seen.
     PollsMerged = 6,
-    /// A CPU sample of a followed thread whose user registers could not be read: not in the
-    /// profile.
-    SamplesUnreadable = 7,
+    /// A CPU sample of a followed thread not taken: the ring buffer was half full (the pool's
+    /// events come first), or the thread's user registers could not be read.
+    SamplesDropped = 7,
 }
 
 impl Counter {
@@ -35,7 +35,7 @@ impl Counter {
         Counter::CallsUnwound,
         Counter::CallsTooDeep,
         Counter::PollsMerged,
-        Counter::SamplesUnreadable,
+        Counter::SamplesDropped,
     ];
 
     /// The size of the `COUNTERS` array.

@@ -8,7 +8,7 @@ use core::ptr::{addr_of_mut, write};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::pt_regs,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs},
@@ -41,8 +41,14 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     if !cpu::is_followed((pid_tgid >> 32) as u32) {
         return 0;
     }
+    // A sample is 16 KiB: past half the ring, the pool's own events get the room.
+    let (waiting, size) = (EVENTS.query(BPF_RB_AVAIL_DATA.into()), EVENTS.query(BPF_RB_RING_SIZE.into()));
+    if waiting > size / 2 {
+        count(Counter::SamplesDropped);
+        return 0;
+    }
     let Some(regs) = user_registers(&ctx) else {
-        count(Counter::SamplesUnreadable);
+        count(Counter::SamplesDropped);
         return 0;
     };
     let Some(mut entry) = EVENTS.reserve::<CpuSampleRecord>(0) else {

@@ -3,8 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use pool_obs_common::event::{
-    CallEnding, EventKind, FutureDropped, FuturePolled, Header, MODEL_KEY_CAPACITY, MODEL_PRESENT, ModelKey,
-    RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+    CallEnding, CpuSampled, EventKind, FutureDropped, FuturePolled, Header, MODEL_KEY_CAPACITY,
+    MODEL_PRESENT, ModelKey, NOT_IN_CALL, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
+    WorkerEvicted, WorkerSpawned,
 };
 
 use super::{models::model_label, *};
@@ -587,4 +588,39 @@ fn an_async_requests_cpu_time_is_the_sum_over_its_polls() {
     let nanos = |millis: Option<f64>| millis.map(|millis| (millis * 1e6).round() as u64);
     // Half of the 1.7 µs inside the polls; the request took 9 µs.
     assert_eq!((nanos(timeline.cpu_ms), nanos(timeline.offcpu_ms)), (Some(850), Some(8_150)));
+}
+
+/// A CPU sample of thread `tid`, in the call of probe `probe` (with what its entry read), or
+/// in none.
+fn sampled(tid: u32, call: Option<(u32, ModelKey, u64, u64)>) -> CpuSampled {
+    let (probe, model, request_id, future) = call.unwrap_or((NOT_IN_CALL, no_model(), 0, 0));
+    CpuSampled {
+        header: Header { tid, ..header(EventKind::CpuSampled, probe, 0) },
+        model,
+        request_id,
+        future,
+        ip: 0,
+        sp: 0,
+        bp: 0,
+        stack_len: 0,
+    }
+}
+
+#[test]
+fn a_sample_is_labelled_with_the_model_of_the_request_its_thread_serves() {
+    let mut aggregator = aggregator();
+    feed(&mut aggregator, &[spawned("m", 1), submitted("m", 7, 100), started(7, 1, 300)]);
+    let label = |aggregator: &mut Aggregator, sample| aggregator.label_sample(&sample);
+    // Thread 1 started request 7 at an entry probe; thread 2 serves nothing.
+    assert_eq!(label(&mut aggregator, sampled(1, None)).as_deref(), Some("m"));
+    assert_eq!(label(&mut aggregator, sampled(2, None)), None);
+    // In a call whose entry read its model.
+    assert_eq!(label(&mut aggregator, sampled(2, Some((0, model("x"), 0, 0)))).as_deref(), Some("x"));
+    // In a poll of a future followed since its first poll, which named its model.
+    feed(&mut aggregator, &[polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0)]);
+    let in_poll = sampled(3, Some((7, no_model(), 0, 0x70)));
+    assert_eq!(label(&mut aggregator, in_poll).as_deref(), Some("m"));
+    // Once request 7 ended, its thread serves nothing.
+    feed(&mut aggregator, &[ended(0, 7, 0, 2_000)]);
+    assert_eq!(label(&mut aggregator, sampled(1, None)), None);
 }
