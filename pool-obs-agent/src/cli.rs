@@ -242,18 +242,31 @@ mod tests {
 
     use super::Cli;
 
-    #[test]
-    fn the_readme_lists_every_flag_of_the_agent_and_no_other() {
-        // `--pid PID`: the flag's name, without its value.
-        let listed: BTreeSet<String> = crate::readme::first_column("| flag | default | meaning |")
+    /// The flags of the README's table under `header`: `--pid PID` is `pid`.
+    fn listed(header: &str) -> BTreeSet<String> {
+        crate::readme::first_column(header)
             .iter()
             .filter_map(|flag| Some(flag.split([' ', '`']).next()?.trim_start_matches("--").to_string()))
-            .collect();
-        let defined: BTreeSet<String> = Cli::command()
+            .collect()
+    }
+
+    fn defined(command: &clap::Command) -> BTreeSet<String> {
+        command
             .get_arguments()
             .filter_map(|argument| argument.get_long().map(str::to_string))
             .filter(|flag| flag != "help" && flag != "version")
-            .collect();
-        assert_eq!(listed, defined);
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_flag_of_the_agent_and_no_other() {
+        assert_eq!(listed("| flag | default | meaning |"), defined(&Cli::command()));
+    }
+
+    #[test]
+    fn the_readme_lists_every_flag_of_profile_and_no_other() {
+        let command = Cli::command();
+        let profile = command.find_subcommand("profile").expect("the profile command");
+        assert_eq!(listed("| `profile` flag | default | meaning |"), defined(profile));
     }
 }

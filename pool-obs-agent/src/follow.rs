@@ -129,7 +129,13 @@ impl Fleet {
         }
         let first = !self.processes.values().any(|process| process.executable == executable);
         self.cpu.follow(pid)?;
-        let links = attach::attach_process(ebpf, target.pid, plan, executable, first)?;
+        let links = match attach::attach_process(ebpf, target.pid, plan, executable, first) {
+            Ok(links) => links,
+            Err(error) => {
+                self.cpu.unfollow(pid);
+                return Err(error);
+            }
+        };
         let container = cgroup::of(pid);
         let metrics = self.metrics.for_process(pid, &container.id, &container.pod_uid);
         metrics.up.set(1);
@@ -277,7 +283,8 @@ impl Fleet {
         self.processes.values().all(|process| process.exited.is_some())
     }
 
-    /// Starts a profile of `selection`: samples go to it until [`Fleet::finish_profile`].
+    /// Starts a profile of `selection`: samples go to it until [`Fleet::stop_sampling`], and the
+    /// caller takes it.
     pub fn start_profile(
         &mut self,
         sampler: Option<&mut Sampler>,

@@ -148,3 +148,12 @@ impl Summary {
         let _ = stdout.flush();
     }
 }
+
+/// The CPU time the calling thread has had (`CLOCK_THREAD_CPUTIME_ID`): how a pool measures
+/// its requests' CPU time, to compare with the agent's.
+pub fn thread_cpu() -> std::time::Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}

@@ -17,7 +17,7 @@ use std::{
 
 use clap::Parser;
 use pool_obs_tests::{
-    ground_truth::{Lifecycle, ModelSummary, Outcome, Summary, Tally},
+    ground_truth::{Lifecycle, ModelSummary, Outcome, Summary, Tally, thread_cpu},
     processes::await_start_file,
 };
 
@@ -72,14 +72,6 @@ struct Measured {
     model: String,
     cpu: Duration,
     wall: Duration,
-}
-
-/// The CPU time the calling thread has had.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The dense model's forward pass: every weight against every input, `rounds` times.

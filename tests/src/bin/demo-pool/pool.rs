@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pool_obs_tests::ground_truth::Lifecycle;
+use pool_obs_tests::ground_truth::{Lifecycle, thread_cpu};
 
 use crate::{
     Options,
@@ -507,12 +507,4 @@ pub fn forward_pass(model: &[u8], cpu: Duration) -> u64 {
         }
     }
     state
-}
-
-/// The CPU time the calling thread has had.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
