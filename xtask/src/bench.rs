@@ -193,14 +193,19 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
 /// Table 1: nanoseconds per call of the probed function under each configuration.
 fn probe_costs(scale: &Scale) -> Result<String> {
     let symbol = mangled_symbol(&binary("bench-target"), "handle_request")?;
+    let _stats = BpfStats::enable()?;
     let mut results: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
+    let mut program_times: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
     for round in 0..scale.rounds {
         let mut order = Config::ALL.to_vec();
         order.rotate_left(round % Config::ALL.len());
         for config in order {
-            let ns = run_config(config, scale.calls, &symbol)?;
+            let (ns, program_ns) = run_config(config, scale.calls, &symbol)?;
             eprintln!("xtask: round {} {:?}: {ns:.0} ns/call", round + 1, config);
             results.entry(config).or_default().push(ns);
+            if let Some(program_ns) = program_ns {
+                program_times.entry(config).or_default().push(program_ns);
+            }
         }
     }
     let median = |config| stats(&results[&config]).0;
@@ -208,13 +213,15 @@ fn probe_costs(scale: &Scale) -> Result<String> {
     let entry_only = median(Config::PoolObsEntryOnly);
     let mut table = format!(
         "### Cost per call of `handle_request` ({} calls at zero work, 4 models, {} rounds)\n\n\
-         | configuration | ns per call, median (min–max) | × no probe | × entry+return floor |\n|---|---|---|---|\n",
+         | configuration | ns per call, median (min–max) | × no probe | × entry+return floor | programs' own ns per call |\n|---|---|---|---|---|\n",
         scale.calls, scale.rounds
     );
     for config in Config::ALL {
         let (m, low, high) = stats(&results[&config]);
+        let programs =
+            program_times.get(&config).map_or("".to_string(), |times| format!("{:.0}", stats(times).0));
         table += &format!(
-            "| {} | {m:.0} ({low:.0}–{high:.0}) | {:.1} | {:.2} |\n",
+            "| {} | {m:.0} ({low:.0}–{high:.0}) | {:.1} | {:.2} | {programs} |\n",
             config.label(),
             m / none,
             m / floor
@@ -293,7 +300,9 @@ fn target_result(pool: &mut Pool) -> Result<(f64, u64)> {
     Ok((result["ns_per_call"].as_f64().unwrap_or(f64::NAN), result["calls"].as_u64().unwrap_or(0)))
 }
 
-fn run_config(config: Config, calls: u64, symbol: &str) -> Result<f64> {
+/// One configuration's cost per call, and its probe programs' own run time per call (the
+/// kernel's `bpf_stats`: the program alone, without the trap that runs it).
+fn run_config(config: Config, calls: u64, symbol: &str) -> Result<(f64, Option<f64>)> {
     let start = StartFile::new("bench");
     let calls_arg = calls.to_string();
     let mut target_args = vec!["--calls", &calls_arg];
@@ -308,17 +317,26 @@ fn run_config(config: Config, calls: u64, symbol: &str) -> Result<f64> {
         config.manifest().map(|name| Agent::attach(target.pid(), &manifest(name), free_address(), &[]));
     start.start();
     let (ns_per_call, made) = target_result(&mut target)?;
+    // The probes' programs: pool-obs's `probe_*`; all of bpftrace's (BEGIN and END run once).
+    let program_ns = |pid: u32, probe: fn(&str) -> bool| {
+        let times = bpf::run_times(pid);
+        let total: u64 = times.iter().filter(|(name, _)| probe(name)).map(|(_, (ns, _))| ns).sum();
+        (made > 0).then(|| total as f64 / made as f64)
+    };
+    let mut programs = None;
     if let Some(mut agent) = agent {
         let exported = agent.metrics_after(made).sum("pool_requests_total") as u64;
+        programs = program_ns(agent.child.id(), |name| name.starts_with("probe_"));
         stop(&mut agent.child, libc::SIGTERM);
         if exported != made {
             bail!("pool-obs exported {exported} of {made} calls");
         }
     }
     if let Some(tracer) = tracer.as_mut() {
+        programs = program_ns(tracer.child.id(), |_| true);
         stop(&mut tracer.child, libc::SIGINT);
     }
-    Ok(ns_per_call)
+    Ok((ns_per_call, programs))
 }
 
 /// bpftrace running one of the peers' reference scripts, its output drained.
