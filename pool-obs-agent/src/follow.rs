@@ -82,7 +82,8 @@ pub struct Followed {
 
 pub struct Fleet {
     pub selector: Selector,
-    cpu: CpuClocks,
+    /// The kernel's CPU clocks, when they could be started.
+    cpu: Option<CpuClocks>,
     /// The profile being taken, which the samples go to.
     pub profile: Option<Collector>,
     /// The processes' code files, loaded for profiles and kept for the next.
@@ -99,7 +100,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(
         selector: Selector,
-        cpu: CpuClocks,
+        cpu: Option<CpuClocks>,
         metrics: Arc<Metrics>,
         settings: aggregate::Settings,
         max_processes: usize,
@@ -128,11 +129,19 @@ impl Fleet {
             self.forget(earlier);
         }
         let first = !self.processes.values().any(|process| process.executable == executable);
-        self.cpu.follow(pid)?;
+        // Its threads' clocks run from before its first probe fires.
+        if let Some(cpu) = self.cpu.as_mut()
+            && let Err(error) = cpu.follow(pid)
+        {
+            // Its requests are counted all the same; only their CPU time is not.
+            warn!(pid, "the process's CPU time is not counted: {error:#}");
+        }
         let links = match attach::attach_process(ebpf, target.pid, plan, executable, first) {
             Ok(links) => links,
             Err(error) => {
-                self.cpu.unfollow(pid);
+                if let Some(cpu) = self.cpu.as_mut() {
+                    cpu.unfollow(pid);
+                }
                 return Err(error);
             }
         };
@@ -212,7 +221,9 @@ impl Fleet {
             }
             process.exited = Some(now);
             process.metrics.up.set(0);
-            self.cpu.unfollow(*pid);
+            if let Some(cpu) = self.cpu.as_mut() {
+                cpu.unfollow(*pid);
+            }
             if let Some(links) = process.links.take() {
                 self.metrics.probes_attached.dec_by(links.len() as i64);
                 attach::detach_process(ebpf, links);
@@ -317,7 +328,7 @@ impl Fleet {
     /// Brings each running process's CPU time up to the kernel's count.
     pub fn sample_cpu(&mut self) {
         for (pid, process) in self.processes.iter_mut().filter(|(_, process)| process.exited.is_none()) {
-            if let Some(total_ns) = self.cpu.process_ns(*pid) {
+            if let Some(total_ns) = self.cpu.as_ref().and_then(|cpu| cpu.process_ns(*pid)) {
                 process.aggregator.process_cpu(total_ns);
             }
         }

@@ -194,7 +194,13 @@ async fn run(options: Options) -> Result<()> {
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
     let mut ebpf = attach::load(&plan, &options.load_settings())?;
-    let cpu = CpuClocks::start(&mut ebpf)?;
+    let cpu = match CpuClocks::start(&mut ebpf) {
+        Ok(cpu) => Some(cpu),
+        Err(error) => {
+            warn!("CPU time per model is not available: {error:#}");
+            None
+        }
+    };
     let mut sampler = match Sampler::attach(&mut ebpf, profile::SAMPLE_HZ) {
         Ok(sampler) => Some(sampler),
         Err(error) => {

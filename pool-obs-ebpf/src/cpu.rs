@@ -18,7 +18,7 @@ use aya_ebpf::{
 /// The followed processes (the agent adds and removes them), with their on-CPU time: per CPU,
 /// so that threads switching on several CPUs at once each add to their own.
 #[map]
-static PROCESS_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+static PROCESS_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// By pid_tgid: the on-CPU time of each thread of a followed process, to its last switch.
 #[map]
