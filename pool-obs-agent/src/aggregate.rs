@@ -130,11 +130,6 @@ impl Aggregator {
         &self.models
     }
 
-    /// The labels of the models seen, for removing their series.
-    pub fn model_labels(&self) -> Vec<String> {
-        self.models.iter().map(|model| model.label.clone()).collect()
-    }
-
     /// Every model as `/health` reports it.
     pub fn views(&self) -> Vec<ModelView<'_>> {
         let workers_seen =

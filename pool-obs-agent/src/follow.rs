@@ -252,7 +252,7 @@ impl Fleet {
     /// Forgets an exited process: its series go.
     fn forget(&self, mut process: Followed) {
         process.aggregator.flush_request_logs();
-        self.metrics.forget_process(&process.metrics, &process.aggregator.model_labels());
+        self.metrics.forget_process(&process.metrics);
     }
 
     /// Counts one ring-buffer record in the aggregator of the process that wrote it.

@@ -1,19 +1,17 @@
 //! What the aggregator publishes: every metric, its name, help and labels, defined here and
 //! nowhere else. The aggregator writes it; `export` renders it. Counter names get `_total`
-//! appended by the OpenMetrics encoder.
+//! appended by the OpenMetrics encoder. The per-model series, which are most of a scrape, are
+//! encoded by hand and cached ([`models`]); the rest by prometheus-client.
 
-use std::{
-    fmt::Write,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use pool_obs_common::event::EventKind;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -23,8 +21,10 @@ use crate::{
 };
 
 mod cpu;
+mod models;
 mod view;
 pub use cpu::{ModelCpu, ProcessCpu};
+pub use models::Latencies;
 pub use view::{ModelView, Timeline, WindowSummary, WorkerCounts};
 
 pub mod name {
@@ -63,14 +63,6 @@ pub mod name {
 const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// A model of one process: every per-model series carries the process's pid, so that replicas
-/// and restarts are series of their own (`sum without (pid)` adds them up).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ModelLabels {
-    model: String,
-    pid: u32,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessLabels {
     pid: u32,
@@ -85,32 +77,8 @@ struct ProcessInfoLabels {
     pod_uid: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    model: String,
-    pid: u32,
-    status: Status,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types, reason = "label values are lower case")]
-enum WorkerState {
-    busy,
-    idle,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WorkerLabels {
-    model: String,
-    pid: u32,
-    state: WorkerState,
-}
-
 /// The quantiles `pool_request_duration_quantile_seconds` reports.
 pub const QUANTILES: [&str; 3] = ["0.5", "0.95", "0.99"];
-
-const QUANTILE_HELP: &str = "Request duration quantiles over the sliding window (HDR histogram, \
-                             within 1%), with the sum and count of every request since attaching";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
@@ -127,36 +95,12 @@ struct VersionLabels {
     version: &'static str,
 }
 
-impl EncodeLabelValue for Status {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
 pub struct Metrics {
+    /// Every family but the per-model ones, encoded by prometheus-client.
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: HistogramFamily<ModelLabels>,
-    request_queue: HistogramFamily<ModelLabels>,
-    request_service: HistogramFamily<ModelLabels>,
-    request_polls: Family<ModelLabels, Counter>,
-    request_busy: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// The per-model families, encoded by hand (see [`models`]).
+    models: models::ModelSeries,
     cpu: cpu::CpuFamilies,
-    /// prometheus-client has no summary type: this family is rendered by [`Metrics::encode`].
-    request_duration_quantile: RwLock<Vec<(ModelLabels, Arc<DurationSummary>)>>,
-    queue_depth: Family<ModelLabels, Gauge>,
-    queue_depth_max: Family<ModelLabels, Gauge>,
-    workers: Family<WorkerLabels, Gauge>,
-    worker_spawns: Family<ModelLabels, Counter>,
-    worker_evictions: Family<ModelLabels, Counter>,
-    worker_crashes: Family<ModelLabels, Counter>,
-    worker_memory: Family<ModelLabels, Gauge>,
     events: Family<EventLabels, Counter>,
     process_memory: Family<ProcessLabels, Gauge>,
     process_memory_peak: Family<ProcessLabels, Gauge>,
@@ -183,9 +127,9 @@ pub struct ProcessMetrics {
 #[derive(Clone)]
 pub struct ModelMetrics {
     requests: ByStatus<Counter>,
-    pub request_duration: Histogram,
-    pub request_queue: Histogram,
-    pub request_service: Histogram,
+    pub request_duration: Arc<Latencies>,
+    pub request_queue: Arc<Latencies>,
+    pub request_service: Arc<Latencies>,
     /// In the order of [`QUANTILES`].
     pub request_duration_quantiles: Arc<DurationSummary>,
     pub queue_depth: Gauge,
@@ -218,21 +162,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let metrics = Self {
             registry: Registry::default(),
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            request_queue: Family::new_with_constructor(latency_histogram),
-            request_service: Family::new_with_constructor(latency_histogram),
-            request_polls: Family::default(),
-            request_busy: Family::default(),
+            models: models::ModelSeries::default(),
             cpu: cpu::CpuFamilies::new(),
-            request_duration_quantile: RwLock::default(),
-            queue_depth: Family::default(),
-            queue_depth_max: Family::default(),
-            workers: Family::default(),
-            worker_spawns: Family::default(),
-            worker_evictions: Family::default(),
-            worker_crashes: Family::default(),
-            worker_memory: Family::default(),
             events: Family::default(),
             process_memory: Family::default(),
             process_memory_peak: Family::default(),
@@ -247,52 +178,7 @@ impl Metrics {
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
-        registry.register(name::REQUESTS, "Requests the pool finished, by outcome", metrics.requests.clone());
-        registry.register(
-            name::REQUEST_DURATION,
-            "Request time from submission to end",
-            metrics.request_duration.clone(),
-        );
-        registry.register(
-            name::REQUEST_QUEUE,
-            "Request time from submission to a worker starting it",
-            metrics.request_queue.clone(),
-        );
-        registry.register(
-            name::REQUEST_SERVICE,
-            "Request time from a worker starting it to its end",
-            metrics.request_service.clone(),
-        );
-        registry.register(
-            name::REQUEST_POLLS,
-            "Polls of the futures of async requests that ended",
-            metrics.request_polls.clone(),
-        );
-        registry.register(
-            name::REQUEST_BUSY,
-            "Time inside the polls of async requests that ended: busy on the executor, not waiting",
-            metrics.request_busy.clone(),
-        );
         metrics.cpu.register(&mut registry);
-        registry.register(
-            name::QUEUE_DEPTH,
-            "Requests submitted and not yet started",
-            metrics.queue_depth.clone(),
-        );
-        registry.register(
-            name::QUEUE_DEPTH_MAX,
-            "Largest queue depth over the sliding window",
-            metrics.queue_depth_max.clone(),
-        );
-        registry.register(name::WORKERS, "Live workers, busy or idle", metrics.workers.clone());
-        registry.register(name::WORKER_SPAWNS, "Workers spawned", metrics.worker_spawns.clone());
-        registry.register(name::WORKER_EVICTIONS, "Workers evicted", metrics.worker_evictions.clone());
-        registry.register(name::WORKER_CRASHES, "Workers that crashed", metrics.worker_crashes.clone());
-        registry.register(
-            name::WORKER_MEMORY,
-            "Memory declared at spawn by the live workers",
-            metrics.worker_memory.clone(),
-        );
         registry.register(
             name::EVENTS,
             "Events received from the kernel programs, by kind",
@@ -344,38 +230,14 @@ impl Metrics {
         Self { registry, ..metrics }
     }
 
+    /// The series of `model` of process `pid`, made now.
     pub fn for_model(&self, pid: u32, model: &str) -> ModelMetrics {
-        let labels = ModelLabels { model: model.to_string(), pid };
-        let request = |status| {
-            self.requests.get_or_create(&RequestLabels { model: model.to_string(), pid, status }).clone()
-        };
-        let workers = |state| {
-            self.workers.get_or_create(&WorkerLabels { model: model.to_string(), pid, state }).clone()
-        };
-        ModelMetrics {
-            requests: ByStatus::from_fn(request),
-            request_duration: self.request_duration.get_or_create(&labels).clone(),
-            request_queue: self.request_queue.get_or_create(&labels).clone(),
-            request_service: self.request_service.get_or_create(&labels).clone(),
-            request_duration_quantiles: self.duration_summary(&labels),
-            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
-            queue_depth_max: self.queue_depth_max.get_or_create(&labels).clone(),
-            workers_busy: workers(WorkerState::busy),
-            workers_idle: workers(WorkerState::idle),
-            worker_spawns: self.worker_spawns.get_or_create(&labels).clone(),
-            worker_evictions: self.worker_evictions.get_or_create(&labels).clone(),
-            worker_crashes: self.worker_crashes.get_or_create(&labels).clone(),
-            worker_memory: self.worker_memory.get_or_create(&labels).clone(),
-            cpu: self.cpu.for_model(&labels),
-        }
+        self.models.create(pid, model)
     }
 
+    /// The async-request series of `model` of process `pid`.
     pub fn polls_for(&self, pid: u32, model: &str) -> PollMetrics {
-        let labels = ModelLabels { model: model.to_string(), pid };
-        PollMetrics {
-            polls: self.request_polls.get_or_create(&labels).clone(),
-            busy_seconds: self.request_busy.get_or_create(&labels).clone(),
-        }
+        self.models.polls(pid, model)
     }
 
     /// One process's CPU, serving requests and not.
@@ -385,14 +247,6 @@ impl Metrics {
 
     pub fn event_counter(&self, kind: EventKind) -> Counter {
         self.events.get_or_create(&EventLabels { event: kind.name() }).clone()
-    }
-
-    fn duration_summary(&self, labels: &ModelLabels) -> Arc<DurationSummary> {
-        let summary = Arc::new(DurationSummary::default());
-        let mut summaries =
-            self.request_duration_quantile.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        summaries.push((labels.clone(), summary.clone()));
-        summary
     }
 
     /// One process's series of its own: its memory and whether it runs, with the container and
@@ -409,40 +263,16 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of `process`, whose models are `models`: it exited long enough ago
-    /// that the last scrapes saw its final counts.
-    pub fn forget_process(&self, process: &ProcessMetrics, models: &[String]) {
+    /// Removes every series of `process`: it exited long enough ago that the last scrapes saw
+    /// its final counts.
+    pub fn forget_process(&self, process: &ProcessMetrics) {
         let pid = process.info.pid;
         let labels = ProcessLabels { pid };
         self.process_memory.remove(&labels);
         self.process_memory_peak.remove(&labels);
         self.target_up.remove(&process.info);
         self.cpu.forget_process(pid);
-        for model in models {
-            let labels = ModelLabels { model: model.clone(), pid };
-            for status in Status::ALL {
-                self.requests.remove(&RequestLabels { model: model.clone(), pid, status });
-            }
-            for state in [WorkerState::busy, WorkerState::idle] {
-                self.workers.remove(&WorkerLabels { model: model.clone(), pid, state });
-            }
-            for family in [&self.request_duration, &self.request_queue, &self.request_service] {
-                family.remove(&labels);
-            }
-            for family in [&self.queue_depth, &self.queue_depth_max, &self.worker_memory] {
-                family.remove(&labels);
-            }
-            for family in
-                [&self.worker_spawns, &self.worker_evictions, &self.worker_crashes, &self.request_polls]
-            {
-                family.remove(&labels);
-            }
-            self.request_busy.remove(&labels);
-            self.cpu.forget_model(&labels);
-        }
-        let mut summaries =
-            self.request_duration_quantile.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        summaries.retain(|(labels, _)| labels.pid != pid);
+        self.models.forget_process(pid);
     }
 
     /// The exposition in `format`.
@@ -454,36 +284,11 @@ impl Metrics {
             Format::OpenMetrics => body.to_string(),
             Format::PrometheusText => prometheus_text(body),
         };
-        self.encode_duration_summaries(&mut text);
+        self.models.encode(&mut text, format);
         if format == Format::OpenMetrics {
             text.push_str("# EOF\n");
         }
         text
-    }
-
-    fn encode_duration_summaries(&self, text: &mut String) {
-        let name = name::REQUEST_DURATION_QUANTILE;
-        let summaries =
-            self.request_duration_quantile.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if summaries.is_empty() {
-            return;
-        }
-        let _ = writeln!(text, "# HELP {name} {QUANTILE_HELP}.\n# TYPE {name} summary");
-        for (labels, summary) in summaries.iter() {
-            let model = escape_label_value(&labels.model);
-            let pid = labels.pid;
-            for (quantile, value) in QUANTILES.iter().zip(&summary.quantiles) {
-                let seconds = f64::from_bits(value.load(Ordering::Relaxed));
-                let _ = writeln!(
-                    text,
-                    "{name}{{model=\"{model}\",pid=\"{pid}\",quantile=\"{quantile}\"}} {seconds}"
-                );
-            }
-            let sum = f64::from_bits(summary.sum.load(Ordering::Relaxed));
-            let _ = writeln!(text, "{name}_sum{{model=\"{model}\",pid=\"{pid}\"}} {sum}");
-            let count = summary.count.load(Ordering::Relaxed);
-            let _ = writeln!(text, "{name}_count{{model=\"{model}\",pid=\"{pid}\"}} {count}");
-        }
     }
 }
 
@@ -585,6 +390,17 @@ impl DurationSummary {
             slot.store(value.to_bits(), Ordering::Relaxed);
         }
     }
+
+    /// The quantiles, the sum and the count.
+    fn read(&self) -> ([f64; 3], f64, u64) {
+        let load = |value: &AtomicU64| f64::from_bits(value.load(Ordering::Relaxed));
+        (self.quantiles.each_ref().map(load), load(&self.sum), self.count.load(Ordering::Relaxed))
+    }
+
+    fn values(&self, values: &mut Vec<u64>) {
+        values.extend(self.quantiles.iter().map(|value| value.load(Ordering::Relaxed)));
+        values.extend([self.sum.load(Ordering::Relaxed), self.count.load(Ordering::Relaxed)]);
+    }
 }
 
 #[cfg(test)]
@@ -653,7 +469,7 @@ mod tests {
         let text = metrics.encode(Format::PrometheusText);
         assert!(!text.contains("# EOF") && text.contains("# TYPE pool_requests_total counter"));
         // A process's series go once it is forgotten.
-        metrics.forget_process(&metrics.for_process(7, "", ""), &["m\"x".to_string()]);
+        metrics.forget_process(&metrics.for_process(7, "", ""));
         assert!(!metrics.encode(Format::OpenMetrics).contains("pid=\"7\""));
     }
 }
