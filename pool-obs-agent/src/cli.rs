@@ -8,6 +8,7 @@ use crate::{
     aggregate,
     attach::LoadSettings,
     export::{health::Thresholds, http},
+    publish::Bucketed,
 };
 
 #[derive(Parser, Debug)]
@@ -185,6 +186,10 @@ pub struct Options {
     /// Log format on stderr; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The latency histograms written with all their buckets; the others keep their +Inf
+    /// bucket, sum and count.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "duration")]
+    pub histogram_buckets: Vec<HistogramName>,
     #[command(flatten)]
     pub debug: DebugFile,
 }
@@ -193,6 +198,15 @@ pub struct Options {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A latency histogram, as `--histogram-buckets` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HistogramName {
+    Duration,
+    Queue,
+    Service,
+    Cpu,
 }
 
 impl Options {
@@ -213,6 +227,16 @@ impl Options {
             max_models: self.max_models,
             max_in_flight: self.max_in_flight,
             request_expiry: Duration::from_secs(self.request_expiry_secs.max(1)),
+        }
+    }
+
+    pub fn bucketed(&self) -> Bucketed {
+        let named = |name| self.histogram_buckets.contains(&name);
+        Bucketed {
+            duration: named(HistogramName::Duration),
+            queue: named(HistogramName::Queue),
+            service: named(HistogramName::Service),
+            cpu: named(HistogramName::Cpu),
         }
     }
 

@@ -208,7 +208,7 @@ async fn run(options: Options) -> Result<()> {
             None
         }
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_buckets(options.bucketed()));
     let mut fleet = Fleet::new(
         selector,
         cpu,

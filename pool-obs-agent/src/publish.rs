@@ -24,7 +24,7 @@ mod cpu;
 mod models;
 mod view;
 pub use cpu::{ModelCpu, ProcessCpu};
-pub use models::Latencies;
+pub use models::{Bucketed, Latencies};
 pub use view::{ModelView, Timeline, WindowSummary, WorkerCounts};
 
 pub mod name {
@@ -158,11 +158,18 @@ pub struct PollMetrics {
 }
 
 impl Metrics {
+    /// The metrics, with the request duration's buckets alone: the tests' metrics.
+    #[cfg(test)]
     pub fn new() -> Self {
+        Self::with_buckets(Bucketed::default())
+    }
+
+    /// The metrics, with the buckets of the latency histograms in `bucketed`.
+    pub fn with_buckets(bucketed: Bucketed) -> Self {
         let mut registry = Registry::default();
         let metrics = Self {
             registry: Registry::default(),
-            models: models::ModelSeries::default(),
+            models: models::ModelSeries::new(bucketed),
             cpu: cpu::CpuFamilies::new(),
             events: Family::default(),
             process_memory: Family::default(),

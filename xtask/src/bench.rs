@@ -497,11 +497,18 @@ fn endpoints(scale: &Scale) -> Result<String> {
         let rss_mib = vm_rss_bytes(agent.child.id()) as f64 / (1024.0 * 1024.0);
         stop(&mut agent.child, libc::SIGTERM);
         if models == 1000 {
-            verdicts = format!(
-                "\nAt 1,000 models: `/health` p99 < 1 ms: {}; `/metrics` p99 < 5 ms: {} (timed from a \
-                 client on the same machine, connection included).\n\n",
+            verdicts += &format!(
+                "\nAt 1,000 models: `/health` p99 < 1 ms: {}; `/metrics` p99 ≤ 5 ms: {} (timed from a \
+                 client on the same machine, connection included).",
                 verdict(health_p99 < 1.0),
-                verdict(metrics_p99 < 5.0)
+                verdict(metrics_p99 <= 5.0)
+            );
+        }
+        if models == 10_000 {
+            verdicts += &format!(
+                " At 10,000 models: `/health` p99 ≤ 1 ms: {}; `/metrics` p99 ≤ 50 ms: {}.\n\n",
+                verdict(health_p99 <= 1.0),
+                verdict(metrics_p99 <= 50.0)
             );
         }
         table += &format!(

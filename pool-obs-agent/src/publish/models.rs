@@ -43,6 +43,24 @@ impl Latencies {
     }
 }
 
+/// Which latency histograms are written with their buckets. The others are written with their
+/// `+Inf` bucket, sum and count alone: a dashboard's means and rates need no more, and buckets
+/// are most of a scrape's bytes (16 lines a model each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucketed {
+    pub duration: bool,
+    pub queue: bool,
+    pub service: bool,
+    pub cpu: bool,
+}
+
+impl Default for Bucketed {
+    /// The request duration's, whose p99 a dashboard plots.
+    fn default() -> Self {
+        Self { duration: true, queue: false, service: false, cpu: false }
+    }
+}
+
 /// What a family is, for its header.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -116,12 +134,16 @@ struct Cache {
 }
 
 /// Every model's series.
-#[derive(Default)]
 pub struct ModelSeries {
     entries: RwLock<Vec<Arc<Entry>>>,
+    bucketed: Bucketed,
 }
 
 impl ModelSeries {
+    pub fn new(bucketed: Bucketed) -> Self {
+        Self { entries: RwLock::default(), bucketed }
+    }
+
     /// The series of `model` of process `pid`, made now.
     pub fn create(&self, pid: u32, model: &str) -> ModelMetrics {
         let metrics = ModelMetrics {
@@ -177,7 +199,7 @@ impl ModelSeries {
         let entries: Vec<Arc<Entry>> =
             self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         // Each cache stays locked until its text is copied: two scrapes lock them in one order.
-        let caches: Vec<_> = entries.iter().map(|entry| entry.fresh_cache()).collect();
+        let caches: Vec<_> = entries.iter().map(|entry| entry.fresh_cache(self.bucketed)).collect();
         let bytes: usize = caches.iter().flat_map(|cache| &cache.families).map(String::len).sum();
         text.reserve(bytes + FAMILIES.len() * 200);
         for (index, (name, kind, help)) in FAMILIES.iter().enumerate() {
@@ -197,12 +219,12 @@ impl ModelSeries {
 
 impl Entry {
     /// Its cache, encoded again if a value changed since.
-    fn fresh_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+    fn fresh_cache(&self, bucketed: Bucketed) -> std::sync::MutexGuard<'_, Cache> {
         let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut values = Vec::with_capacity(cache.values.len());
         self.values(&mut values);
         if cache.families.is_empty() || values != cache.values {
-            cache.families = self.encode();
+            cache.families = self.encode(bucketed);
             cache.values = values;
         }
         cache
@@ -235,7 +257,7 @@ impl Entry {
     }
 
     /// Its text, one string per family of [`FAMILIES`].
-    fn encode(&self) -> Vec<String> {
+    fn encode(&self, bucketed: Bucketed) -> Vec<String> {
         let (labels, metrics) = (&self.labels, &self.metrics);
         let counter = |name: &str, value: u64| format!("{name}_total{{{labels}}} {value}\n");
         let seconds = |name: &str, value: f64| format!("{name}_total{{{labels}}} {value}\n");
@@ -265,13 +287,13 @@ impl Entry {
         );
         vec![
             requests,
-            histogram(name::REQUEST_DURATION, labels, &metrics.request_duration),
-            histogram(name::REQUEST_QUEUE, labels, &metrics.request_queue),
-            histogram(name::REQUEST_SERVICE, labels, &metrics.request_service),
+            histogram(name::REQUEST_DURATION, labels, &metrics.request_duration, bucketed.duration),
+            histogram(name::REQUEST_QUEUE, labels, &metrics.request_queue, bucketed.queue),
+            histogram(name::REQUEST_SERVICE, labels, &metrics.request_service, bucketed.service),
             polls,
             busy,
             seconds(name::MODEL_CPU, metrics.cpu.seconds.get()),
-            histogram(name::REQUEST_CPU, labels, &metrics.cpu.per_request),
+            histogram(name::REQUEST_CPU, labels, &metrics.cpu.per_request, bucketed.cpu),
             summary(labels, &metrics.request_duration_quantiles),
             gauge(name::QUEUE_DEPTH, &metrics.queue_depth),
             gauge(name::QUEUE_DEPTH_MAX, &metrics.queue_depth_max),
@@ -284,13 +306,17 @@ impl Entry {
     }
 }
 
-fn histogram(name: &str, labels: &str, latencies: &Latencies) -> String {
-    let mut text = String::with_capacity(1200);
+/// A histogram's lines: every bucket if `bucketed`, else the `+Inf` one alone.
+fn histogram(name: &str, labels: &str, latencies: &Latencies, bucketed: bool) -> String {
+    let mut text = String::with_capacity(if bucketed { 1200 } else { 200 });
     let mut cumulative = 0;
     for (index, bucket) in latencies.buckets.iter().enumerate() {
         cumulative += bucket.load(Ordering::Relaxed);
         let _ = match LATENCY_BUCKETS.get(index) {
-            Some(bound) => writeln!(text, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"),
+            Some(bound) if bucketed => {
+                writeln!(text, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}")
+            }
+            Some(_) => Ok(()),
             None => writeln!(text, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"),
         };
     }
@@ -345,6 +371,23 @@ mod tests {
             metrics
                 .encode(Format::OpenMetrics)
                 .contains("pool_request_polls_total{model=\"idle\",pid=\"7\"} 3\n")
+        );
+    }
+
+    #[test]
+    fn a_histogram_without_its_buckets_keeps_its_inf_bucket_sum_and_count() {
+        let metrics = Metrics::with_buckets(Bucketed { duration: false, ..Bucketed::default() });
+        metrics.for_model(7, "m").request_duration.observe(0.003);
+        let text = metrics.encode(Format::OpenMetrics);
+        let lines: Vec<&str> =
+            text.lines().filter(|line| line.starts_with("pool_request_duration_seconds")).collect();
+        assert_eq!(
+            lines,
+            [
+                "pool_request_duration_seconds_bucket{model=\"m\",pid=\"7\",le=\"+Inf\"} 1",
+                "pool_request_duration_seconds_sum{model=\"m\",pid=\"7\"} 0.003",
+                "pool_request_duration_seconds_count{model=\"m\",pid=\"7\"} 1",
+            ]
         );
     }
 
