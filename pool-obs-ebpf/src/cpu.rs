@@ -21,8 +21,11 @@ use aya_ebpf::{
 static PROCESS_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// By pid_tgid: the on-CPU time of each thread of a followed process, to its last switch.
+/// LRU, so that threads that exit unseen cannot fill it; sized for 64 processes of 1,000
+/// threads (a thread it evicts restarts its clock, and its request in flight loses its CPU
+/// time).
 #[map]
-static THREAD_CPU: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+static THREAD_CPU: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
 
 #[map]
 static SLICE_STARTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
