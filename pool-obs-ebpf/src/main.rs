@@ -2,7 +2,9 @@
 //! attach cookie indexes `PROBES`, whose spec says which event to write and where its values
 //! live. Flow: probe fires → [`registers`] captured → [`read`] evaluates the spec → [`emit`]
 //! writes the typed event into `EVENTS`. Calls with return probes are followed by
-//! [`calls`], which also notices the calls a panic unwound through.
+//! [`calls`], which also notices the calls a panic unwound through. Beside the probes,
+//! [`cpu`] keeps each followed thread's CPU clock at every context switch, and [`sample`]
+//! takes the CPU samples of a profile.
 #![no_std]
 #![no_main]
 
