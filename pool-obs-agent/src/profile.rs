@@ -139,9 +139,12 @@ impl Collector {
         for key in self.stacks.keys() {
             for address in &key.addresses {
                 symbolized.entry((key.pid, *address)).or_insert_with(|| {
-                    let Some(module) = self.spaces.get(&key.pid).and_then(|space| space.module(*address))
-                    else {
-                        return vec![unknown(format!("{address:#x}"))];
+                    let space = self.spaces.get(&key.pid);
+                    let Some(module) = space.and_then(|space| space.module(*address)) else {
+                        let special = space.and_then(|space| space.special(*address));
+                        return vec![unknown(
+                            special.map_or_else(|| format!("{address:#x}"), str::to_string),
+                        )];
                     };
                     let object = &module.object;
                     let symbols =

@@ -97,11 +97,19 @@ impl Module {
 /// The executable mappings of one process.
 pub struct AddressSpace {
     modules: Vec<Module>,
+    /// Code the kernel maps with no file (`[vdso]`): named, not unwound.
+    special: Vec<(u64, u64, String)>,
 }
 
 impl AddressSpace {
     pub fn module(&self, address: u64) -> Option<&Module> {
         self.modules.iter().find(|module| (module.start..module.end).contains(&address))
+    }
+
+    /// The name of the fileless code at `address`, such as `[vdso]`.
+    pub fn special(&self, address: u64) -> Option<&str> {
+        let (_, _, name) = self.special.iter().find(|(start, end, _)| (*start..*end).contains(&address))?;
+        Some(name)
     }
 }
 
@@ -144,9 +152,13 @@ impl Objects {
     /// The executable mappings of the process whose code is `code`.
     pub fn address_space(&mut self, code: &ProcessCode) -> AddressSpace {
         let maps = code.maps();
-        let mut modules = Vec::new();
+        let (mut modules, mut special) = (Vec::new(), Vec::new());
         for line in maps.lines() {
             let Some(mapping) = Mapping::parse(line) else { continue };
+            if mapping.path.starts_with('[') {
+                special.push((mapping.start, mapping.end, mapping.path.to_string()));
+                continue;
+            }
             let path = code.path(mapping.path);
             let object = self
                 .by_file
@@ -161,11 +173,11 @@ impl Objects {
                 object,
             });
         }
-        AddressSpace { modules }
+        AddressSpace { modules, special }
     }
 }
 
-/// One line of `/proc/PID/maps` that maps a file's code.
+/// One line of `/proc/PID/maps` that maps code: a file's, or the kernel's (`[vdso]`).
 struct Mapping<'a> {
     start: u64,
     end: u64,
@@ -183,7 +195,7 @@ impl<'a> Mapping<'a> {
         let _device = fields.next()?;
         let inode = fields.next()?.parse().ok()?;
         let path = fields.next()?;
-        if !permissions.contains('x') || !path.starts_with('/') {
+        if !permissions.contains('x') || !(path.starts_with('/') || path.starts_with('[')) {
             return None;
         }
         Some(Self {
@@ -207,7 +219,8 @@ mod tests {
         assert_eq!((mapping.start, mapping.end, mapping.offset), (0x55d0c8a00000, 0x55d0c8b00000, 0x40000));
         assert_eq!((mapping.inode, mapping.path), (1234, "/usr/bin/pool"));
         assert!(Mapping::parse("7ffd0000-7ffd1000 rw-p 00000000 00:00 0   [stack]").is_none());
-        assert!(Mapping::parse("7ffd0000-7ffd1000 r-xp 00000000 00:00 0   [vdso]").is_none());
+        let vdso = Mapping::parse("7ffd0000-7ffd1000 r-xp 00000000 00:00 0   [vdso]").expect("code");
+        assert_eq!(vdso.path, "[vdso]");
         assert!(Mapping::parse("55d0c8900000-55d0c8a00000 r--p 00000000 fd:01 1234 /usr/bin/pool").is_none());
     }
 
