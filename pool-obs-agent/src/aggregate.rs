@@ -137,11 +137,15 @@ impl Aggregator {
         self.models.iter().map(|model| model.view(workers_seen)).collect()
     }
 
-    pub fn apply(&mut self, event: &Event) {
-        let kind = event.kind();
+    /// Counts an event of `kind` in `pool_obs_events_total`.
+    fn count_event(&self, kind: EventKind) {
         if let Some((_, counter)) = self.event_counters.iter().find(|(k, _)| *k == kind) {
             counter.inc();
         }
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        self.count_event(event.kind());
         if let Some(count) = self.events_by_probe.get_mut(event.header().probe as usize) {
             *count += 1;
         }

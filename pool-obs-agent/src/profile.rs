@@ -38,12 +38,29 @@ pub enum Format {
 }
 
 impl Format {
-    /// From a file name: `.svg` is a flame graph, anything else pprof.
+    const ALL: [Format; 3] = [Format::Pprof, Format::FlameGraph, Format::Folded];
+
+    /// Its name in `GET /profile?format=`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Pprof => "pprof",
+            Format::FlameGraph => "svg",
+            Format::Folded => "folded",
+        }
+    }
+
+    /// The format of that name.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|format| format.name() == name)
+    }
+
+    /// From a file name: `.svg` is a flame graph, `.folded` (or `.txt`) folded stacks, anything
+    /// else pprof.
     pub fn of_path(path: &std::path::Path) -> Self {
         match path.extension().and_then(|extension| extension.to_str()) {
-            Some("svg") => Format::FlameGraph,
-            Some("folded" | "txt") => Format::Folded,
-            _ => Format::Pprof,
+            Some("txt") => Format::Folded,
+            Some(extension) => Self::named(extension).unwrap_or(Format::Pprof),
+            None => Format::Pprof,
         }
     }
 
@@ -180,4 +197,24 @@ impl Collector {
 /// A frame named only by where its code is.
 fn unknown(place: String) -> Frame {
     Frame { function: place, file: String::new(), line: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::Format;
+
+    #[test]
+    fn a_format_is_named_one_way_in_queries_and_found_by_file_name() {
+        for format in Format::ALL {
+            assert_eq!(Format::named(format.name()), Some(format));
+        }
+        assert_eq!(Format::named("svgz"), None);
+        let of = |path: &str| Format::of_path(Path::new(path));
+        assert_eq!(
+            [of("cpu.svg"), of("cpu.folded"), of("cpu.txt"), of("cpu.pb.gz"), of("cpu")],
+            [Format::FlameGraph, Format::Folded, Format::Folded, Format::Pprof, Format::Pprof]
+        );
+    }
 }

@@ -156,13 +156,13 @@ impl Aggregator {
         let model = self.model_of(&event.header, &event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
         let ended_ns = (!unwound).then_some(event.header.ts_ns);
-        let tid = event.header.tid;
-        let clock_now = ThreadClock { tid, cpu_ns: event.cpu_ns };
-        // From the probed call's entry, else from the request's start on the same thread; a
-        // call a panic unwound through was closed later, by the thread's next probe.
+        let clock_now = ThreadClock { tid: event.header.tid, cpu_ns: event.cpu_ns };
+        // From the probed call's entry (on this thread), else from the request's start on the
+        // same thread; a call a panic unwound through was closed later, by the thread's next
+        // probe.
         let cpu_ns = match (entered, &request) {
             _ if unwound => None,
-            (Some(_), _) => ThreadClock { tid, cpu_ns: event.entered_cpu_ns }.until(clock_now),
+            (Some(_), _) => Some(event.cpu_ns.saturating_sub(event.entered_cpu_ns)),
             (None, Some(request)) => request.started_cpu.and_then(|started| started.until(clock_now)),
             (None, None) => None,
         };

@@ -9,11 +9,7 @@ use super::{Aggregator, ModelId, models::model_label};
 impl Aggregator {
     /// The label of the model the sampled thread was serving, or `None` when it served none.
     pub fn label_sample(&mut self, sample: &CpuSampled) -> Option<String> {
-        if let Some((_, counter)) =
-            self.event_counters.iter().find(|(kind, _)| *kind == EventKind::CpuSampled)
-        {
-            counter.inc();
-        }
+        self.count_event(EventKind::CpuSampled);
         if sample.header.probe != NOT_IN_CALL
             && let Some(label) = self.label_of_call(sample)
         {

@@ -232,12 +232,11 @@ async fn profile(State(endpoints): State<Endpoints>, Query(query): Query<Profile
         return error(StatusCode::BAD_REQUEST, format!("seconds={seconds}: from 1 to {MAX_PROFILE_SECONDS}"));
     }
     let format = match query.format.as_deref() {
-        None | Some("pprof") => profile::Format::Pprof,
-        Some("svg") => profile::Format::FlameGraph,
-        Some("folded") => profile::Format::Folded,
-        Some(other) => {
-            return error(StatusCode::BAD_REQUEST, format!("format={other}: pprof, svg or folded"));
-        }
+        None => profile::Format::Pprof,
+        Some(name) => match profile::Format::named(name) {
+            Some(format) => format,
+            None => return error(StatusCode::BAD_REQUEST, format!("format={name}: pprof, svg or folded")),
+        },
     };
     let selection = Selection { seconds, model: query.model, pid: query.pid, format };
     let (reply, answer) = oneshot::channel();

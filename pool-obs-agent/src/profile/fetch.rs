@@ -11,7 +11,7 @@ use std::{
 
 use crate::error::{Class, Refusal};
 
-use super::{Format, Selection};
+use super::Selection;
 
 /// Fetches the profile `selection` from the agent at `agent` and writes it to `output`.
 pub fn fetch(agent: SocketAddr, selection: &Selection, output: &Path) -> Result<(), Refusal> {
@@ -23,12 +23,7 @@ pub fn fetch(agent: SocketAddr, selection: &Selection, output: &Path) -> Result<
     if let Some(pid) = selection.pid {
         query.push_str(&format!("&pid={pid}"));
     }
-    let format = match selection.format {
-        Format::Pprof => "pprof",
-        Format::FlameGraph => "svg",
-        Format::Folded => "folded",
-    };
-    query.push_str(&format!("&format={format}"));
+    query.push_str(&format!("&format={}", selection.format.name()));
     let unreachable = |error: std::io::Error| {
         refuse(format!(
             "no agent answers at {agent} ({error}): start `pool-obs-agent --pid PID --manifest FILE` first, \

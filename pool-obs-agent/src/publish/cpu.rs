@@ -1,6 +1,7 @@
 //! Where the pool's CPU goes: per model, while its threads serve that model's requests, and
-//! per request; the rest of the process's CPU as `mode="other"`. The figures come from the
-//! kernel's per-thread CPU clocks (`pool-obs-ebpf/src/cpu.rs`), exact to the context switch.
+//! per request ([`ModelCpu`], encoded with the other per-model series in `super::models`); the
+//! process's CPU serving requests or not, as `mode="serving"|"other"`. The figures come from
+//! the kernel's per-thread CPU clocks (`pool-obs-ebpf/src/cpu.rs`), exact to the context switch.
 
 use std::sync::{Arc, atomic::AtomicU64};
 
