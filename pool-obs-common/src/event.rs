@@ -254,10 +254,15 @@ pub enum CallEnding {
     Returned = 0,
     /// It never returned: a panic unwound through it. The outcome value means nothing.
     Unwound = 1,
+    /// A poll inlined into a caller returned `Ready`: seen where the caller binds the value,
+    /// which is where the outcome was read. The state tag after it means nothing.
+    Ready = 2,
 }
 
 impl CallEnding {
     pub fn from_u8(raw: u8) -> Option<Self> {
-        [CallEnding::Returned, CallEnding::Unwound].into_iter().find(|ending| *ending as u8 == raw)
+        [CallEnding::Returned, CallEnding::Unwound, CallEnding::Ready]
+            .into_iter()
+            .find(|ending| *ending as u8 == raw)
     }
 }

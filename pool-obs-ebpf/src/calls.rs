@@ -144,7 +144,7 @@ pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce
 }
 
 /// The innermost open call, if it is the one entered at `sp` for `return_probe`: where an
-/// inlined poll fills in its future.
+/// inlined poll fills in its future, and where its caller binds the future's `Ready` value.
 pub fn innermost(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*mut OpenCall> {
     // SAFETY: as above.
     let depth = unsafe { (*calls).depth };

@@ -104,6 +104,7 @@ impl<C: EbpfContext> Source for AtEntry<'_, C> {
 struct AtReturn<'a, C: EbpfContext> {
     reader: &'a Reader<'a, C>,
     call: &'a OpenCall,
+    ending: CallEnding,
 }
 
 impl<C: EbpfContext> Source for AtReturn<'_, C> {
@@ -147,7 +148,7 @@ impl<C: EbpfContext> Source for AtReturn<'_, C> {
     }
     #[inline(always)]
     fn ending(&self) -> CallEnding {
-        CallEnding::Returned
+        self.ending
     }
     #[inline(always)]
     fn future(&self) -> u64 {
@@ -233,8 +234,26 @@ pub fn returned<C: EbpfContext>(
     call: &OpenCall,
 ) {
     let reader = Reader::new(ctx, registers, spec, hit.probe);
-    write(spec, hit, &AtReturn { reader: &reader, call });
+    write(spec, hit, &AtReturn { reader: &reader, call, ending: CallEnding::Returned });
     reader.report_failure();
+}
+
+/// Where the caller of an inlined poll binds the future's `Ready` value: the poll ended, and
+/// its outcome is read from `registers`, the caller's now. The caller's return writes nothing
+/// more for that future. Not inlined: with the caller's copy of the registers, one frame would
+/// pass the BPF stack limit.
+#[inline(never)]
+pub fn ready<C: EbpfContext>(
+    ctx: &C,
+    spec: &ProbeSpec,
+    hit: &Hit,
+    registers: &Registers,
+    call: &mut OpenCall,
+) {
+    let reader = Reader::new(ctx, registers, spec, hit.probe);
+    write(spec, hit, &AtReturn { reader: &reader, call, ending: CallEnding::Ready });
+    reader.report_failure();
+    call.future = 0;
 }
 
 /// The end of a call a panic unwound through, for a `request_ended` return probe: the request
@@ -332,7 +351,7 @@ pub fn read_at_entry<C: EbpfContext>(
     if spec.kind == EventKind::FuturePolled as u32 {
         // An inlined poll fills the future in at its own site (`fill_poll`).
         if spec.poll_inlined == 0 {
-            read_poll(&reader, call);
+            read_poll(&reader, call, reader.value(&spec.future, read::FUTURE));
         } else {
             call.model = ModelKey::ABSENT;
             call.request_id = 0;
@@ -357,21 +376,25 @@ pub fn fill_poll<C: EbpfContext>(
     registers: &Registers,
     call: &mut OpenCall,
 ) {
-    if call.future != 0 {
-        count(Counter::PollsMerged);
-    }
     let reader = Reader::new(ctx, registers, spec, hit.probe);
-    read_poll(&reader, call);
-    call.entered_ns = hit.now;
-    call.entered_cpu_ns = cpu::thread_clock(hit.now);
+    let future = reader.value(&spec.future, read::FUTURE);
+    // A poll the caller enters at more than one place may pass two of them: still one poll.
+    if future != call.future {
+        if call.future != 0 {
+            count(Counter::PollsMerged);
+        }
+        read_poll(&reader, call, future);
+        call.entered_ns = hit.now;
+        call.entered_cpu_ns = cpu::thread_clock(hit.now);
+    }
     reader.report_failure();
 }
 
 /// At a poll's start: the future, its state, and its arguments if it was never polled (in any
 /// other state they are not where the debug info puts them at the first poll).
-fn read_poll<C: EbpfContext>(reader: &Reader<'_, C>, call: &mut OpenCall) {
+fn read_poll<C: EbpfContext>(reader: &Reader<'_, C>, call: &mut OpenCall, future: u64) {
     let spec = reader.spec();
-    call.future = reader.value(&spec.future, read::FUTURE);
+    call.future = future;
     call.state = reader.state(call.future);
     call.worker_id = 0;
     if call.state == u64::from(spec.unresumed) {

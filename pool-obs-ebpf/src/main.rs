@@ -111,6 +111,25 @@ pub fn probe_poll(ctx: ProbeContext) {
     emit::fill_poll(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
 }
 
+/// Where the caller of an inlined poll binds the future's `Ready` value (a parent `async fn`'s
+/// `.await`, a wrapper such as `Timeout`): the poll `probe_poll` filled in ended there, ready.
+#[uprobe]
+pub fn probe_ready(ctx: ProbeContext) {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
+    let Some(call) =
+        calls::of_current_thread(false).and_then(|calls| calls::innermost(calls, sp, cookie.probe))
+    else {
+        return;
+    };
+    let registers = unsafe { Registers::at_entry(ctx.regs) };
+    // SAFETY: the slot stays as it is until this program run ends.
+    emit::ready(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
+}
+
 /// A uretprobe: only on functions the agent showed cannot unwind, or by the manifest's
 /// explicit `unsafe_uretprobe`, since a panic cannot unwind through its trampoline.
 #[uretprobe]

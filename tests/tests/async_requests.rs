@@ -1,8 +1,10 @@
 //! Async request paths: a request is a future, from its first poll to the poll that returns
 //! `Ready`, or to its drop (cancelled). `async-pool` is a tokio service built in release as
 //! written: its `async fn handle` is polled inside a wrapper future's poll, into which the
-//! optimiser inlined it. `async-pool-boxed` is the same service with `handle` returning a
-//! `Pin<Box<dyn Future>>`, polled and dropped through the box's vtable.
+//! optimiser inlined it. With `--awaited` its clients await it in an async block of their own
+//! task under `tokio::time::timeout`: the optimiser inlines the poll into the block's, and that
+//! into `Timeout`'s, which goes on after it. `async-pool-boxed` is the same service with `handle`
+//! returning a `Pin<Box<dyn Future>>`, polled and dropped through the box's vtable.
 
 use std::{collections::BTreeMap, process::Command};
 
@@ -14,9 +16,9 @@ use pool_obs_tests::{
 };
 
 /// Runs `pool_name` to its end with the agent attached; what each side counted, and the agent.
-fn profile(pool_name: &str) -> (Summary, Exposition, Agent) {
+fn profile(pool_name: &str, options: &[&str]) -> (Summary, Exposition, Agent) {
     let start = StartFile::new(pool_name);
-    let load = args(&["--requests", "20000", "--clients", "64"]);
+    let load = args(&[&["--requests", "20000", "--clients", "64"], options].concat());
     let mut pool = Pool::start_named(pool_name, &[load, start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest(&format!("{pool_name}.toml")), free_address(), &[]);
     start.start();
@@ -29,8 +31,8 @@ fn profile(pool_name: &str) -> (Summary, Exposition, Agent) {
 
 /// Every model's outcomes, cancellations and polls exactly as the service counted them, and
 /// its latency quantiles within 1%.
-fn assert_counted_exactly(pool_name: &str) {
-    let (summary, metrics, agent) = profile(pool_name);
+fn assert_counted_exactly(pool_name: &str, options: &[&str]) {
+    let (summary, metrics, agent) = profile(pool_name, options);
     assert_eq!(summary.models.len(), 3);
     for (model, truth) in &summary.models {
         let value = |name: &str, extra: &[(&str, &str)]| {
@@ -82,18 +84,29 @@ fn assert_counted_exactly(pool_name: &str) {
 
 #[test]
 fn an_async_fn_inlined_into_a_wrapper_future_is_counted_exactly_by_model_and_outcome() {
-    assert_counted_exactly("async-pool");
+    assert_counted_exactly("async-pool", &[]);
+}
+
+#[test]
+fn an_async_fn_awaited_in_a_parent_future_is_counted_exactly_where_the_parent_binds_its_value() {
+    // The build as written: the poll is inlined into the client's async block, itself inlined
+    // into `Timeout`'s poll, whose return is not the request's: the agent ends each poll where
+    // the block binds the `Ready` value, and finds the poll's second entry (past its state read).
+    let (code, text) = check("awaited", &std::fs::read_to_string(manifest("async-pool.toml")).unwrap());
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("(probe_ready): where <tokio::time::timeout::Timeout<T>"), "{text}");
+    assert_counted_exactly("async-pool", &["--awaited"]);
 }
 
 #[test]
 fn a_boxed_future_as_async_trait_makes_them_is_counted_exactly_by_model_and_outcome() {
-    assert_counted_exactly("async-pool-boxed");
+    assert_counted_exactly("async-pool-boxed", &[]);
 }
 
-/// `check` on async-pool with one probe: its exit code and what it printed.
-fn check(name: &str, probe: &str) -> (i32, String) {
+/// `check` on async-pool with a manifest: its exit code and what it printed.
+fn check(name: &str, manifest: &str) -> (i32, String) {
     let path = std::env::temp_dir().join(format!("pool-obs-async-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, format!("[[probe]]\n{probe}\n")).expect("write the manifest");
+    std::fs::write(&path, manifest).expect("write the manifest");
     let output = Command::new(binary("pool-obs-agent"))
         .args(["check", "--binary", binary("async-pool").to_str().unwrap(), "--manifest"])
         .arg(&path)
@@ -109,7 +122,7 @@ fn check(name: &str, probe: &str) -> (i32, String) {
 fn a_function_that_is_not_async_is_refused_as_an_async_request() {
     let (code, text) = check(
         "not-async",
-        "event = \"async_request\"\nfunction = \"async_pool::service::infer\"\nmodel = { constant = \"m\" }",
+        "[[probe]]\nevent = \"async_request\"\nfunction = \"async_pool::service::infer\"\nmodel = { constant = \"m\" }",
     );
     assert_eq!(code, 19, "{text}");
     assert!(
@@ -124,7 +137,7 @@ fn a_function_that_is_not_async_is_refused_as_an_async_request() {
 fn an_async_request_takes_its_values_from_the_fn_arguments_and_refuses_others_by_name() {
     let (code, text) = check(
         "misnamed",
-        "event = \"async_request\"\nfunction = \"async_pool::Service::handle\"\nmodel = \"request.model\"",
+        "[[probe]]\nevent = \"async_request\"\nfunction = \"async_pool::Service::handle\"\nmodel = \"request.model\"",
     );
     assert_eq!(code, 19, "{text}");
     assert!(text.contains("has no parameter `request`: it has `self`, `req`"), "{text}");

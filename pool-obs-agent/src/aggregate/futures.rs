@@ -1,7 +1,8 @@
 //! Async requests: a request is a future, from its first poll to the poll that leaves it
 //! `Returned` (its outcome from the `Ready` value), or to its drop before that (cancelled).
-//! Each poll event carries the future's state before and after it; the future's address names
-//! the request while it lives (it is pinned).
+//! Each poll event carries the future's state before and after it, or says it ended `Ready`
+//! where an inlined poll's caller bound the value; the future's address names the request
+//! while it lives (it is pinned).
 
 use pool_obs_common::event::{CallEnding, FutureDropped, FuturePolled};
 
@@ -49,7 +50,8 @@ impl Aggregator {
         let Some(future) = self.futures.get_mut(&event.future) else { return };
         future.polls.count += 1;
         future.polls.busy_ns += event.header.ts_ns.saturating_sub(event.entered_ns);
-        let unwound = CallEnding::from_u8(event.ending) == Some(CallEnding::Unwound);
+        let ending = CallEnding::from_u8(event.ending);
+        let unwound = ending == Some(CallEnding::Unwound);
         if !unwound {
             // A poll a panic unwound through was closed later, by the thread's next probe.
             future.polls.cpu_ns += event.cpu_ns.saturating_sub(event.entered_cpu_ns);
@@ -57,7 +59,7 @@ impl Aggregator {
         let status = if unwound || event.state_after == states.panicked {
             // The poll panicked: the request failed.
             Status::Failed
-        } else if event.state_after == states.returned {
+        } else if ending == Some(CallEnding::Ready) || event.state_after == states.returned {
             rule.map_or(Status::Ok, |rule| rule.classify(event.outcome_value, event.outcome_detail))
         } else {
             return;

@@ -508,6 +508,25 @@ fn a_future_dropped_before_it_is_ready_is_a_cancelled_request() {
 }
 
 #[test]
+fn a_poll_seen_ready_where_its_caller_binds_the_value_ends_its_request_whatever_the_state_reads() {
+    let mut aggregator = aggregator();
+    // The caller of an inlined poll bound the `Ready` value before the state tag was written.
+    let Event::FuturePolled(bound) = polled(0x70, (SUSPENDED, SUSPENDED), (2_000, 2_500), 9) else {
+        unreachable!()
+    };
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            Event::FuturePolled(FuturePolled { ending: CallEnding::Ready as u8, ..bound }),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 0 });
+    let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
+    assert_eq!((timeline.outcome, timeline.polls), (Some("failed"), Some(2)));
+}
+
+#[test]
 fn a_poll_that_panics_fails_its_request_and_a_future_seen_only_later_is_not_followed() {
     let mut aggregator = aggregator();
     let Event::FuturePolled(panicking) = polled(0x90, (SUSPENDED, PANICKED), (3_000, 4_000), 0) else {

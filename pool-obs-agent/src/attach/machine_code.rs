@@ -244,6 +244,30 @@ impl FunctionCode {
         sites
     }
 
+    /// The instructions between offsets `ranges` that read `size` bytes of memory at a base
+    /// register plus a displacement: (offset, base, displacement). Where an inlined future's
+    /// poll reads its state tag to pick up where it left off.
+    pub fn memory_reads(&self, ranges: &[(u64, u64)], size: usize) -> Vec<(u64, Register, i64)> {
+        let mut info = InstructionInfoFactory::new();
+        self.ops
+            .iter()
+            .filter(|op| ranges.iter().any(|(start, end)| (*start..*end).contains(&op.offset)))
+            .filter_map(|op| {
+                let instruction = &op.instruction;
+                let read = info.info(instruction).used_memory().iter().any(|memory| {
+                    memory.access() == OpAccess::Read
+                        && memory.index() == Register::None
+                        && memory.base() == instruction.memory_base()
+                });
+                let base = instruction.memory_base();
+                (read
+                    && instruction.memory_size().size() == size
+                    && !matches!(base, Register::None | Register::RIP))
+                .then(|| (op.offset, base, instruction.memory_displacement64() as i64))
+            })
+            .collect()
+    }
+
     pub fn entry_site(&self, reads: &[Register]) -> Result<Site, Unprobeable> {
         let first = self.ops.first().ok_or(Unprobeable::Undecodable)?;
         let site = |op: &Op, sp_offset: i32| Site {

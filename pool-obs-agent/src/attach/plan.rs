@@ -75,11 +75,21 @@ pub enum Program {
     /// `probe_poll`: a uprobe on a request future's poll inlined into a caller, which fills the
     /// future in to the caller's call.
     Poll,
+    /// `probe_ready`: a uprobe where the caller of an inlined poll binds the future's `Ready`
+    /// value, when that caller's return is not the poll's.
+    Ready,
 }
 
 impl Program {
-    pub const ALL: [Program; 6] =
-        [Program::Entry, Program::Call, Program::Return, Program::Exit, Program::UnwindCaught, Program::Poll];
+    pub const ALL: [Program; 7] = [
+        Program::Entry,
+        Program::Call,
+        Program::Return,
+        Program::Exit,
+        Program::UnwindCaught,
+        Program::Poll,
+        Program::Ready,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -89,6 +99,7 @@ impl Program {
             Program::Exit => "probe_exit",
             Program::UnwindCaught => "probe_unwind_caught",
             Program::Poll => "probe_poll",
+            Program::Ready => "probe_ready",
         }
     }
 }

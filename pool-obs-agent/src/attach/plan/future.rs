@@ -3,20 +3,26 @@
 //! them), ends at the poll that leaves it `Returned` (its outcome decoded from the `Ready`
 //! value), or is cancelled when it is dropped before that. Each poll is followed as a call:
 //! opened at the poll function's entry and closed at its returns. When the optimiser inlined
-//! the poll into a caller (a wrapper future's poll), the call is the caller's: opened at its
-//! entry, filled in with the future at the inlined poll (`probe_poll`), closed at the caller's
-//! returns, which return the same `Poll<Output>`.
+//! the poll into a caller, the call is the caller's: opened at its entry, filled in with the
+//! future at the inlined poll (`probe_poll`), closed at the caller's returns. A caller that
+//! returns the same `Poll<Output>` (a wrapper future's poll) returns the poll's value; any
+//! other (a parent `async fn`, `Timeout`) binds the `Ready` value and goes on, and the poll
+//! ends, ready, where it binds it (`probe_ready`, [`source::ready`]).
 
-use pool_obs_common::{event::EventKind, probe::ProbeSpec};
+use pool_obs_common::{
+    event::EventKind,
+    probe::{Base, ProbeSpec, Register},
+};
 
 use super::{Choice, Plan, Program, entry_site, info_of, return_sites, unprobeable};
 use crate::{
     attach::{
-        machine_code::{FunctionCode, Site},
+        machine_code::{FunctionCode, Handling, Site, decoder_register},
         source::{
             self, SourceInfo,
             compile::{Scope, Side},
             coroutine::Coroutine,
+            location::Location,
             place::{read, rebase_stack, show},
         },
         symbols::{Symbol, SymbolTable},
@@ -84,17 +90,42 @@ impl Plan {
                     .entry_sp_offset(symbol.address + at.offset)
                     .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
                 compiled.spec.poll_inlined = 1;
-                let rule = outcome(probe, source, &caller, &coroutine, &mut compiled)
-                    .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
                 let call = site.inlined.as_ref().map_or("?", |inlined| inlined.call.as_str());
                 let reason = format!("the poll, inlined at {call}, {}", at.handling);
-                let poll = Choice::safe(Program::Poll, Site { sp_offset, ..at }, reason);
-                (compiled.spec, compiled.shown, vec![poll], rule)
+                let others =
+                    other_poll_entries(probe, source, site, symbol, &code, &coroutine, &at, &compiled.spec)
+                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                let mut choices = vec![Choice::safe(Program::Poll, Site { sp_offset, ..at }, reason)];
+                for entry in others {
+                    let sp_offset = symbols
+                        .entry_sp_offset(symbol.address + entry.offset)
+                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
+                    let reason =
+                        format!("the poll, inlined at {call}, where it reads its state, {}", entry.handling);
+                    choices.push(Choice::safe(Program::Poll, Site { sp_offset, ..entry }, reason));
+                }
+                let rule = if source.type_name(source.return_type(&caller))
+                    == source.type_name(coroutine.poll_type)
+                {
+                    // A wrapper's poll that returns the future's own `Poll<Output>`: its return is
+                    // the poll's end.
+                    let scope = Scope::new(source, &caller, Side::Return).map_err(refuse)?;
+                    outcome(probe, &scope, "return.Ready.0", &mut compiled)
+                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?
+                } else {
+                    let (ready, rule) =
+                        ready_place(probe, source, symbols, &caller, site, &coroutine, &mut compiled)
+                            .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
+                    choices.push(ready);
+                    rule
+                };
+                (compiled.spec, compiled.shown, choices, rule)
             } else {
                 let scope = Scope::new(source, site, Side::Entry).map_err(refuse)?;
                 let mut compiled = poll_spec(probe, scope, &coroutine)
                     .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                let rule = outcome(probe, source, site, &coroutine, &mut compiled)
+                let returned = Scope::new(source, site, Side::Return).map_err(refuse)?;
+                let rule = outcome(probe, &returned, "return.Ready.0", &mut compiled)
                     .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
                 (compiled.spec, compiled.shown, Vec::new(), rule)
             };
@@ -171,7 +202,8 @@ impl Plan {
 }
 
 /// Where the drop glue of a future's state is probed, and the future's address there: its
-/// entry, or an inlined instance's first place the kernel accepts.
+/// entry (the glue's argument), or an inlined instance's first place the kernel accepts (the
+/// state, from where the glue's variables are in it).
 fn drop_site(
     source: &SourceInfo,
     site: &source::Site,
@@ -183,12 +215,13 @@ fn drop_site(
         source.dropped_state(site, coroutine).and_then(|state| read(&state, 8, "the future"))
     };
     if site.inlined.is_none() {
-        let mut future = future_at(site).map_err(|problem| (Class::SourceValue, problem))?;
+        // `drop_in_place::<T>(*mut T)`: the state's address is the first argument, in rdi.
+        let future = read(&Location::register(Register::Rdi), 8, "the future")
+            .map_err(|problem| (Class::SourceValue, problem))?;
         let spec = ProbeSpec { future, ..ProbeSpec::default() };
         let choice = entry_site(Program::Entry, &spec, code)
             .map_err(|problem| (Class::Unprobeable, problem.to_string()))?
             .remove(0);
-        rebase_stack(&mut future, choice.site.sp_offset);
         return Ok((choice.site, future));
     }
     first_inlined_place(site, symbol, code, future_at)
@@ -226,29 +259,121 @@ fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollS
     Ok(PollSpec { spec, shown })
 }
 
-/// The outcome rule, and the values it reads at the returns of `returning`: the poll function,
-/// or the caller it is inlined into, which must return the future's `Poll<Output>`.
-fn outcome(
+/// The other places a caller enters a poll inlined into it. A parent coroutine that knows the
+/// future is unresumed jumps past the poll's read of its state tag on the first poll (at the
+/// instance's start, where the debug info puts it), and enters at that read on the others.
+/// Each read of the future's tag in the instance is such a place; one spec serves them all, so
+/// the values must be where they are at the first.
+#[allow(clippy::too_many_arguments)]
+fn other_poll_entries(
     probe: &Probe,
     source: &SourceInfo,
-    returning: &source::Site,
+    poll: &source::Site,
+    symbol: &Symbol,
+    code: &FunctionCode,
+    coroutine: &Coroutine,
+    first: &Site,
+    spec: &ProbeSpec,
+) -> Result<Vec<Site>, String> {
+    let ranges: Vec<(u64, u64)> = source
+        .instance_ranges(poll)
+        .into_iter()
+        .map(|(begin, end)| (begin.saturating_sub(symbol.address), end.saturating_sub(symbol.address)))
+        .collect();
+    let values = |spec: &ProbeSpec| (spec.future, spec.model_ptr, spec.model_len, spec.request_id);
+    let mut entries = Vec::new();
+    for (load, base, displacement) in code.memory_reads(&ranges, usize::from(coroutine.tag_size)) {
+        let places = code.inlined_entries(load);
+        if places.iter().any(|place| place.offset == first.offset) {
+            continue;
+        }
+        // The read's base is the future's register there, or it reads something else.
+        for place in places {
+            if matches!(place.handling, Handling::Refused(_)) {
+                continue;
+            }
+            let moved = poll.at(symbol.address + place.offset);
+            let Ok(compiled) =
+                Scope::new(source, &moved, Side::Entry).and_then(|scope| poll_spec(probe, scope, coroutine))
+            else {
+                continue;
+            };
+            let future = compiled.spec.future;
+            let reads_tag = future.base() == Some(Base::Register)
+                && future.derefs == 0
+                && Register::from_u8(future.reg).map(decoder_register) == Some(base)
+                && future.addend + coroutine.tag.offset as i64 == displacement;
+            if !reads_tag {
+                continue;
+            }
+            if values(&compiled.spec) != values(spec) {
+                return Err(format!(
+                    "{} enters the poll at {:#x} and at {:#x}, with its values in other places",
+                    symbol.name,
+                    symbol.address + first.offset,
+                    symbol.address + place.offset
+                ));
+            }
+            entries.push(place);
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+/// Where the caller of a poll inlined into it binds the future's `Ready` value (see
+/// [`source::ready`]): a `probe_ready` there ends the poll, and the outcome is read there.
+fn ready_place(
+    probe: &Probe,
+    source: &SourceInfo,
+    symbols: &SymbolTable,
+    caller: &source::Site,
+    poll: &source::Site,
     coroutine: &Coroutine,
     compiled: &mut PollSpec,
-) -> Result<OutcomeRule, String> {
-    // The poll's end is the return of `returning`: when that is a caller the poll is inlined
-    // into, it must return the future's own `Poll<Output>`, as a wrapper future's poll does.
-    // Any other caller (a parent `async fn`) goes on after the future is ready, and may poll
-    // the next one before it returns.
-    let returned = source.return_type(returning);
-    if source.type_name(returned) != source.type_name(coroutine.poll_type) {
-        return Err(format!(
-            "its poll is inlined into `{}`, which returns `{}`, not the future's `{}`: the poll's end \
-             cannot be seen there; probe the async fn whose future that caller is",
-            returning.function,
-            source.type_name(returned),
-            source.type_name(coroutine.poll_type)
-        ));
+) -> Result<(Choice, OutcomeRule), (Class, String)> {
+    let symbol = symbols.containing(caller.address).ok_or((Class::SourceValue, "no symbol".to_string()))?;
+    let code = symbols.code(symbol);
+    let binding = source
+        .ready_binding(caller, poll, coroutine.poll_type)
+        .map_err(|problem| (Class::SourceValue, problem))?;
+    let mut first_problem = None;
+    for start in &binding.starts {
+        let placed = first_inlined_place(&caller.at(*start), symbol, &code, |moved| {
+            let mut trial = PollSpec { spec: compiled.spec, shown: Vec::new() };
+            let scope = Scope::of_ready(source, moved, source.bound_at(moved, &binding)?);
+            let rule = outcome(probe, &scope, "return", &mut trial)?;
+            Ok((rule, trial))
+        });
+        let (at, (rule, trial)) = match placed {
+            Ok(placed) => placed,
+            Err(problem) => {
+                first_problem.get_or_insert(problem);
+                continue;
+            }
+        };
+        let sp_offset = symbols
+            .entry_sp_offset(symbol.address + at.offset)
+            .map_err(|problem| (Class::SourceValue, problem.to_string()))?;
+        compiled.spec = trial.spec;
+        compiled.shown.extend(trial.shown);
+        let reason = format!(
+            "where {} binds the poll's `Ready` value (`{}`), {}",
+            caller.function, binding.name, at.handling
+        );
+        return Ok((Choice::safe(Program::Ready, Site { sp_offset, ..at }, reason), rule));
     }
+    Err(first_problem.unwrap_or((Class::SourceValue, format!("`{}` is never located", binding.name))))
+}
+
+/// The outcome rule, and the values it reads in `scope`, where `output` names the future's
+/// output: `return.Ready.0` at a return of its poll, `return` where a caller binds it.
+fn outcome(
+    probe: &Probe,
+    scope: &Scope,
+    output: &str,
+    compiled: &mut PollSpec,
+) -> Result<OutcomeRule, String> {
     let (path, arms) = match &probe.outcome {
         None => return Ok(OutcomeRule::constant(crate::outcome::Status::Ok)),
         Some(ProbeOutcome::Constant(status)) => return Ok(OutcomeRule::constant(*status)),
@@ -261,8 +386,7 @@ fn outcome(
         path.strip_prefix("return").filter(|rest| rest.is_empty() || rest.starts_with('.')).ok_or_else(
             || format!("`{path}`: an async request's outcome is read from what it returns, `return`"),
         )?;
-    let scope = Scope::new(source, returning, Side::Return)?;
-    let (value, detail, rule) = scope.variants(&format!("return.Ready.0{rest}"), arms)?;
+    let (value, detail, rule) = scope.variants(&format!("{output}{rest}"), arms)?;
     compiled.spec.outcome = value;
     let mut expression = format!("variant of {}", show(&value));
     if let Some(detail) = detail {

@@ -36,6 +36,8 @@ pub struct Scope<'a> {
     /// A closure's captured variables, found by name after its parameters.
     captures: Vec<Parameter>,
     side: Side,
+    /// Where a caller binds an inlined poll's `Ready` value: what `return` names there.
+    ready: Option<Parameter>,
 }
 
 /// A value found by a path: its type and where it is.
@@ -58,7 +60,21 @@ impl<'a> Scope<'a> {
                 capture.location = Err("in a stack slot the closure writes only after its entry".to_string());
             }
         }
-        Ok(Self { info, site, parameters, captures, side })
+        Ok(Self { info, site, parameters, captures, side, ready: None })
+    }
+
+    /// The scope where the caller of an inlined poll binds the future's `Ready` value (see
+    /// [`super::ready`]): `return` names that value, as it names a poll's return value at the
+    /// poll function's own return.
+    pub fn of_ready(info: &'a SourceInfo, site: &'a Site, bound: Parameter) -> Self {
+        Self {
+            info,
+            site,
+            parameters: Vec::new(),
+            captures: Vec::new(),
+            side: Side::Return,
+            ready: Some(bound),
+        }
     }
 
     /// The scope of a future's first poll, at its poll function's site: the names are the
@@ -167,6 +183,14 @@ impl<'a> Scope<'a> {
     }
 
     fn root(&self, name: &str, path: &str) -> Result<Found, String> {
+        if name == "return"
+            && let Some(bound) = &self.ready
+        {
+            let location = bound.location.clone().map_err(|why| {
+                format!("the `Ready` value its caller binds (`{}`) is {why} at {}", bound.name, self.where_())
+            })?;
+            return Ok(Found { ty: self.type_of(bound.ty, name)?, location });
+        }
         if name == "return" {
             return match self.side {
                 Side::Return => self.returned(path),

@@ -134,10 +134,12 @@ impl SourceInfo {
                 continue;
             };
             match &variable.location {
-                Ok(Location::Memory(address)) => {
-                    return Ok(Location::Computed(address.clone().offset(-(argument.offset as i64))));
-                }
-                Ok(other) => problem = format!("`{}` is in {other:?}, not in the state", argument.name),
+                Ok(location) => match location.stored_at() {
+                    Some(address) => {
+                        return Ok(Location::Computed(address.offset(-(argument.offset as i64))));
+                    }
+                    None => problem = format!("`{}` is in {location:?}, not in the state", argument.name),
+                },
                 Err(why) => problem = format!("`{}` is {why}", argument.name),
             }
         }

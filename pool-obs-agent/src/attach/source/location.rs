@@ -66,6 +66,21 @@ impl Location {
     pub fn register(register: Register) -> Self {
         Location::Register { origin: Origin::General(register), byte_offset: 0 }
     }
+
+    /// The memory the value is kept in: a `Memory` location's address, or that of the last
+    /// load of a `Computed` one that ends in a load (`DW_OP_breg14 112, DW_OP_deref,
+    /// DW_OP_stack_value` is the value stored at `r14 + 112`).
+    pub fn stored_at(&self) -> Option<Address> {
+        match self {
+            Location::Memory(address) => Some(address.clone()),
+            Location::Computed(address) if address.addend == 0 => {
+                let mut stored = address.clone();
+                stored.addend = stored.loads.pop()?;
+                Some(stored)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A value on the expression stack.
@@ -206,6 +221,17 @@ mod tests {
         let frame_base = Origin::General(Register::Rsp);
         let at_80 = Address::of(Origin::General(Register::Rsp)).offset(80);
         assert_eq!(evaluate_bytes(&[0x91, 0xd0, 0x00], Some(frame_base)), Ok(Some(Location::Memory(at_80))));
+    }
+
+    #[test]
+    fn a_value_computed_by_a_load_is_stored_where_it_is_loaded_from() {
+        // DW_OP_breg14 +112, DW_OP_deref, DW_OP_stack_value: the value stored at r14 + 112
+        let loaded = evaluate_bytes(&[0x7e, 0xf0, 0x00, 0x06, 0x9f], None).unwrap().unwrap();
+        let stored = Address::of(Origin::General(Register::R14)).offset(112);
+        assert_eq!(loaded.stored_at(), Some(stored.clone()));
+        assert_eq!(Location::Memory(stored.clone()).stored_at(), Some(stored.clone()));
+        // DW_OP_breg14 +112, DW_OP_stack_value: an address, kept nowhere
+        assert_eq!(Location::Computed(stored).stored_at(), None);
     }
 
     #[test]

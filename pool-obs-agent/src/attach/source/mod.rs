@@ -9,6 +9,7 @@ pub mod compile;
 pub mod coroutine;
 pub mod location;
 pub mod place;
+pub mod ready;
 pub mod signature;
 pub mod types;
 pub mod variants;
@@ -266,6 +267,18 @@ impl SourceInfo {
     /// the site's address.
     pub fn variables(&self, site: &Site) -> Result<Vec<Parameter>, String> {
         self.units.variables(site).map_err(|error| error.to_string())
+    }
+
+    /// The address ranges an inlined instance's code covers (its inlined calls' included).
+    pub fn instance_ranges(&self, site: &Site) -> Vec<(u64, u64)> {
+        let unit = &self.units.units[site.unit];
+        let Ok(entry) = unit.entry(site.entry) else { return Vec::new() };
+        let Ok(mut ranges) = self.units.dwarf.die_ranges(unit, &entry) else { return Vec::new() };
+        let mut covered = Vec::new();
+        while let Ok(Some(range)) = ranges.next() {
+            covered.push((range.begin, range.end));
+        }
+        covered
     }
 
     /// The function's return type, if it returns a value.

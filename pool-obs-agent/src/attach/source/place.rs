@@ -24,23 +24,37 @@ pub(super) fn field(location: &Location, offset: u64, size: u64, path: &str) -> 
             Ok(Location::Constant(value.checked_shr(8 * offset as u32).unwrap_or(0)))
         }
         Location::Pieces(pieces) => {
+            let end = offset + size;
+            // The pieces the part overlaps, each cut to it: one, or a smaller split value.
+            let mut part: Vec<(u64, Option<Location>)> = Vec::new();
             let mut start = 0;
             for (piece_size, piece) in pieces {
-                if offset >= start && offset + size <= start + piece_size {
-                    return match piece {
-                        Some(piece) => field(piece, offset - start, size, path),
-                        None => {
-                            Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
-                        }
+                let (from, to) = (offset.max(start), end.min(start + piece_size));
+                if from < to {
+                    let cut = match piece {
+                        Some(piece) => Some(field(piece, from - start, to - from, path)?),
+                        None => None,
                     };
-                }
-                if offset < start + piece_size && offset + size > start + piece_size {
-                    return Err(format!("`{path}` straddles the pieces the value is split into"));
+                    part.push((to - from, cut));
                 }
                 start += piece_size;
             }
-            Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
+            match part.as_slice() {
+                [(whole, Some(only))] if *whole == size => Ok(only.clone()),
+                [] | [(_, None)] => {
+                    Err(format!("`{path}` is optimised out (that part of the value is not kept)"))
+                }
+                _ => Ok(Location::Pieces(part)),
+            }
         }
+    }
+}
+
+/// The first `size` bytes of a split value, which must lie in one piece.
+fn whole_piece(location: &Location, size: u64, path: &str) -> Result<Location, String> {
+    match field(location, 0, size, path)? {
+        Location::Pieces(_) => Err(format!("`{path}` straddles the pieces the value is split into")),
+        part => Ok(part),
     }
 }
 
@@ -50,7 +64,7 @@ pub(super) fn dereference(location: &Location, path: &str) -> Result<Location, S
         Location::Memory(address) => Ok(Location::Memory(address.clone().load())),
         Location::Register { origin, byte_offset: 0 } => Ok(Location::Memory(Address::of(*origin))),
         Location::Computed(address) => Ok(Location::Memory(address.clone())),
-        Location::Pieces(_) => dereference(&field(location, 0, 8, path)?, path),
+        Location::Pieces(_) => dereference(&whole_piece(location, 8, path)?, path),
         _ => Err(format!("`{path}` goes through a pointer the compiler did not keep")),
     }
 }
@@ -100,7 +114,7 @@ pub fn read(location: &Location, size: u8, path: &str) -> Result<Scalar, String>
         Location::Constant(value) => {
             Ok(Scalar { base: Base::Constant as u8, constant: *value, size, ..Scalar::default() })
         }
-        Location::Pieces(_) => read(&field(location, 0, u64::from(size), path)?, size, path),
+        Location::Pieces(_) => read(&whole_piece(location, u64::from(size), path)?, size, path),
     }
 }
 
@@ -145,5 +159,39 @@ pub fn rebase_stack(scalar: &mut Scalar, sp_offset: i32) {
         scalar.offsets[0] += i64::from(sp_offset);
     } else {
         scalar.addend += i64::from(sp_offset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_register(register: Register) -> Option<Location> {
+        Some(Location::register(register))
+    }
+
+    #[test]
+    fn a_part_of_a_split_value_is_its_pieces_cut_to_it() {
+        // 8 bytes in r15, 4 in r12, 4 optimised out, 8 in rbp.
+        let split = Location::Pieces(vec![
+            (8, in_register(Register::R15)),
+            (4, in_register(Register::R12)),
+            (4, None),
+            (8, in_register(Register::Rbp)),
+        ]);
+        // In one piece: that piece.
+        assert_eq!(field(&split, 16, 8, "p"), Ok(Location::register(Register::Rbp)));
+        let high_half = Location::Register { origin: Origin::General(Register::R15), byte_offset: 4 };
+        assert_eq!(field(&split, 4, 4, "p"), Ok(high_half.clone()));
+        // Over several: a smaller split value, whose own fields are found in it.
+        let part = field(&split, 4, 12, "p").unwrap();
+        assert_eq!(
+            part,
+            Location::Pieces(vec![(4, Some(high_half)), (4, in_register(Register::R12)), (4, None)])
+        );
+        assert_eq!(field(&part, 4, 4, "p"), Ok(Location::register(Register::R12)));
+        // An integer must lie in one piece, and a part that was not kept is refused.
+        assert!(read(&part, 8, "p").unwrap_err().contains("straddles"));
+        assert!(field(&split, 12, 4, "p").unwrap_err().contains("optimised out"));
     }
 }

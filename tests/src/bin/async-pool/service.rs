@@ -9,7 +9,10 @@ use std::{
     future::Future,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -43,6 +46,10 @@ pub struct Options {
     drop_rate: f64,
     #[arg(long, default_value_t = 11)]
     seed: u64,
+    /// Clients await the request in their own task, under a timeout, rather than through the
+    /// `Counted` wrapper; the task counts its polls.
+    #[arg(long)]
+    awaited: bool,
     /// Wait for this file to exist before starting the load.
     #[arg(long)]
     start_file: Option<PathBuf>,
@@ -82,7 +89,7 @@ pub struct Work {
 impl Service {
     pub async fn serve(&self, req: &Request) -> Result<Reply, ServeError> {
         // Admission: a short wait, longer for a longer prompt.
-        tokio::time::sleep(Duration::from_micros(2_000 + 100 * req.prompt.len() as u64)).await;
+        tokio::time::sleep(Duration::from_micros(6_000 + 100 * req.prompt.len() as u64)).await;
         let (answer, answered) = oneshot::channel();
         let work = Work { prompt: req.prompt.clone(), fails: req.fails, slow: req.slow, answer };
         self.work.send(work).await.map_err(|_| ServeError::Closed)?;
@@ -154,7 +161,61 @@ struct Truth {
     polls: BTreeMap<String, u64>,
 }
 
-async fn client(service: Arc<Service>, truth: Arc<Mutex<Truth>>, options: Arc<Options>, nth: u64) {
+/// What a client saw of one request: its answer (`None`: it gave up and dropped it), how long
+/// from its first poll to `Ready`, and how many polls.
+type Seen = (Option<Result<Reply, ServeError>>, Duration, u64);
+
+/// The request through the `Counted` wrapper, under a timeout; it is dropped at the end,
+/// answered or not.
+async fn wrapped(service: &Service, req: &Request, patience: Option<Duration>) -> Seen {
+    let request = Counted::new(service.handle(req));
+    tokio::pin!(request);
+    let answer = tokio::time::timeout(patience.unwrap_or(Duration::from_secs(60)), &mut request).await.ok();
+    (answer, request.latency(), request.polls)
+}
+
+/// The request awaited in an async block of the client's own task, under a timeout: the
+/// optimiser inlines its poll into the block's, and that into `Timeout`'s. The task counts
+/// its own polls (`TaskPolls`); it polls the request at each while it awaits it, from the poll
+/// that creates it to the one it is ready or given up in.
+async fn awaited(service: &Service, req: &Request, patience: Option<Duration>, task: &AtomicU64) -> Seen {
+    let polled_before = task.load(Ordering::Relaxed);
+    let first_poll = Instant::now();
+    let patience = patience.unwrap_or(Duration::from_secs(60));
+    let answered = async {
+        let answer = service.handle(req).await;
+        (answer, first_poll.elapsed())
+    };
+    let (answer, latency) = match tokio::time::timeout(patience, answered).await {
+        Ok((answer, latency)) => (Some(answer), latency),
+        Err(_) => (None, first_poll.elapsed()),
+    };
+    (answer, latency, task.load(Ordering::Relaxed) - polled_before + 1)
+}
+
+/// A task's future, and how many times the runtime polled it.
+struct TaskPolls<F> {
+    inner: F,
+    polls: Arc<AtomicU64>,
+}
+
+impl<F: Future> Future for TaskPolls<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is never moved out of a pinned `TaskPolls` (pin-project's projection).
+        let this = unsafe { self.get_unchecked_mut() };
+        this.polls.fetch_add(1, Ordering::Relaxed);
+        unsafe { Pin::new_unchecked(&mut this.inner) }.poll(cx)
+    }
+}
+
+async fn client(
+    service: Arc<Service>,
+    truth: Arc<Mutex<Truth>>,
+    options: Arc<Options>,
+    nth: u64,
+    task: Arc<AtomicU64>,
+) {
     let mut id = nth;
     while id < options.requests {
         let model = options.models[(id as usize * 7 + id as usize / 3) % options.models.len()].clone();
@@ -163,30 +224,29 @@ async fn client(service: Arc<Service>, truth: Arc<Mutex<Truth>>, options: Arc<Op
         let slow = unit_interval(options.seed, id, 3) < options.slow_rate;
         let drops = unit_interval(options.seed, id, 4) < options.drop_rate;
         let req = Request { id, model, prompt, deadline: Duration::from_millis(10), fails, slow };
-        // The request is dropped at the end of this block, answered or not.
-        let (outcome, latency, polls) = {
-            let request = Counted::new(service.handle(&req));
-            tokio::pin!(request);
-            // A client that gives up drops the request after 100 µs, before the worker can answer.
-            let patience = if drops { Duration::from_micros(100) } else { Duration::from_secs(60) };
-            let outcome = match tokio::time::timeout(patience, &mut request).await {
-                Err(_) => Outcome::Cancelled,
-                Ok(Ok(reply)) => {
-                    assert_eq!((reply.id, &reply.model), (req.id, &req.model));
-                    std::hint::black_box(reply.text);
-                    Outcome::Ok
-                }
-                Ok(Err(ServeError::Timeout { after })) => {
-                    std::hint::black_box(after);
-                    Outcome::Timeout
-                }
-                Ok(Err(ServeError::Model(why))) => {
-                    std::hint::black_box(why);
-                    Outcome::Failed
-                }
-                Ok(Err(ServeError::Closed)) => Outcome::Failed,
-            };
-            (outcome, request.latency(), request.polls)
+        // A client that gives up drops the request after 100 µs, before the worker can answer.
+        let patience = drops.then_some(Duration::from_micros(100));
+        let (answer, latency, polls) = if options.awaited {
+            awaited(&service, &req, patience, &task).await
+        } else {
+            wrapped(&service, &req, patience).await
+        };
+        let outcome = match answer {
+            None => Outcome::Cancelled,
+            Some(Ok(reply)) => {
+                assert_eq!((reply.id, &reply.model), (req.id, &req.model));
+                std::hint::black_box(reply.text);
+                Outcome::Ok
+            }
+            Some(Err(ServeError::Timeout { after })) => {
+                std::hint::black_box(after);
+                Outcome::Timeout
+            }
+            Some(Err(ServeError::Model(why))) => {
+                std::hint::black_box(why);
+                Outcome::Failed
+            }
+            Some(Err(ServeError::Closed)) => Outcome::Failed,
         };
         let mut truth = truth.lock().expect("the truth");
         truth.tallies.entry(req.model.clone()).or_default().record(outcome, latency.as_micros() as u64);
@@ -224,7 +284,11 @@ pub fn main() {
     let truth = Arc::new(Mutex::new(Truth::default()));
     runtime.block_on(async {
         let clients: Vec<_> = (0..options.clients)
-            .map(|nth| tokio::spawn(client(service.clone(), truth.clone(), options.clone(), nth)))
+            .map(|nth| {
+                let polls = Arc::new(AtomicU64::new(0));
+                let client = client(service.clone(), truth.clone(), options.clone(), nth, polls.clone());
+                tokio::spawn(TaskPolls { inner: client, polls })
+            })
             .collect();
         for client in clients {
             client.await.expect("a client task");

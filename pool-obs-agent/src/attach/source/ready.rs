@@ -1,0 +1,186 @@
+//! Where a future's poll, inlined into a caller that goes on after it, returned `Ready`. A
+//! wrapper whose output is the future's (`Counted<F>`) returns the poll's value, so its return
+//! is the poll's end. A parent `async fn` (`service.handle(&req).await`) or a wrapper with an
+//! output of its own (`tokio::time::timeout`) does not: it binds the `Ready` value to a
+//! variable (the `.await`'s `result`, `Timeout`'s `v`) and goes on, and may poll the next
+//! request's future before it returns. That variable's first located address is on the
+//! `Ready` path alone, and says where the value is: there the poll ended, and its outcome is
+//! read.
+
+use gimli::{AttributeValue, EntriesTreeNode, UnitOffset, constants};
+
+use super::{DebugUnits, Parameter, R, Site, SourceInfo, types::Shape, types::TypeId};
+
+/// The variable a caller binds an inlined poll's `Ready` value to.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub name: String,
+    unit: usize,
+    entry: UnitOffset,
+    /// Where its locations start, lowest first: the candidate places of the poll's end.
+    pub starts: Vec<u64>,
+}
+
+impl SourceInfo {
+    /// The variable that `caller`, the function an inlined poll at `poll` runs in, binds the
+    /// poll's `Ready` value to: the nearest one of the future's output type in the scopes
+    /// around the poll (not inside it, nor in other calls inlined beside it) that the debug
+    /// info locates somewhere.
+    pub fn ready_binding(
+        &self,
+        caller: &Site,
+        poll: &Site,
+        poll_type: Option<TypeId>,
+    ) -> Result<Binding, String> {
+        let output =
+            self.output_of(poll_type).ok_or("the debug info has no `Ready` value type for its poll")?;
+        let output_name = self.type_name(Some(output));
+        let units = &self.units;
+        let unit = &units.units[caller.unit];
+        let mut tree = unit.entries_tree(Some(caller.entry)).map_err(|error| error.to_string())?;
+        let mut path = Vec::new();
+        let found = units
+            .path_to(tree.root().map_err(|error| error.to_string())?, poll.entry, &mut path)
+            .map_err(|error| error.to_string())?;
+        if !found || poll.unit != caller.unit {
+            return Err(format!("{:#x} is not inside {}", poll.address, caller.function));
+        }
+        // From the poll's enclosing scope outwards; each scope's own variables, and those of
+        // its blocks, but not those of the scope the poll is in (already searched) or of
+        // other inlined calls.
+        for depth in (0..path.len() - 1).rev() {
+            let mut tree = unit.entries_tree(Some(path[depth])).map_err(|error| error.to_string())?;
+            let mut bindings = Vec::new();
+            let root = tree.root().map_err(|error| error.to_string())?;
+            units
+                .variables_of_type(caller.unit, root, path[depth + 1], &output_name, &mut bindings)
+                .map_err(|error| error.to_string())?;
+            match bindings.len() {
+                0 => continue,
+                1 => return Ok(bindings.remove(0)),
+                _ => {
+                    let names: Vec<String> =
+                        bindings.iter().map(|binding| format!("`{}`", binding.name)).collect();
+                    return Err(format!(
+                        "its caller binds `{output_name}` to {} around the poll, and pool-obs cannot tell \
+                         which is the poll's",
+                        names.join(" and ")
+                    ));
+                }
+            }
+        }
+        Err(format!(
+            "{} never binds its `Ready` value (`{output_name}`) to a variable the debug info locates",
+            caller.function
+        ))
+    }
+
+    /// The binding, located at `site`'s address (a site of the caller).
+    pub fn bound_at(&self, site: &Site, binding: &Binding) -> Result<Parameter, String> {
+        let unit = &self.units.units[binding.unit];
+        let entry = unit.entry(binding.entry).map_err(|error| error.to_string())?;
+        self.units.located(site, &entry, binding.name.clone()).map_err(|error| error.to_string())
+    }
+
+    /// The `T` of a `Poll<T>`.
+    fn output_of(&self, poll_type: Option<TypeId>) -> Option<TypeId> {
+        let poll = self.units.type_of(poll_type?).ok()?;
+        let Shape::Struct { variants: Some(variants), .. } = &poll.shape else { return None };
+        variants.variants.iter().find_map(|variant| {
+            let data = self.units.type_of(variant.member.ty).ok()?;
+            match &data.shape {
+                Shape::Struct { members, .. } if data.name == "Ready" => {
+                    members.first().map(|member| member.ty)
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+impl DebugUnits {
+    /// The entries from `node` down to `target`, pushed onto `path`; whether it was found.
+    fn path_to(
+        &self,
+        node: EntriesTreeNode<R>,
+        target: UnitOffset,
+        path: &mut Vec<UnitOffset>,
+    ) -> gimli::Result<bool> {
+        path.push(node.entry().offset());
+        if node.entry().offset() == target {
+            return Ok(true);
+        }
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            if self.path_to(child, target, path)? {
+                return Ok(true);
+            }
+        }
+        path.pop();
+        Ok(false)
+    }
+
+    /// The located variables of type `output` in `node` and its lexical blocks, leaving out
+    /// the child `skip` and inlined calls.
+    fn variables_of_type(
+        &self,
+        unit: usize,
+        node: EntriesTreeNode<R>,
+        skip: UnitOffset,
+        output: &str,
+        found: &mut Vec<Binding>,
+    ) -> gimli::Result<()> {
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry();
+            if entry.offset() == skip {
+                continue;
+            }
+            match entry.tag() {
+                constants::DW_TAG_lexical_block => {
+                    self.variables_of_type(unit, child, skip, output, found)?
+                }
+                constants::DW_TAG_variable => {
+                    let ty = self.inherited_type(unit, entry);
+                    if ty.and_then(|ty| self.type_of(ty).ok()).is_none_or(|ty| ty.name != output) {
+                        continue;
+                    }
+                    let starts = self.location_starts(unit, entry)?;
+                    if starts.is_empty() {
+                        continue;
+                    }
+                    let name = self.name_of(unit, entry).unwrap_or_else(|| "_".to_string());
+                    found.push(Binding { name, unit, entry: entry.offset(), starts });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a variable's location list entries start, lowest first.
+    fn location_starts(
+        &self,
+        unit: usize,
+        entry: &gimli::DebuggingInformationEntry<R>,
+    ) -> gimli::Result<Vec<u64>> {
+        let dwarf_unit = &self.units[unit];
+        let Some(value) = entry.attr_value(constants::DW_AT_location)? else { return Ok(Vec::new()) };
+        if matches!(value, AttributeValue::Exprloc(_)) {
+            return Ok(Vec::new());
+        }
+        let Some(offset) = self.dwarf.attr_locations_offset(dwarf_unit, value)? else {
+            return Ok(Vec::new());
+        };
+        let mut list = self.dwarf.locations(dwarf_unit, offset)?;
+        let mut starts = Vec::new();
+        while let Some(item) = list.next()? {
+            if item.range.begin < item.range.end {
+                starts.push(item.range.begin);
+            }
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        Ok(starts)
+    }
+}
