@@ -15,6 +15,19 @@ pub fn get(address: SocketAddr, path: &str) -> io::Result<Response> {
     get_waiting(address, path, Duration::from_secs(10))
 }
 
+/// A GET read to its last byte into `raw` (headers included), and nothing else done with it:
+/// what timing an endpoint should measure, rather than this client's own parsing.
+pub fn get_raw(address: SocketAddr, path: &str, raw: &mut Vec<u8>) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    raw.clear();
+    stream.read_to_end(raw)?;
+    Ok(())
+}
+
 /// As [`get`], for an answer that takes up to `wait` (a profile).
 pub fn get_waiting(address: SocketAddr, path: &str, wait: Duration) -> io::Result<Response> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");

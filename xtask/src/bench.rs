@@ -18,7 +18,7 @@ use pool_obs_tests::{
     processes::{Agent, Pool, StartFile, args, binary, free_address, manifest, stop, vm_rss_bytes},
 };
 
-use crate::setup::{ensure_debian_packages, setup, workspace_root};
+use crate::setup::{self, Tools, ensure_debian_packages, setup, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -64,9 +64,13 @@ impl Scale {
 }
 
 pub fn run(options: &Options) -> Result<()> {
-    setup()?.build_release()?;
+    let tools = setup()?;
+    tools.build_release()?;
     ensure_debian_packages(&["bpftrace", "bpftool", "linux-perf"])?;
     let scale = Scale::new(options.quick);
+    if options.only.is_empty() || options.only.iter().any(|only| only == "probes") {
+        build_patchable_target(&tools)?;
+    }
     let sections: [(&str, Section); 7] = [
         ("probes", probe_costs),
         ("agent-cpu", agent_cpu),
@@ -107,10 +111,11 @@ enum Config {
     PoolObsUretprobe,
     EntryOnPush,
     EntryOnLeaf,
+    EntryOnNop,
 }
 
 impl Config {
-    const ALL: [Config; 10] = [
+    const ALL: [Config; 11] = [
         Config::NoProbe,
         Config::FloorEntry,
         Config::FloorEntryReturn,
@@ -121,6 +126,7 @@ impl Config {
         Config::PoolObsUretprobe,
         Config::EntryOnPush,
         Config::EntryOnLeaf,
+        Config::EntryOnNop,
     ];
 
     fn label(self) -> &'static str {
@@ -143,6 +149,9 @@ impl Config {
             Config::EntryOnLeaf => {
                 "10. pool-obs, one entry probe on `tally`, a leaf whose first instruction is single-stepped (placed on the branch after it)"
             }
+            Config::EntryOnNop => {
+                "11. pool-obs as 9, the target built with `-Z patchable-function-entry=5` (first instruction a 5-byte `nop`, emulated)"
+            }
         }
     }
 
@@ -162,7 +171,7 @@ impl Config {
             Config::PoolObs => Some("bench-target.toml"),
             Config::PoolObsEntryOnly => Some("bench-target-entry-only.toml"),
             Config::PoolObsUretprobe => Some("bench-target-uretprobe.toml"),
-            Config::EntryOnPush => Some("bench-target-entry-begin.toml"),
+            Config::EntryOnPush | Config::EntryOnNop => Some("bench-target-entry-begin.toml"),
             Config::EntryOnLeaf => Some("bench-target-entry-tally.toml"),
             _ => None,
         }
@@ -172,10 +181,37 @@ impl Config {
     fn target_mode(self) -> Option<&'static str> {
         match self {
             Config::PoolObsEntryOnly => Some("--entry-only"),
-            Config::EntryOnPush | Config::EntryOnLeaf => Some("--leaf"),
+            Config::EntryOnPush | Config::EntryOnLeaf | Config::EntryOnNop => Some("--leaf"),
             _ => None,
         }
     }
+
+    /// The bench-target binary it runs.
+    fn target(self) -> PathBuf {
+        match self {
+            Config::EntryOnNop => patchable_target(),
+            _ => binary("bench-target"),
+        }
+    }
+}
+
+/// Where `build_patchable_target` puts its build.
+fn patchable_target() -> PathBuf {
+    workspace_root().join("target").join("patchable").join("release").join("bench-target")
+}
+
+/// bench-target built with the nightly's `-Z patchable-function-entry=5`, which puts a 5-byte
+/// `nop` at every function's entry: the agent probes it as the first instruction.
+fn build_patchable_target(tools: &Tools) -> Result<()> {
+    let target_dir = workspace_root().join("target").join("patchable");
+    setup::run(
+        tools
+            .cargo(Some("nightly"))
+            .args(["build", "--release", "-p", "pool-obs-tests", "--bin", "bench-target", "--target-dir"])
+            .arg(&target_dir)
+            .env("RUSTFLAGS", "-Z patchable-function-entry=5")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
 }
 
 /// Median, minimum and maximum.
@@ -228,8 +264,12 @@ fn probe_costs(scale: &Scale) -> Result<String> {
         );
     }
     let pool_obs = median(Config::PoolObs);
-    let (uretprobe, on_push, on_leaf) =
-        (median(Config::PoolObsUretprobe), median(Config::EntryOnPush), median(Config::EntryOnLeaf));
+    let (uretprobe, on_push, on_leaf, on_nop) = (
+        median(Config::PoolObsUretprobe),
+        median(Config::EntryOnPush),
+        median(Config::EntryOnLeaf),
+        median(Config::EntryOnNop),
+    );
     let per_event = |config| median(config) - none;
     let targets = [
         ("pool-obs ≤ 1.15 × the entry+return floor", pool_obs / floor, pool_obs / floor <= 1.15),
@@ -265,6 +305,11 @@ fn probe_costs(scale: &Scale) -> Result<String> {
          the function cannot unwind: {pool_obs:.0} ns per call, against {uretprobe:.0} ns with \
          `unsafe_uretprobe` (×{:.1}), which aborts the pool if a panic unwinds through it.\n",
         pool_obs / uretprobe
+    );
+    table += &format!(
+        "\nBuilt with `-Z patchable-function-entry=5`, `begin` starts with a 5-byte `nop`, and an entry \
+         probe there costs {on_nop:.0} ns per call against {on_push:.0} ns on its `push` ({:+.0}%).\n",
+        100.0 * (on_nop - on_push) / on_push
     );
     table += "\n| target | measured ratio | |\n|---|---|---|\n";
     for (target, ratio, met) in targets {
@@ -307,8 +352,8 @@ fn run_config(config: Config, calls: u64, symbol: &str) -> Result<(f64, Option<f
     let calls_arg = calls.to_string();
     let mut target_args = vec!["--calls", &calls_arg];
     target_args.extend(config.target_mode());
-    let mut target = bench_target(&start, &target_args);
-    let target_path = binary("bench-target");
+    let target_path = config.target();
+    let mut target = Pool::start_binary(&target_path, &[args(&target_args), start.arg().to_vec()].concat());
     let mut tracer = match config.bpftrace_script() {
         Some(script) => Some(Bpftrace::start(script, &target_path, symbol)?),
         None => None,
@@ -480,12 +525,17 @@ fn endpoints(scale: &Scale) -> Result<String> {
         agent.metrics_after(made);
         // A /metrics with 10,000 models takes a fifth of a second: fewer rounds there.
         let requests = if models >= 10_000 { 50 } else { scale.requests_per_endpoint };
-        let timings = |path: &str| -> Result<(f64, f64)> {
+        // From connecting to the response's last byte; the response is checked after.
+        let mut raw = Vec::with_capacity(64 << 20);
+        let mut timings = |path: &str| -> Result<(f64, f64)> {
             let mut millis = Vec::new();
             for _ in 0..requests {
                 let began = Instant::now();
-                http::get(agent.address, path)?;
+                http::get_raw(agent.address, path, &mut raw)?;
                 millis.push(began.elapsed().as_secs_f64() * 1000.0);
+                if !raw.starts_with(b"HTTP/1.1 200") && !raw.starts_with(b"HTTP/1.1 503") {
+                    bail!("GET {path}: {}", String::from_utf8_lossy(&raw[..raw.len().min(200)]));
+                }
             }
             millis.sort_by(f64::total_cmp);
             let at =
