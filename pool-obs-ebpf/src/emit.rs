@@ -233,9 +233,7 @@ pub fn returned<C: EbpfContext>(
     registers: &Registers,
     call: &OpenCall,
 ) {
-    let reader = Reader::new(ctx, registers, spec, hit.probe);
-    write(spec, hit, &AtReturn { reader: &reader, call, ending: CallEnding::Returned });
-    reader.report_failure();
+    ended(ctx, spec, hit, registers, call, CallEnding::Returned);
 }
 
 /// Where the caller of an inlined poll binds the future's `Ready` value: the poll ended, and
@@ -250,10 +248,22 @@ pub fn ready<C: EbpfContext>(
     registers: &Registers,
     call: &mut OpenCall,
 ) {
-    let reader = Reader::new(ctx, registers, spec, hit.probe);
-    write(spec, hit, &AtReturn { reader: &reader, call, ending: CallEnding::Ready });
-    reader.report_failure();
+    ended(ctx, spec, hit, registers, call, CallEnding::Ready);
     call.future = 0;
+}
+
+#[inline(always)]
+fn ended<C: EbpfContext>(
+    ctx: &C,
+    spec: &ProbeSpec,
+    hit: &Hit,
+    registers: &Registers,
+    call: &OpenCall,
+    ending: CallEnding,
+) {
+    let reader = Reader::new(ctx, registers, spec, hit.probe);
+    write(spec, hit, &AtReturn { reader: &reader, call, ending });
+    reader.report_failure();
 }
 
 /// The end of a call a panic unwound through, for a `request_ended` return probe: the request

@@ -95,27 +95,21 @@ pub fn probe_call(ctx: ProbeContext) {
 /// return probes write the poll's event.
 #[uprobe]
 pub fn probe_poll(ctx: ProbeContext) {
-    let Some((cookie, spec)) = probe_spec(&ctx) else {
-        return;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
-    // The caller was entered before the agent attached: its return counts that.
-    let Some(call) =
-        calls::of_current_thread(false).and_then(|calls| calls::innermost(calls, sp, cookie.probe))
-    else {
-        return;
-    };
-    let registers = unsafe { Registers::at_entry(ctx.regs) };
-    // SAFETY: the slot stays as it is until this program run ends.
-    emit::fill_poll(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
+    in_callers_call(&ctx, |spec, hit, registers, call| emit::fill_poll(&ctx, spec, hit, registers, call));
 }
 
 /// Where the caller of an inlined poll binds the future's `Ready` value (a parent `async fn`'s
 /// `.await`, a wrapper such as `Timeout`): the poll `probe_poll` filled in ended there, ready.
 #[uprobe]
 pub fn probe_ready(ctx: ProbeContext) {
-    let Some((cookie, spec)) = probe_spec(&ctx) else {
+    in_callers_call(&ctx, |spec, hit, registers, call| emit::ready(&ctx, spec, hit, registers, call));
+}
+
+/// At a site inside a function whose call `probe_call` opened: `act` on that call, with the
+/// registers here. A call entered before the agent attached is not there; its return counts it.
+#[inline(always)]
+fn in_callers_call(ctx: &ProbeContext, act: impl FnOnce(&ProbeSpec, &Hit, &Registers, &mut calls::OpenCall)) {
+    let Some((cookie, spec)) = probe_spec(ctx) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -127,7 +121,7 @@ pub fn probe_ready(ctx: ProbeContext) {
     };
     let registers = unsafe { Registers::at_entry(ctx.regs) };
     // SAFETY: the slot stays as it is until this program run ends.
-    emit::ready(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
+    act(spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
 }
 
 /// A uretprobe: only on functions the agent showed cannot unwind, or by the manifest's

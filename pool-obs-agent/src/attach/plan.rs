@@ -9,6 +9,7 @@ use pool_obs_common::{
 };
 
 mod future;
+mod inlined_poll;
 mod sourced;
 
 use super::{

@@ -3,21 +3,17 @@
 //! them), ends at the poll that leaves it `Returned` (its outcome decoded from the `Ready`
 //! value), or is cancelled when it is dropped before that. Each poll is followed as a call:
 //! opened at the poll function's entry and closed at its returns. When the optimiser inlined
-//! the poll into a caller, the call is the caller's: opened at its entry, filled in with the
-//! future at the inlined poll (`probe_poll`), closed at the caller's returns. A caller that
-//! returns the same `Poll<Output>` (a wrapper future's poll) returns the poll's value; any
-//! other (a parent `async fn`, `Timeout`) binds the `Ready` value and goes on, and the poll
-//! ends, ready, where it binds it (`probe_ready`, [`source::ready`]).
+//! the poll into a caller, the call is the caller's ([`super::inlined_poll`]).
 
 use pool_obs_common::{
     event::EventKind,
-    probe::{Base, ProbeSpec, Register},
+    probe::{ProbeSpec, Register},
 };
 
 use super::{Choice, Plan, Program, entry_site, info_of, return_sites, unprobeable};
 use crate::{
     attach::{
-        machine_code::{FunctionCode, Handling, Site, decoder_register},
+        machine_code::{FunctionCode, Site},
         source::{
             self, SourceInfo,
             compile::{Scope, Side},
@@ -32,7 +28,10 @@ use crate::{
     outcome::OutcomeRule,
 };
 
-use super::sourced::{Shown, first_inlined_place};
+use super::{
+    inlined_poll::InlinedPoll,
+    sourced::{Shown, first_inlined_place},
+};
 
 /// The states user space tells a future's polls apart by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,44 +80,19 @@ impl Plan {
                     )));
                 }
                 callers.push(symbol.address);
-                let (at, mut compiled) = first_inlined_place(site, symbol, &code, |moved| {
-                    Scope::new(source, moved, Side::Entry)
-                        .and_then(|scope| poll_spec(probe, scope, &coroutine))
-                })
-                .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
-                let sp_offset = symbols
-                    .entry_sp_offset(symbol.address + at.offset)
-                    .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                compiled.spec.poll_inlined = 1;
-                let call = site.inlined.as_ref().map_or("?", |inlined| inlined.call.as_str());
-                let reason = format!("the poll, inlined at {call}, {}", at.handling);
-                let others =
-                    other_poll_entries(probe, source, site, symbol, &code, &coroutine, &at, &compiled.spec)
-                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                let mut choices = vec![Choice::safe(Program::Poll, Site { sp_offset, ..at }, reason)];
-                for entry in others {
-                    let sp_offset = symbols
-                        .entry_sp_offset(symbol.address + entry.offset)
-                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                    let reason =
-                        format!("the poll, inlined at {call}, where it reads its state, {}", entry.handling);
-                    choices.push(Choice::safe(Program::Poll, Site { sp_offset, ..entry }, reason));
-                }
-                let rule = if source.type_name(source.return_type(&caller))
-                    == source.type_name(coroutine.poll_type)
-                {
-                    // A wrapper's poll that returns the future's own `Poll<Output>`: its return is
-                    // the poll's end.
-                    let scope = Scope::new(source, &caller, Side::Return).map_err(refuse)?;
-                    outcome(probe, &scope, "return.Ready.0", &mut compiled)
-                        .map_err(|problem| refuse(format!("{shown}: {problem}")))?
-                } else {
-                    let (ready, rule) =
-                        ready_place(probe, source, symbols, &caller, site, &coroutine, &mut compiled)
-                            .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
-                    choices.push(ready);
-                    rule
+                let inlined = InlinedPoll {
+                    probe,
+                    source,
+                    symbols,
+                    coroutine: &coroutine,
+                    poll: site,
+                    caller: &caller,
+                    symbol,
+                    code: &code,
                 };
+                let (compiled, choices, rule) = inlined
+                    .compile()
+                    .map_err(|problem| Refusal::new(problem.0, format!("{shown}: {}", problem.1)))?;
                 (compiled.spec, compiled.shown, choices, rule)
             } else {
                 let scope = Scope::new(source, site, Side::Entry).map_err(refuse)?;
@@ -228,14 +202,14 @@ fn drop_site(
 }
 
 /// A poll's spec as compiled at its site, and what `check` shows of it.
-struct PollSpec {
-    spec: ProbeSpec,
-    shown: Shown,
+pub(super) struct PollSpec {
+    pub(super) spec: ProbeSpec,
+    pub(super) shown: Shown,
 }
 
 /// The spec of a poll at a site whose scope is `scope`: the future, its state, and the values
 /// read from its arguments at its first poll.
-fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollSpec, String> {
+pub(super) fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollSpec, String> {
     let (scope, future) = scope.of_future(&coroutine.arguments)?;
     let mut spec = ProbeSpec {
         kind: EventKind::FuturePolled as u32,
@@ -259,116 +233,9 @@ fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollS
     Ok(PollSpec { spec, shown })
 }
 
-/// The other places a caller enters a poll inlined into it. A parent coroutine that knows the
-/// future is unresumed jumps past the poll's read of its state tag on the first poll (at the
-/// instance's start, where the debug info puts it), and enters at that read on the others.
-/// Each read of the future's tag in the instance is such a place; one spec serves them all, so
-/// the values must be where they are at the first.
-#[allow(clippy::too_many_arguments)]
-fn other_poll_entries(
-    probe: &Probe,
-    source: &SourceInfo,
-    poll: &source::Site,
-    symbol: &Symbol,
-    code: &FunctionCode,
-    coroutine: &Coroutine,
-    first: &Site,
-    spec: &ProbeSpec,
-) -> Result<Vec<Site>, String> {
-    let ranges: Vec<(u64, u64)> = source
-        .instance_ranges(poll)
-        .into_iter()
-        .map(|(begin, end)| (begin.saturating_sub(symbol.address), end.saturating_sub(symbol.address)))
-        .collect();
-    let values = |spec: &ProbeSpec| (spec.future, spec.model_ptr, spec.model_len, spec.request_id);
-    let mut entries = Vec::new();
-    for (load, base, displacement) in code.memory_reads(&ranges, usize::from(coroutine.tag_size)) {
-        let places = code.inlined_entries(load);
-        if places.iter().any(|place| place.offset == first.offset) {
-            continue;
-        }
-        // The read's base is the future's register there, or it reads something else.
-        for place in places {
-            if matches!(place.handling, Handling::Refused(_)) {
-                continue;
-            }
-            let moved = poll.at(symbol.address + place.offset);
-            let Ok(compiled) =
-                Scope::new(source, &moved, Side::Entry).and_then(|scope| poll_spec(probe, scope, coroutine))
-            else {
-                continue;
-            };
-            let future = compiled.spec.future;
-            let reads_tag = future.base() == Some(Base::Register)
-                && future.derefs == 0
-                && Register::from_u8(future.reg).map(decoder_register) == Some(base)
-                && future.addend + coroutine.tag.offset as i64 == displacement;
-            if !reads_tag {
-                continue;
-            }
-            if values(&compiled.spec) != values(spec) {
-                return Err(format!(
-                    "{} enters the poll at {:#x} and at {:#x}, with its values in other places",
-                    symbol.name,
-                    symbol.address + first.offset,
-                    symbol.address + place.offset
-                ));
-            }
-            entries.push(place);
-            break;
-        }
-    }
-    Ok(entries)
-}
-
-/// Where the caller of a poll inlined into it binds the future's `Ready` value (see
-/// [`source::ready`]): a `probe_ready` there ends the poll, and the outcome is read there.
-fn ready_place(
-    probe: &Probe,
-    source: &SourceInfo,
-    symbols: &SymbolTable,
-    caller: &source::Site,
-    poll: &source::Site,
-    coroutine: &Coroutine,
-    compiled: &mut PollSpec,
-) -> Result<(Choice, OutcomeRule), (Class, String)> {
-    let symbol = symbols.containing(caller.address).ok_or((Class::SourceValue, "no symbol".to_string()))?;
-    let code = symbols.code(symbol);
-    let binding = source
-        .ready_binding(caller, poll, coroutine.poll_type)
-        .map_err(|problem| (Class::SourceValue, problem))?;
-    let mut first_problem = None;
-    for start in &binding.starts {
-        let placed = first_inlined_place(&caller.at(*start), symbol, &code, |moved| {
-            let mut trial = PollSpec { spec: compiled.spec, shown: Vec::new() };
-            let scope = Scope::of_ready(source, moved, source.bound_at(moved, &binding)?);
-            let rule = outcome(probe, &scope, "return", &mut trial)?;
-            Ok((rule, trial))
-        });
-        let (at, (rule, trial)) = match placed {
-            Ok(placed) => placed,
-            Err(problem) => {
-                first_problem.get_or_insert(problem);
-                continue;
-            }
-        };
-        let sp_offset = symbols
-            .entry_sp_offset(symbol.address + at.offset)
-            .map_err(|problem| (Class::SourceValue, problem.to_string()))?;
-        compiled.spec = trial.spec;
-        compiled.shown.extend(trial.shown);
-        let reason = format!(
-            "where {} binds the poll's `Ready` value (`{}`), {}",
-            caller.function, binding.name, at.handling
-        );
-        return Ok((Choice::safe(Program::Ready, Site { sp_offset, ..at }, reason), rule));
-    }
-    Err(first_problem.unwrap_or((Class::SourceValue, format!("`{}` is never located", binding.name))))
-}
-
 /// The outcome rule, and the values it reads in `scope`, where `output` names the future's
 /// output: `return.Ready.0` at a return of its poll, `return` where a caller binds it.
-fn outcome(
+pub(super) fn outcome(
     probe: &Probe,
     scope: &Scope,
     output: &str,

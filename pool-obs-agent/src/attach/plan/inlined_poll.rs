@@ -1,0 +1,179 @@
+//! A request future's poll that the optimiser inlined into a caller. The call followed is the
+//! caller's, opened at its entry; `probe_poll` fills the future in where the poll starts. A
+//! parent that knows the future is unresumed jumps past the poll's read of its state tag on
+//! the first poll (to the instance's start, where the debug info puts it), and enters at that
+//! read on the others: both are probed. Where the poll ends depends on the caller. A wrapper
+//! whose poll returns the future's own `Poll<Output>` returns the poll's value, so its returns
+//! are the poll's end. Any other caller (a parent `async fn`, `Timeout`) binds the `Ready`
+//! value and goes on: the poll ends, ready, where it binds it (`probe_ready`, found by
+//! [`source::ready`]), and a `Pending` poll at the caller's return.
+
+use pool_obs_common::probe::{Base, ProbeSpec, Register};
+
+use super::{
+    Choice, Program,
+    future::{PollSpec, outcome, poll_spec},
+    sourced::first_inlined_place,
+};
+use crate::{
+    attach::{
+        machine_code::{FunctionCode, Handling, Site, decoder_register},
+        source::{
+            self, SourceInfo,
+            compile::{Scope, Side},
+            coroutine::Coroutine,
+        },
+        symbols::{Symbol, SymbolTable},
+    },
+    error::Class,
+    manifest::Probe,
+    outcome::OutcomeRule,
+};
+
+/// A poll inlined into a caller, and what it is compiled against.
+pub(super) struct InlinedPoll<'a> {
+    pub probe: &'a Probe,
+    pub source: &'a SourceInfo,
+    pub symbols: &'a SymbolTable,
+    pub coroutine: &'a Coroutine,
+    /// The inlined instance, and the function it is inlined into (its symbol and code).
+    pub poll: &'a source::Site,
+    pub caller: &'a source::Site,
+    pub symbol: &'a Symbol,
+    pub code: &'a FunctionCode,
+}
+
+/// Why a site cannot be followed: the error class, and one line.
+type Problem = (Class, String);
+
+impl InlinedPoll<'_> {
+    /// The poll's spec and what `check` shows of it, its probes but the caller's call, and its
+    /// outcome rule.
+    pub fn compile(&self) -> Result<(PollSpec, Vec<Choice>, OutcomeRule), Problem> {
+        let (at, mut compiled) = first_inlined_place(self.poll, self.symbol, self.code, |moved| {
+            Scope::new(self.source, moved, Side::Entry)
+                .and_then(|scope| poll_spec(self.probe, scope, self.coroutine))
+        })?;
+        compiled.spec.poll_inlined = 1;
+        let call = self.poll.inlined.as_ref().map_or("?", |inlined| inlined.call.as_str());
+        let mut choices =
+            vec![self.choice(Program::Poll, at.clone(), format!("the poll, inlined at {call}"))?];
+        for entry in self.other_entries(&at, &compiled.spec)? {
+            let reason = format!("the poll, inlined at {call}, where it reads its state");
+            choices.push(self.choice(Program::Poll, entry, reason)?);
+        }
+        let source = self.source;
+        let rule = if source.type_name(source.return_type(self.caller))
+            == source.type_name(self.coroutine.poll_type)
+        {
+            let scope = Scope::new(source, self.caller, Side::Return)
+                .map_err(|problem| (Class::SourceValue, problem))?;
+            outcome(self.probe, &scope, "return.Ready.0", &mut compiled)
+                .map_err(|problem| (Class::SourceValue, problem))?
+        } else {
+            let (ready, rule) = self.ready_place(&mut compiled)?;
+            choices.push(ready);
+            rule
+        };
+        Ok((compiled, choices, rule))
+    }
+
+    /// A probe at `site` of the caller, with the stack offset that names the caller's call there.
+    fn choice(&self, program: Program, site: Site, reason: String) -> Result<Choice, Problem> {
+        let sp_offset = self
+            .symbols
+            .entry_sp_offset(self.symbol.address + site.offset)
+            .map_err(|problem| (Class::SourceValue, problem.to_string()))?;
+        let reason = format!("{reason}, {}", site.handling);
+        Ok(Choice::safe(program, Site { sp_offset, ..site }, reason))
+    }
+
+    /// The places past the first where the caller enters the poll: each read of the future's
+    /// state tag in the instance. One spec serves them all, so the values must be where they
+    /// are at the first.
+    fn other_entries(&self, first: &Site, spec: &ProbeSpec) -> Result<Vec<Site>, Problem> {
+        let (symbol, code) = (self.symbol, self.code);
+        let ranges: Vec<(u64, u64)> = self
+            .source
+            .instance_ranges(self.poll)
+            .into_iter()
+            .map(|(begin, end)| (begin.saturating_sub(symbol.address), end.saturating_sub(symbol.address)))
+            .collect();
+        let values = |spec: &ProbeSpec| (spec.future, spec.model_ptr, spec.model_len, spec.request_id);
+        let mut entries = Vec::new();
+        for (load, base, displacement) in code.memory_reads(&ranges, usize::from(self.coroutine.tag_size)) {
+            let places = code.inlined_entries(load);
+            if places.iter().any(|place| place.offset == first.offset) {
+                continue;
+            }
+            // A read of the tag is one whose base is the future's register, where the debug
+            // info locates the future (at the read or on the straight line after it).
+            for place in places {
+                if matches!(place.handling, Handling::Refused(_)) {
+                    continue;
+                }
+                let moved = self.poll.at(symbol.address + place.offset);
+                let Ok(compiled) = Scope::new(self.source, &moved, Side::Entry)
+                    .and_then(|scope| poll_spec(self.probe, scope, self.coroutine))
+                else {
+                    continue;
+                };
+                let future = compiled.spec.future;
+                let reads_tag = future.base() == Some(Base::Register)
+                    && future.derefs == 0
+                    && Register::from_u8(future.reg).map(decoder_register) == Some(base)
+                    && future.addend + self.coroutine.tag.offset as i64 == displacement;
+                if !reads_tag {
+                    continue;
+                }
+                if values(&compiled.spec) != values(spec) {
+                    return Err((
+                        Class::SourceValue,
+                        format!(
+                            "{} enters the poll at {:#x} and at {:#x}, with its values in other places",
+                            symbol.name,
+                            symbol.address + first.offset,
+                            symbol.address + place.offset
+                        ),
+                    ));
+                }
+                entries.push(place);
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Where the caller binds the future's `Ready` value: a `probe_ready` there ends the poll,
+    /// and the outcome is read there.
+    fn ready_place(&self, compiled: &mut PollSpec) -> Result<(Choice, OutcomeRule), Problem> {
+        let source = self.source;
+        let binding = source
+            .ready_binding(self.caller, self.poll, self.coroutine.poll_type)
+            .map_err(|problem| (Class::SourceValue, problem))?;
+        let mut first_problem = None;
+        for start in &binding.starts {
+            let placed = first_inlined_place(&self.caller.at(*start), self.symbol, self.code, |moved| {
+                let mut trial = PollSpec { spec: compiled.spec, shown: Vec::new() };
+                let scope = Scope::of_ready(source, moved, source.bound_at(moved, &binding)?);
+                let rule = outcome(self.probe, &scope, "return", &mut trial)?;
+                Ok((rule, trial))
+            });
+            match placed {
+                Ok((at, (rule, trial))) => {
+                    compiled.spec = trial.spec;
+                    compiled.shown.extend(trial.shown);
+                    let reason = format!(
+                        "where {} binds the poll's `Ready` value (`{}`)",
+                        self.caller.function, binding.name
+                    );
+                    return Ok((self.choice(Program::Ready, at, reason)?, rule));
+                }
+                Err(problem) => {
+                    first_problem.get_or_insert(problem);
+                }
+            }
+        }
+        Err(first_problem.unwrap_or((Class::SourceValue, format!("`{}` is never located", binding.name))))
+    }
+}
