@@ -43,10 +43,13 @@ pub enum Anomaly {
     /// A request's future was polled for the first time at the address of one still open,
     /// whose drop was not seen: the old one is ended as cancelled.
     FutureReused,
+    /// An inlined poll left its future `Returned` without passing where its caller binds the
+    /// `Ready` value, where the outcome is read: the request ends as failed, its outcome unread.
+    ReadyNotBound,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 14] = [
+    pub const ALL: [Anomaly; 15] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -61,6 +64,7 @@ impl Anomaly {
         Anomaly::UndecodableEvent,
         Anomaly::PollsMerged,
         Anomaly::FutureReused,
+        Anomaly::ReadyNotBound,
     ];
 
     /// The `kind` label.
@@ -80,6 +84,7 @@ impl Anomaly {
             Anomaly::UndecodableEvent => "undecodable_event",
             Anomaly::PollsMerged => "polls_merged",
             Anomaly::FutureReused => "future_reused",
+            Anomaly::ReadyNotBound => "ready_not_bound",
         }
     }
 }

@@ -56,11 +56,19 @@ impl Aggregator {
             // A poll a panic unwound through was closed later, by the thread's next probe.
             future.polls.cpu_ns += event.cpu_ns.saturating_sub(event.entered_cpu_ns);
         }
+        let classified =
+            || rule.map_or(Status::Ok, |rule| rule.classify(event.outcome_value, event.outcome_detail));
         let status = if unwound || event.state_after == states.panicked {
             // The poll panicked: the request failed.
             Status::Failed
-        } else if ending == Some(CallEnding::Ready) || event.state_after == states.returned {
-            rule.map_or(Status::Ok, |rule| rule.classify(event.outcome_value, event.outcome_detail))
+        } else if ending == Some(CallEnding::Ready) {
+            classified()
+        } else if event.state_after == states.returned && states.ready_bound {
+            // Ready, but not where its outcome is read.
+            self.anomaly(Anomaly::ReadyNotBound, event.future);
+            Status::Failed
+        } else if event.state_after == states.returned {
+            classified()
         } else {
             return;
         };

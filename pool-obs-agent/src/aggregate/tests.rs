@@ -48,10 +48,15 @@ fn aggregator() -> Aggregator {
         ..ended(OutcomeRule::constant(Status::Ok))
     };
     let other = |event| ProbeInfo { event, outcome: None, ..ended(OutcomeRule::constant(Status::Ok)) };
-    let future = |event, outcome| ProbeInfo {
+    let future = |event, outcome, ready_bound| ProbeInfo {
         event,
         outcome,
-        future: Some(FutureStates { unresumed: UNRESUMED, returned: RETURNED, panicked: PANICKED }),
+        future: Some(FutureStates {
+            unresumed: UNRESUMED,
+            returned: RETURNED,
+            panicked: PANICKED,
+            ready_bound,
+        }),
         ..ended(OutcomeRule::constant(Status::Ok))
     };
     let probes = vec![
@@ -62,8 +67,10 @@ fn aggregator() -> Aggregator {
         other(EventKind::WorkerSpawned),
         other(EventKind::WorkerEvicted),
         other(EventKind::WorkerCrashed),
-        future(EventKind::FuturePolled, Some(by_rule)),
-        future(EventKind::FutureDropped, None),
+        future(EventKind::FuturePolled, Some(by_rule.clone()), false),
+        future(EventKind::FutureDropped, None, false),
+        // A poll inlined into a caller that goes on after it: it ends where the value is bound.
+        future(EventKind::FuturePolled, Some(by_rule), true),
     ];
     Aggregator::new(1, Arc::new(Metrics::new()), probes, settings)
 }
@@ -524,6 +531,27 @@ fn a_poll_seen_ready_where_its_caller_binds_the_value_ends_its_request_whatever_
     assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 0 });
     let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
     assert_eq!((timeline.outcome, timeline.polls), (Some("failed"), Some(2)));
+}
+
+#[test]
+fn a_future_left_returned_past_the_place_its_value_is_bound_fails_with_an_anomaly() {
+    let mut aggregator = aggregator();
+    let at_bound_site = |event| match event {
+        Event::FuturePolled(polled) => {
+            Event::FuturePolled(FuturePolled { header: Header { probe: 9, ..polled.header }, ..polled })
+        }
+        other => other,
+    };
+    feed(
+        &mut aggregator,
+        &[
+            at_bound_site(polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0)),
+            // Seen at the caller's return, not at the binding: its outcome was never read.
+            at_bound_site(polled(0x70, (SUSPENDED, RETURNED), (2_000, 2_500), 0)),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 0 });
+    assert_eq!(anomalies(&aggregator), [(Anomaly::ReadyNotBound, 1)]);
 }
 
 #[test]

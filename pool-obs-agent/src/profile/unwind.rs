@@ -218,11 +218,11 @@ mod tests {
             .flatten()
             .collect();
         let position = |name: &str| names.iter().position(|frame| frame.ends_with(name));
-        // Through the callers to the thread's start (the test function itself may be inlined
-        // into the harness's).
-        let (sampled, caller, start) =
-            (position("sample_this_thread"), position("a_caller_of_the_sample"), position("thread_start"));
-        assert!(sampled.is_some() && sampled < caller && caller < start, "{names:#?}");
+        // Through the caller to frames above it (which: the test function may be inlined into
+        // the harness's, and the copy of the stack may end before the thread's start).
+        let (sampled, caller) = (position("sample_this_thread"), position("a_caller_of_the_sample"));
+        assert!(sampled.is_some() && sampled < caller, "{names:#?}");
+        assert!(caller.is_some_and(|caller| caller + 2 < names.len()), "{names:#?}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct FutureStates {
     pub unresumed: u64,
     pub returned: u64,
     pub panicked: u64,
+    /// The poll ends `Ready` where its caller binds the value (`probe_ready`), not at the
+    /// caller's return: a future left `Returned` there passed by that place unseen.
+    pub ready_bound: bool,
 }
 
 impl Plan {
@@ -57,6 +60,7 @@ impl Plan {
             unresumed: state("Unresumed")?,
             returned: state("Returned")?,
             panicked: state("Panicked")?,
+            ready_bound: false,
         };
         let mut callers: Vec<u64> = Vec::new();
         let mut placed = 0;
@@ -118,7 +122,8 @@ impl Plan {
             }
             choices.extend(opened);
             let mut info = info_of(probe, &shown, Some(rule));
-            info.future = Some(states.clone());
+            let ready_bound = choices.iter().any(|choice| choice.program == Program::Ready);
+            info.future = Some(FutureStates { ready_bound, ..states.clone() });
             let shown_site = format!("{shown} at {:#x}", site.address);
             placed += self.add_site(symbol, spec, info, &shown_site, shown_values, choices);
         }
