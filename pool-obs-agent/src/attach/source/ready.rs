@@ -3,9 +3,10 @@
 //! is the poll's end. A parent `async fn` (`service.handle(&req).await`) or a wrapper with an
 //! output of its own (`tokio::time::timeout`) does not: it binds the `Ready` value to a
 //! variable (the `.await`'s `result`, `Timeout`'s `v`) and goes on, and may poll the next
-//! request's future before it returns. That variable's first located address is on the
-//! `Ready` path alone, and says where the value is: there the poll ended, and its outcome is
-//! read.
+//! request's future before it returns. That variable's first located address is taken to be
+//! on the `Ready` path alone, as rustc lays the code out, and says where the value is: there
+//! the poll ended, and its outcome is read. (Where that is wrong, the future is left
+//! `Returned` at the caller's return, which user space counts as `ready_not_bound`.)
 
 use gimli::{AttributeValue, EntriesTreeNode, UnitOffset, constants};
 
@@ -39,10 +40,11 @@ impl SourceInfo {
         let unit = &units.units[caller.unit];
         let mut tree = unit.entries_tree(Some(caller.entry)).map_err(|error| error.to_string())?;
         let mut path = Vec::new();
-        let found = units
-            .path_to(tree.root().map_err(|error| error.to_string())?, poll.entry, &mut path)
-            .map_err(|error| error.to_string())?;
-        if !found || poll.unit != caller.unit {
+        let found = poll.unit == caller.unit
+            && units
+                .path_to(tree.root().map_err(|error| error.to_string())?, poll.entry, &mut path)
+                .map_err(|error| error.to_string())?;
+        if !found {
             return Err(format!("{:#x} is not inside {}", poll.address, caller.function));
         }
         // From the poll's enclosing scope outwards; each scope's own variables, and those of
