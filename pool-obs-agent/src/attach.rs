@@ -50,6 +50,9 @@ pub struct LoadSettings {
 pub fn load(plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
     let debug_probes = u8::from(settings.debug_probes);
     let mut ebpf = EbpfLoader::new()
+        // The threads' open calls and CPU clocks are task storage, which only the kernel
+        // programs use: aya creates it without a typed map of its own.
+        .allow_unsupported_maps()
         .map_max_entries(maps::EVENTS, settings.ring_bytes)
         .override_global("WAKEUP_BYTES", &settings.wakeup_bytes, true)
         .override_global("DEBUG_PROBES", &debug_probes, true)

@@ -7,18 +7,14 @@
 //! exit) closes such calls as unwound, so no return-side probe needs the kernel to rewrite a
 //! return address, and a panic cannot meet a uretprobe trampoline it cannot unwind through.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::map,
-    maps::{LruHashMap, PerCpuArray},
-};
+use aya_ebpf::macros::btf_map;
 use pool_obs_common::{
     counters::Counter,
     event::ModelKey,
     probe::{MAX_OPEN_CALLS, Register},
 };
 
-use crate::{PROBES, count, emit};
+use crate::{PROBES, count, emit, task_storage::TaskStorage};
 
 /// One call entered and not yet returned: what its return probe needs of its entry.
 #[repr(C)]
@@ -52,14 +48,9 @@ pub struct OpenCalls {
     pub calls: [OpenCall; MAX_OPEN_CALLS],
 }
 
-/// Keyed by pid_tgid. LRU, so that threads that exit unseen cannot fill it.
-#[map]
-static OPEN_CALLS: LruHashMap<u64, OpenCalls> = LruHashMap::with_max_entries(16_384, 0);
-
-/// One zeroed [`OpenCalls`], the value a thread's first entry is inserted from: at over a
-/// kilobyte it does not fit on the BPF stack.
-#[map]
-static EMPTY: PerCpuArray<OpenCalls> = PerCpuArray::with_max_entries(1, 0);
+/// On each thread's task: created empty (zeroed) at its first call, freed with the task.
+#[btf_map]
+static OPEN_CALLS: TaskStorage<OpenCalls> = TaskStorage::new();
 
 /// Which open calls a stack pointer shows to be gone.
 #[derive(Clone, Copy)]
@@ -85,21 +76,7 @@ impl Gone {
 
 /// The current thread's open calls, created if `create`.
 pub fn of_current_thread(create: bool) -> Option<*mut OpenCalls> {
-    let key = bpf_get_current_pid_tgid();
-    if let Some(calls) = OPEN_CALLS.get_ptr_mut(key) {
-        return Some(calls);
-    }
-    if !create {
-        return None;
-    }
-    let empty = EMPTY.get_ptr(0)?;
-    // SAFETY: a pointer into a map value may be passed to a helper as the value to copy.
-    OPEN_CALLS.insert(key, unsafe { &*empty }, 0).ok()?;
-    OPEN_CALLS.get_ptr_mut(key)
-}
-
-pub fn forget_current_thread() {
-    let _ = OPEN_CALLS.remove(bpf_get_current_pid_tgid());
+    OPEN_CALLS.current(create)
 }
 
 // The slots are indexed by the counter of a bounded loop, never by arithmetic on `depth`: LLVM

@@ -10,22 +10,22 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
-    macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    macros::{btf_map, map, raw_tracepoint},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
+
+use crate::task_storage::TaskStorage;
 
 /// The followed processes (the agent adds and removes them), with their on-CPU time: per CPU,
 /// so that threads switching on several CPUs at once each add to their own.
 #[map]
 static PROCESS_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
-/// By pid_tgid: the on-CPU time of each thread of a followed process, to its last switch.
-/// LRU, so that threads that exit unseen cannot fill it; sized for 64 processes of 1,000
-/// threads (a thread it evicts restarts its clock, and its request in flight loses its CPU
-/// time).
-#[map]
-static THREAD_CPU: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+/// On each thread of a followed process: its on-CPU time, to its last switch. Freed with the
+/// thread's task.
+#[btf_map]
+static THREAD_CPU: TaskStorage<u64> = TaskStorage::new();
 
 #[map]
 static SLICE_STARTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -45,12 +45,9 @@ pub fn cpu_switch(_ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: this CPU's value, for this program run alone.
     unsafe { *process += slice };
-    match THREAD_CPU.get_ptr_mut(pid_tgid) {
-        // Only this thread's own switches write its entry, and it runs on one CPU at a time.
-        Some(thread) => unsafe { *thread += slice },
-        None => {
-            let _ = THREAD_CPU.insert(pid_tgid, slice, 0);
-        }
+    // Only this thread's own switches write its clock, and it runs on one CPU at a time.
+    if let Some(thread) = THREAD_CPU.current(true) {
+        unsafe { *thread += slice };
     }
     0
 }
@@ -58,8 +55,8 @@ pub fn cpu_switch(_ctx: RawTracePointContext) -> i32 {
 /// The current thread's CPU clock at `now`: its time to its last switch, and its current slice.
 #[inline(always)]
 pub fn thread_clock(now: u64) -> u64 {
-    // SAFETY: map values read once, for this program run.
-    let until_switch = unsafe { THREAD_CPU.get(bpf_get_current_pid_tgid()) }.copied().unwrap_or(0);
+    // SAFETY: the current task's value, read once, for this program run.
+    let until_switch = THREAD_CPU.current(false).map_or(0, |thread| unsafe { *thread });
     let started = SLICE_STARTED.get(0).copied().unwrap_or(now);
     until_switch + now.saturating_sub(started)
 }
@@ -68,9 +65,4 @@ pub fn thread_clock(now: u64) -> u64 {
 #[inline(always)]
 pub fn is_followed(pid: u32) -> bool {
     PROCESS_CPU.get_ptr(pid).is_some()
-}
-
-/// The current thread exits: its clock goes.
-pub fn forget_current_thread() {
-    let _ = THREAD_CPU.remove(bpf_get_current_pid_tgid());
 }

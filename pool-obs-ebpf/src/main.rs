@@ -14,6 +14,7 @@ mod emit;
 mod read;
 mod registers;
 mod sample;
+mod task_storage;
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -147,13 +148,12 @@ pub fn probe_unwind_caught(ctx: ProbeContext) {
     }
 }
 
-/// A thread that exits with calls open unwound through them (or never returned).
+/// A thread that exits with calls open unwound through them (or never returned). Its open
+/// calls and CPU clock go with its task.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn thread_exit(_ctx: RawTracePointContext) -> i32 {
-    cpu::forget_current_thread();
     if let Some(calls) = calls::of_current_thread(false) {
         calls::close_unwound(calls, Gone::ALL, unsafe { bpf_ktime_get_ns() });
-        calls::forget_current_thread();
     }
     0
 }
