@@ -30,7 +30,7 @@ use plan::{Attachment, Plan, Program};
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
 
-/// Closes the calls a thread still had open when it exited, and forgets its CPU clock.
+/// Closes the calls a thread still had open when it exited (its CPU clock goes with its task).
 const THREAD_EXIT_PROGRAM: &str = "thread_exit";
 const THREAD_EXIT_TRACEPOINT: &str = "sched_process_exit";
 /// `ENOTSUPP`: the kernel's answer to a uprobe on an instruction it cannot handle.
@@ -67,7 +67,8 @@ pub fn load(plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
         let name = program.name();
         uprobe(&mut ebpf, name)?.load().with_context(|| format!("loading {name} into the kernel"))?;
     }
-    // Every plan keeps CPU clocks per thread, which go when their thread exits.
+    // With every plan, as the CPU clocks and the sampler are: a thread that exits with calls
+    // open ends them then, not at the next probe that looks.
     let program: &mut RawTracePoint = ebpf
         .program_mut(THREAD_EXIT_PROGRAM)
         .context("the kernel object has no thread_exit program")?

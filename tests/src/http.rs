@@ -18,20 +18,12 @@ pub fn get(address: SocketAddr, path: &str) -> io::Result<Response> {
 /// A GET read to its last byte into `raw` (headers included), and nothing else done with it:
 /// what timing an endpoint should measure, rather than this client's own parsing.
 pub fn get_raw(address: SocketAddr, path: &str, raw: &mut Vec<u8>) -> io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    raw.clear();
-    stream.read_to_end(raw)?;
-    Ok(())
+    send(address, get_request(address, path).as_bytes(), Duration::from_secs(10), raw)
 }
 
 /// As [`get`], for an answer that takes up to `wait` (a profile).
 pub fn get_waiting(address: SocketAddr, path: &str, wait: Duration) -> io::Result<Response> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    exchange_waiting(address, request.as_bytes(), wait)
+    exchange_waiting(address, get_request(address, path).as_bytes(), wait)
 }
 
 /// Sends `request` as it is and reads the response to the end of the connection.
@@ -39,12 +31,23 @@ pub fn exchange(address: SocketAddr, request: &[u8]) -> io::Result<Response> {
     exchange_waiting(address, request, Duration::from_secs(10))
 }
 
-fn exchange_waiting(address: SocketAddr, request: &[u8], wait: Duration) -> io::Result<Response> {
+fn get_request(address: SocketAddr, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+}
+
+/// Sends `request` and reads the whole response into `raw`, waiting up to `wait` for it.
+fn send(address: SocketAddr, request: &[u8], wait: Duration, raw: &mut Vec<u8>) -> io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(wait))?;
     stream.write_all(request)?;
+    raw.clear();
+    stream.read_to_end(raw)?;
+    Ok(())
+}
+
+fn exchange_waiting(address: SocketAddr, request: &[u8], wait: Duration) -> io::Result<Response> {
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    send(address, request, wait, &mut raw)?;
     let text = String::from_utf8_lossy(&raw);
     let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {text:.200}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(invalid)?;

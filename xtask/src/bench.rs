@@ -334,7 +334,12 @@ fn mangled_symbol(binary: &Path, name: &str) -> Result<String> {
 }
 
 fn bench_target(start: &StartFile, extra: &[&str]) -> Pool {
-    Pool::start_named("bench-target", &[args(extra), start.arg().to_vec()].concat())
+    bench_target_at(&binary("bench-target"), start, extra)
+}
+
+/// A build of bench-target, waiting for `start`.
+fn bench_target_at(path: &Path, start: &StartFile, extra: &[&str]) -> Pool {
+    Pool::start_binary(path, &[args(extra), start.arg().to_vec()].concat())
 }
 
 /// The target's report: nanoseconds per call and calls made.
@@ -353,7 +358,7 @@ fn run_config(config: Config, calls: u64, symbol: &str) -> Result<(f64, Option<f
     let mut target_args = vec!["--calls", &calls_arg];
     target_args.extend(config.target_mode());
     let target_path = config.target();
-    let mut target = Pool::start_binary(&target_path, &[args(&target_args), start.arg().to_vec()].concat());
+    let mut target = bench_target_at(&target_path, &start, &target_args);
     let mut tracer = match config.bpftrace_script() {
         Some(script) => Some(Bpftrace::start(script, &target_path, symbol)?),
         None => None,
