@@ -1,4 +1,5 @@
 //! What the agent serves: Prometheus metrics and the health report, over HTTP.
 
+pub mod compression;
 pub mod health;
 pub mod http;

@@ -56,6 +56,7 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     error::{Class, Refusal},
     export::{
+        compression::GzipDemand,
         health::{self, ProbeTotals, ProbeWindow, Thresholds},
         http::{self, RenderedHealth},
     },
@@ -240,6 +241,7 @@ async fn run(options: Options) -> Result<()> {
         probes: ProbeWindow::new(Duration::from_secs(options.window_secs.max(1)), plan.probe_names()),
         read_failures_by_probe: vec![0; plan.probes.len()],
     };
+    let gzip_demand = GzipDemand::new();
     let (health_sender, health) = watch::channel(observer.refresh(&mut fleet, &metrics));
     let (query_sender, mut queries) = mpsc::channel::<http::RequestQuery>(64);
     let (stop_sender, mut stop) = watch::channel(false);
@@ -247,6 +249,7 @@ async fn run(options: Options) -> Result<()> {
     let endpoints = http::Endpoints {
         metrics: metrics.clone(),
         health,
+        gzip_demand: gzip_demand.clone(),
         requests: query_sender,
         profiles: profile_sender,
     };
@@ -285,7 +288,8 @@ async fn run(options: Options) -> Result<()> {
                 fleet.check_exits(&mut ebpf, Instant::now());
                 fleet.discover(&mut ebpf, &plan);
                 fleet.sample_cpu();
-                let _ = health_sender.send(observer.refresh(&mut fleet, &metrics));
+                let health = observer.refresh(&mut fleet, &metrics).compressed_for(&gzip_demand);
+                let _ = health_sender.send(health);
                 if options.exit_with_target && !fleet.processes.is_empty() && fleet.all_exited() {
                     warn!("the target exited: detaching and exiting (--exit-with-target)");
                     break;

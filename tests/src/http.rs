@@ -15,10 +15,42 @@ pub fn get(address: SocketAddr, path: &str) -> io::Result<Response> {
     get_waiting(address, path, Duration::from_secs(10))
 }
 
-/// A GET read to its last byte into `raw` (headers included), and nothing else done with it:
-/// what timing an endpoint should measure, rather than this client's own parsing.
-pub fn get_raw(address: SocketAddr, path: &str, raw: &mut Vec<u8>) -> io::Result<()> {
-    send(address, get_request(address, path).as_bytes(), Duration::from_secs(10), raw)
+/// A GET with `headers` (`Name: value` each) read to its last byte into `raw` (headers
+/// included), and nothing else done with it: what timing an endpoint should measure, rather
+/// than this client's own parsing.
+pub fn get_raw(address: SocketAddr, path: &str, headers: &[&str], raw: &mut Vec<u8>) -> io::Result<()> {
+    send(address, get_request_with(address, path, headers).as_bytes(), Duration::from_secs(10), raw)
+}
+
+/// A response to a client that accepts gzip: whether it came gzipped, and its body unzipped.
+pub struct Unzipped {
+    pub status: u16,
+    pub gzipped: bool,
+    pub body: String,
+}
+
+/// A GET that says `Accept-Encoding: gzip`, as curl's `--compressed`, Go's and Python's
+/// clients and Prometheus do.
+pub fn get_accepting_gzip(address: SocketAddr, path: &str) -> io::Result<Unzipped> {
+    let mut raw = Vec::new();
+    get_raw(address, path, &["Accept-Encoding: gzip"], &mut raw)?;
+    let invalid = |what: &str| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {:.200}", String::from_utf8_lossy(&raw)))
+    };
+    let split = raw.windows(4).position(|window| window == b"\r\n\r\n").ok_or_else(|| invalid("no head"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status =
+        head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| invalid("no status"))?;
+    let gzipped = head.lines().any(|line| line.replace(' ', "") == "content-encoding:gzip");
+    let body = &raw[split + 4..];
+    let body = if gzipped {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(body).read_to_string(&mut text)?;
+        text
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
+    Ok(Unzipped { status, gzipped, body })
 }
 
 /// As [`get`], for an answer that takes up to `wait` (a profile).
@@ -32,7 +64,12 @@ pub fn exchange(address: SocketAddr, request: &[u8]) -> io::Result<Response> {
 }
 
 fn get_request(address: SocketAddr, path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+    get_request_with(address, path, &[])
+}
+
+fn get_request_with(address: SocketAddr, path: &str, headers: &[&str]) -> String {
+    let headers: String = headers.iter().map(|header| format!("{header}\r\n")).collect();
+    format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n")
 }
 
 /// Sends `request` and reads the whole response into `raw`, waiting up to `wait` for it.

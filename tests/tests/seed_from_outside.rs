@@ -12,6 +12,7 @@ use std::{
 
 use pool_obs_tests::{
     ground_truth::{AccessLogLine, Outcome},
+    http,
     processes::{Agent, Pool, StartFile, args, free_address, manifest, mixed_load, stop},
 };
 
@@ -136,6 +137,25 @@ fn health_until(
     }
 }
 
+/// A client that accepts gzip gets the plain report first, then, from the next refresh on
+/// (within a second), the same report gzipped.
+fn gzipped_health_is_the_same_report(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let gzipped = loop {
+        let answer = http::get_accepting_gzip(agent.address, "/health").expect("/health");
+        if answer.gzipped {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "/health never came gzipped");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let (code, plain) = agent.health();
+    assert_eq!(gzipped.status, code);
+    let unzipped: serde_json::Value = serde_json::from_str(&gzipped.body).expect("gzipped JSON");
+    assert_eq!(model_statuses(&unzipped), model_statuses(&plain));
+    assert_eq!(unzipped["target"], plain["target"]);
+}
+
 fn model_statuses(health: &serde_json::Value) -> BTreeMap<String, String> {
     let models = health["models"].as_array().expect("models");
     let status = |model: &serde_json::Value| {
@@ -176,6 +196,7 @@ fn health_follows_the_pool_from_healthy_to_unhealthy_to_gone() {
     for model in healthy["models"].as_array().unwrap() {
         assert!(model["workers"]["total"].as_u64().unwrap() >= 1, "{model}");
     }
+    gzipped_health_is_the_same_report(&agent);
 
     // When the load ends, idle workers are evicted: models with no workers are unhealthy.
     pool.summary();

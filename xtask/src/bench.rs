@@ -514,7 +514,7 @@ fn loss(scale: &Scale) -> Result<String> {
 /// `/health` and `/metrics` latency with many models, and the agent's memory at 10,000.
 fn endpoints(scale: &Scale) -> Result<String> {
     let mut table = String::from(
-        "### Endpoints\n\n| models | /health p50 | /health p99 | /metrics p50 | /metrics p99 | agent RSS |\n|---|---|---|---|---|---|\n",
+        "### Endpoints\n\n| models | /health p50 | /health p99 | /health, gzip, p50 | /health, gzip, p99 | /health bytes (gzipped) | /metrics p50 | /metrics p99 | agent RSS |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut verdicts = String::new();
     for models in [10u64, 100, 1000, 10_000] {
@@ -532,23 +532,32 @@ fn endpoints(scale: &Scale) -> Result<String> {
         let requests = if models >= 10_000 { 50 } else { scale.requests_per_endpoint };
         // From connecting to the response's last byte; the response is checked after.
         let mut raw = Vec::with_capacity(64 << 20);
-        let mut timings = |path: &str| -> Result<(f64, f64)> {
+        let mut timings = |path: &str, headers: &[&str]| -> Result<(f64, f64, usize)> {
             let mut millis = Vec::new();
             for _ in 0..requests {
                 let began = Instant::now();
-                http::get_raw(agent.address, path, &mut raw)?;
+                http::get_raw(agent.address, path, headers, &mut raw)?;
                 millis.push(began.elapsed().as_secs_f64() * 1000.0);
                 if !raw.starts_with(b"HTTP/1.1 200") && !raw.starts_with(b"HTTP/1.1 503") {
                     bail!("GET {path}: {}", String::from_utf8_lossy(&raw[..raw.len().min(200)]));
+                }
+                let gzipped =
+                    raw.windows(22).any(|window| window.eq_ignore_ascii_case(b"content-encoding: gzip"));
+                if gzipped != headers.contains(&GZIP) {
+                    bail!("GET {path} with {headers:?}: gzipped {gzipped}");
                 }
             }
             millis.sort_by(f64::total_cmp);
             let at =
                 |quantile: f64| millis[((quantile * millis.len() as f64) as usize).min(millis.len() - 1)];
-            Ok((at(0.5), at(0.99)))
+            Ok((at(0.5), at(0.99), raw.len()))
         };
-        let (health_p50, health_p99) = timings("/health")?;
-        let (metrics_p50, metrics_p99) = timings("/metrics")?;
+        let (health_p50, health_p99, health_bytes) = timings("/health", &[])?;
+        // A client that asks for gzip gets it from the next refresh on.
+        http::get_accepting_gzip(agent.address, "/health")?;
+        thread::sleep(Duration::from_millis(500));
+        let (gzip_p50, gzip_p99, gzip_bytes) = timings("/health", &[GZIP])?;
+        let (metrics_p50, metrics_p99, _) = timings("/metrics", &[])?;
         let rss_mib = vm_rss_bytes(agent.child.id()) as f64 / (1024.0 * 1024.0);
         stop(&mut agent.child, libc::SIGTERM);
         if models == 1000 {
@@ -561,16 +570,31 @@ fn endpoints(scale: &Scale) -> Result<String> {
         }
         if models == 10_000 {
             verdicts += &format!(
-                " At 10,000 models: `/health` p99 ≤ 1 ms: {}; `/metrics` p99 ≤ 50 ms: {}.\n\n",
+                " At 10,000 models: `/health` p99 ≤ 1 ms: {} to a client that accepts gzip, {} to one \
+                 that does not; `/metrics` p99 ≤ 50 ms: {}.\n\n",
+                verdict(gzip_p99 <= 1.0),
                 verdict(health_p99 <= 1.0),
                 verdict(metrics_p99 <= 50.0)
             );
         }
         table += &format!(
-            "| {models} | {health_p50:.2} ms | {health_p99:.2} ms | {metrics_p50:.2} ms | {metrics_p99:.2} ms | {rss_mib:.0} MiB |\n"
+            "| {models} | {health_p50:.2} ms | {health_p99:.2} ms | {gzip_p50:.2} ms | {gzip_p99:.2} ms | {} ({}) | {metrics_p50:.2} ms | {metrics_p99:.2} ms | {rss_mib:.0} MiB |\n",
+            bytes(health_bytes),
+            bytes(gzip_bytes),
         );
     }
     Ok(table + &verdicts)
+}
+
+const GZIP: &str = "Accept-Encoding: gzip";
+
+/// A size for people: bytes, kB or MB.
+fn bytes(count: usize) -> String {
+    match count {
+        0..1_000 => format!("{count} B"),
+        1_000..1_000_000 => format!("{:.0} kB", count as f64 / 1e3),
+        _ => format!("{:.1} MB", count as f64 / 1e6),
+    }
 }
 
 /// The demo pool's CPU with and without the agent, at its default load (requests that sleep),

@@ -249,7 +249,7 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
         Status::Healthy | Status::Degraded => StatusCode::OK,
     };
     let body = serde_json::to_string(&report).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
-    RenderedHealth { code, body: body.into() }
+    RenderedHealth { code, body: body.into(), gzipped: None }
 }
 
 #[cfg(test)]

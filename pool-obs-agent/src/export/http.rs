@@ -1,7 +1,12 @@
 //! The HTTP endpoints: `GET /metrics` (OpenMetrics text), `GET /health` (JSON) and
 //! `GET /requests/{id}` (a request's timeline, JSON).
 
-use std::{future::Future, pin::pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -9,7 +14,9 @@ use axum::{
     extract::{Path, Query, Request, State},
     http::{
         HeaderMap, StatusCode,
-        header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
+        header::{
+            ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, VARY,
+        },
     },
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -28,6 +35,7 @@ use tokio::{
 use tokio_io_timeout::TimeoutStream;
 use tracing::warn;
 
+use super::compression::{self, GzipDemand};
 use crate::{
     profile::{self, Selection},
     publish::{Format, Metrics, Timeline},
@@ -41,6 +49,18 @@ const JSON: &str = "application/json";
 pub struct RenderedHealth {
     pub code: StatusCode,
     pub body: Bytes,
+    /// `body` gzipped, while clients ask for it ([`GzipDemand`]).
+    pub gzipped: Option<Bytes>,
+}
+
+impl RenderedHealth {
+    /// With its gzipped body, if `demand` wants one now.
+    pub fn compressed_for(mut self, demand: &GzipDemand) -> Self {
+        if demand.wanted(Instant::now()) {
+            self.gzipped = Some(compression::gzip(&self.body));
+        }
+        self
+    }
 }
 
 /// A `/profile`, taken by the task that owns the aggregator.
@@ -62,6 +82,7 @@ pub struct RequestQuery {
 pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     pub health: watch::Receiver<RenderedHealth>,
+    pub gzip_demand: GzipDemand,
     pub requests: mpsc::Sender<RequestQuery>,
     pub profiles: mpsc::Sender<ProfileOrder>,
 }
@@ -189,9 +210,19 @@ async fn metrics(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Resp
     ([(CONTENT_TYPE, format.content_type())], endpoints.metrics.encode(format)).into_response()
 }
 
-async fn health(State(endpoints): State<Endpoints>) -> Response {
-    let RenderedHealth { code, body } = endpoints.health.borrow().clone();
-    (code, [(CONTENT_TYPE, JSON)], body).into_response()
+async fn health(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Response {
+    let RenderedHealth { code, body, gzipped } = endpoints.health.borrow().clone();
+    let vary = (VARY, ACCEPT_ENCODING.as_str());
+    if !compression::accepts_gzip(&headers) {
+        return (code, [(CONTENT_TYPE, JSON), vary], body).into_response();
+    }
+    endpoints.gzip_demand.note(Instant::now());
+    match gzipped {
+        Some(gzipped) => {
+            (code, [(CONTENT_TYPE, JSON), vary, (CONTENT_ENCODING, "gzip")], gzipped).into_response()
+        }
+        None => (code, [(CONTENT_TYPE, JSON), vary], body).into_response(),
+    }
 }
 
 async fn request(State(endpoints): State<Endpoints>, Path(id): Path<String>) -> Response {
