@@ -14,10 +14,10 @@ use pool_obs_common::{
 use crate::{
     EVENTS,
     calls::OpenCall,
-    count, cpu, process_id,
+    count, cpu, current_ids,
     read::{self, Reader},
     registers::Registers,
-    thread_id, wakeup_flags,
+    wakeup_flags,
 };
 
 /// One probe hit: which spec fired, and when.
@@ -281,8 +281,8 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
     let Some(kind) = EventKind::from_u32(spec.kind) else {
         return;
     };
-    let header =
-        Header { kind: spec.kind, probe: hit.probe, tid: thread_id(), pid: process_id(), ts_ns: hit.now };
+    let (pid, tid) = current_ids();
+    let header = Header { kind: spec.kind, probe: hit.probe, tid, pid, ts_ns: hit.now };
     let model = source.model();
     match kind {
         EventKind::WorkerSpawned => submit(WorkerSpawned {

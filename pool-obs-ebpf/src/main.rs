@@ -194,12 +194,10 @@ fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(Cookie, &'static ProbeSpec)> {
     }
 }
 
-pub(crate) fn thread_id() -> u32 {
-    bpf_get_current_pid_tgid() as u32
-}
-
-pub(crate) fn process_id() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
+/// The current process and thread ids, from one helper call.
+pub(crate) fn current_ids() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
 /// A read of the target's memory failed for `probe`.
