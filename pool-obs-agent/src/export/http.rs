@@ -212,12 +212,12 @@ async fn metrics(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Resp
 
 async fn health(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Response {
     let RenderedHealth { code, body, gzipped } = endpoints.health.borrow().clone();
-    let vary = (VARY, ACCEPT_ENCODING.as_str());
-    if !compression::accepts_gzip(&headers) {
-        return (code, [(CONTENT_TYPE, JSON), vary], body).into_response();
+    let accepts_gzip = compression::accepts_gzip(&headers);
+    if accepts_gzip {
+        endpoints.gzip_demand.note(Instant::now());
     }
-    endpoints.gzip_demand.note(Instant::now());
-    match gzipped {
+    let vary = (VARY, ACCEPT_ENCODING.as_str());
+    match gzipped.filter(|_| accepts_gzip) {
         Some(gzipped) => {
             (code, [(CONTENT_TYPE, JSON), vary, (CONTENT_ENCODING, "gzip")], gzipped).into_response()
         }
