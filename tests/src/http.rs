@@ -29,20 +29,22 @@ pub struct Unzipped {
     pub body: String,
 }
 
-/// A GET that says `Accept-Encoding: gzip`, as curl's `--compressed`, Go's and Python's
-/// clients and Prometheus do.
+/// The header of a client that accepts gzip, as curl's `--compressed`, Go's and Python's
+/// clients and Prometheus send it.
+pub const ACCEPT_GZIP: &str = "Accept-Encoding: gzip";
+
+/// A GET that says [`ACCEPT_GZIP`].
 pub fn get_accepting_gzip(address: SocketAddr, path: &str) -> io::Result<Unzipped> {
     let mut raw = Vec::new();
-    get_raw(address, path, &["Accept-Encoding: gzip"], &mut raw)?;
+    get_raw(address, path, &[ACCEPT_GZIP], &mut raw)?;
     let invalid = |what: &str| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {:.200}", String::from_utf8_lossy(&raw)))
     };
-    let split = raw.windows(4).position(|window| window == b"\r\n\r\n").ok_or_else(|| invalid("no head"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let (head, body) = split(&raw).ok_or_else(|| invalid("no head"))?;
+    let head = String::from_utf8_lossy(head);
     let status =
         head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| invalid("no status"))?;
-    let gzipped = head.lines().any(|line| line.replace(' ', "") == "content-encoding:gzip");
-    let body = &raw[split + 4..];
+    let gzipped = says_gzipped(&head);
     let body = if gzipped {
         let mut text = String::new();
         flate2::read::GzDecoder::new(body).read_to_string(&mut text)?;
@@ -51,6 +53,21 @@ pub fn get_accepting_gzip(address: SocketAddr, path: &str) -> io::Result<Unzippe
         String::from_utf8_lossy(body).into_owned()
     };
     Ok(Unzipped { status, gzipped, body })
+}
+
+/// Whether a raw response's head says its body is gzipped. Only the head is read.
+pub fn is_gzipped(raw: &[u8]) -> bool {
+    split(raw).is_some_and(|(head, _)| says_gzipped(&String::from_utf8_lossy(head)))
+}
+
+fn says_gzipped(head: &str) -> bool {
+    head.lines().any(|line| line.to_ascii_lowercase().replace(' ', "") == "content-encoding:gzip")
+}
+
+/// A raw response's head and body.
+fn split(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
+    Some((&raw[..end], &raw[end + 4..]))
 }
 
 /// As [`get`], for an answer that takes up to `wait` (a profile).
