@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs},
     },
     macros::{map, perf_event},
@@ -22,7 +22,7 @@ use pool_obs_common::{
     event::{CpuSampleRecord, EventKind, Header, ModelKey, NOT_IN_CALL, SAMPLE_STACK_BYTES},
 };
 
-use crate::{EVENTS, calls, count, cpu};
+use crate::{EVENTS, calls, count, cpu, current_ids};
 
 /// The stack sizes tried in turn: a read that crosses the end of the stack's mapping fails
 /// whole, so near the top a smaller one is read.
@@ -37,8 +37,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     if SAMPLING.get(0).is_none_or(|on| *on == 0) {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !cpu::is_followed((pid_tgid >> 32) as u32) {
+    let (pid, tid) = current_ids();
+    if !cpu::is_followed(pid) {
         return 0;
     }
     // A sample is 16 KiB: past half the ring, the pool's own events get the room.
@@ -69,13 +69,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         }
         write(
             addr_of_mut!((*sample).header),
-            Header {
-                kind: EventKind::CpuSampled as u32,
-                probe,
-                tid: pid_tgid as u32,
-                pid: (pid_tgid >> 32) as u32,
-                ts_ns: bpf_ktime_get_ns(),
-            },
+            Header { kind: EventKind::CpuSampled as u32, probe, tid, pid, ts_ns: bpf_ktime_get_ns() },
         );
         write(addr_of_mut!((*sample).model), model);
         write(addr_of_mut!((*sample).request_id), request_id);
