@@ -70,8 +70,28 @@ pub struct AccessLogLine {
     /// None when the request timed out in the queue.
     pub worker: Option<u64>,
     pub outcome: Outcome,
-    pub queue_us: Option<u64>,
-    pub total_us: u64,
+    /// How long it waited for a worker: none when it timed out in the queue or its worker
+    /// crashed serving it.
+    pub queue: Option<Bounds>,
+    /// From submission to its end.
+    pub total: Bounds,
+}
+
+/// A span between two probed moments, as the pool can tell it: each moment lies between the
+/// pool's clock reading just before the probed call and its first inside it, so the span a
+/// probe measures lies within these bounds however the threads were scheduled.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct Bounds {
+    pub at_least_ns: u64,
+    pub at_most_ns: u64,
+}
+
+impl Bounds {
+    /// Whether `millis` lies within, give or take `slack_ns` for reading one clock two ways.
+    pub fn holds(&self, millis: f64, slack_ns: f64) -> bool {
+        let nanos = millis * 1e6;
+        nanos >= self.at_least_ns as f64 - slack_ns && nanos <= self.at_most_ns as f64 + slack_ns
+    }
 }
 
 /// A model key as text: as it is when it is UTF-8, else with Rust's byte escapes.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use pool_obs_tests::{
-    ground_truth::{AccessLogLine, Outcome},
+    ground_truth::{AccessLogLine, Bounds, Outcome},
     http,
     processes::{Agent, Pool, StartFile, args, free_address, manifest, mixed_load, stop},
 };
@@ -294,12 +294,13 @@ fn request_timelines_match_the_pools_access_log() {
         assert_eq!(timeline["model"], logged.model.as_str(), "{context}");
         assert_eq!(timeline["outcome"], outcome, "{context}");
         assert_eq!(timeline["worker"].as_u64(), logged.worker, "{context}");
-        // Both sides time the same calls, microseconds apart: 0.3 ms + 2%.
-        let close =
-            |agent_ms: f64, pool_us: u64| (agent_ms - pool_us as f64 / 1000.0).abs() <= 0.3 + 0.02 * agent_ms;
-        assert!(close(timeline["total_ms"].as_f64().unwrap(), logged.total_us), "{context}");
-        if let Some(queue_us) = logged.queue_us {
-            assert!(close(timeline["queue_ms"].as_f64().unwrap(), queue_us), "{context}");
+        // The pool brackets each probed call's entry with its own clock (the agent's and the
+        // pool's are both CLOCK_MONOTONIC); 1 µs of slack for reading it through the kernel's
+        // fast accessor on one side and the vDSO on the other.
+        let within = |field: &str, bounds: Bounds| bounds.holds(timeline[field].as_f64().unwrap(), 1_000.0);
+        assert!(within("total_ms", logged.total), "{context}");
+        if let Some(queue) = logged.queue {
+            assert!(within("queue_ms", queue), "{context}");
         }
         for field in ["submitted", "ended"] {
             assert!(timeline[field].as_str().is_some_and(|time| time.ends_with('Z')), "{context}");

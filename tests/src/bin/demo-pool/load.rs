@@ -9,9 +9,9 @@ use std::{
 pub use pool_obs_tests::seeded::unit_interval;
 
 use crate::{
-    Options,
+    Options, clock,
     pool::Pool,
-    summary::{Outcome, Reply, Report},
+    summary::{Reply, Report},
 };
 
 pub fn run(pool: &Arc<Pool>, options: &Options, models: &[Vec<u8>], report: &Report) {
@@ -20,12 +20,7 @@ pub fn run(pool: &Arc<Pool>, options: &Options, models: &[Vec<u8>], report: &Rep
     let collector_report = report.clone();
     let collector = thread::spawn(move || {
         for (model, request_id, reply) in replies {
-            let reply = reply.recv().unwrap_or(Reply {
-                outcome: Outcome::Failed,
-                worker: None,
-                queued: None,
-                total: Duration::ZERO,
-            });
+            let reply = reply.recv().unwrap_or_else(|_| Reply::lost(Instant::now()));
             collector_report.record(&collector_models[model], request_id, &reply);
         }
     });
@@ -41,6 +36,7 @@ pub fn run(pool: &Arc<Pool>, options: &Options, models: &[Vec<u8>], report: &Rep
         let impatient = unit_interval(options.seed, request_id, 5) < options.impatient_rate;
         let deadline =
             if impatient { Duration::from_micros(1) } else { Duration::from_millis(options.timeout_ms) };
+        clock::calling();
         let reply = pool.submit(&models[model], request_id, work_us, deadline);
         pending.send((model, request_id, reply)).expect("the collector outlives the load");
         next += interval;

@@ -6,6 +6,7 @@
 //! failed, or timed out in the queue. The pool knows nothing of pool-obs: its only output is the
 //! ground-truth summary it prints as JSON on exit and on SIGUSR1.
 
+mod clock;
 mod load;
 mod pool;
 mod summary;

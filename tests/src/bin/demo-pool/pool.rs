@@ -16,6 +16,7 @@ use pool_obs_tests::ground_truth::{Lifecycle, thread_cpu};
 
 use crate::{
     Options,
+    clock::{self, Bracket},
     load::unit_interval,
     summary::{Outcome, Reply},
 };
@@ -76,9 +77,9 @@ struct Worker {
 /// A client waiting for its request, and what the pool learned of the request so far.
 struct Pending {
     client: Sender<Reply>,
-    submitted: Instant,
+    submitted: Bracket,
     worker: Option<u64>,
-    queued: Option<Duration>,
+    started: Option<Bracket>,
 }
 
 pub struct Job {
@@ -156,15 +157,15 @@ impl Pool {
         work_us: u64,
         deadline: Duration,
     ) -> Receiver<Reply> {
+        let submitted = clock::entered();
         let (client, reply) = channel();
-        let submitted = Instant::now();
-        let pending = Pending { client, submitted, worker: None, queued: None };
+        let pending = Pending { client, submitted, worker: None, started: None };
         let (queue, needs_worker) = self.touch(model, request_id, pending);
         if needs_worker {
             let worker_id = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
             self.spawn_worker(model, worker_id, self.config.worker_memory);
         }
-        let depth = queue.push(Job { request_id, work_us, submitted, deadline });
+        let depth = queue.push(Job { request_id, work_us, submitted: submitted.after, deadline });
         let mut state = self.state.lock().unwrap();
         let record = state.lifecycle.entry(model.to_vec()).or_default();
         record.max_queue_depth = record.max_queue_depth.max(depth);
@@ -271,6 +272,7 @@ impl Pool {
                 for (worker_id, worker) in pool.take_finished_workers() {
                     let evicted = worker.stop.load(Ordering::Relaxed);
                     if worker.thread.join().is_err() {
+                        clock::calling();
                         pool.reap_crashed_worker(&worker.model, worker_id, worker.serving, evicted);
                     }
                 }
@@ -334,7 +336,7 @@ impl Pool {
         lost_request: Option<u64>,
         evicted: bool,
     ) {
-        let ended = Instant::now();
+        let ended = clock::entered();
         {
             let mut state = self.state.lock().unwrap();
             state.lifecycle.entry(model.to_vec()).or_default().crashes += 1;
@@ -360,6 +362,7 @@ impl Pool {
         while let Some(job) = queue.pop(stop) {
             let waited = job.submitted.elapsed();
             if waited > job.deadline {
+                clock::calling();
                 self.drop_expired(
                     &model,
                     job.request_id,
@@ -367,29 +370,38 @@ impl Pool {
                     waited.as_micros() as u64,
                 );
             } else {
-                self.mark_serving(worker_id, Some((job.request_id, job.submitted)));
+                self.mark_serving(worker_id, job.request_id);
+                clock::calling();
                 let result = self.serve(&model, job.request_id, worker_id, job.work_us);
-                self.mark_serving(worker_id, None);
+                self.mark_served(worker_id, job.request_id, clock::take_kept());
+                clock::calling();
                 self.respond(&model, job.request_id, result);
             }
         }
         black_box(&memory);
     }
 
-    /// Records that the worker starts serving the request submitted at `submitted`, or that it
-    /// is idle again.
-    fn mark_serving(&self, worker_id: u64, request: Option<(u64, Instant)>) {
+    /// Records that the worker starts serving the request.
+    fn mark_serving(&self, worker_id: u64, request_id: u64) {
         let mut state = self.state.lock().unwrap();
-        // Measured with the lock held, just before `serve` runs: waiting for the lock is queueing
-        // too, and the agent's probe on `serve` sees it so.
-        if let Some((request_id, submitted)) = request
-            && let Some(pending) = state.pending.get_mut(&request_id)
-        {
+        if let Some(pending) = state.pending.get_mut(&request_id) {
             pending.worker = Some(worker_id);
-            pending.queued = Some(submitted.elapsed());
         }
         if let Some(worker) = state.workers.get_mut(&worker_id) {
-            worker.serving = request.map(|(request_id, _)| request_id);
+            worker.serving = Some(request_id);
+            worker.last_active = Instant::now();
+        }
+    }
+
+    /// Records that the worker served the request, which `serve` entered within `started`, and
+    /// is idle again.
+    fn mark_served(&self, worker_id: u64, request_id: u64, started: Option<Bracket>) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(pending) = state.pending.get_mut(&request_id) {
+            pending.started = started;
+        }
+        if let Some(worker) = state.workers.get_mut(&worker_id) {
+            worker.serving = None;
             worker.last_active = Instant::now();
         }
     }
@@ -408,6 +420,7 @@ impl Pool {
     // A real pool runs a model here, far too large to inline; the sleep stands in for it.
     #[inline(never)]
     pub fn serve(&self, model: &[u8], request_id: u64, worker_id: u64, work_us: u64) -> Result<u64, String> {
+        clock::entered_and_kept();
         if !self.config.cpu.is_zero() {
             std::hint::black_box(forward_pass(model, self.config.cpu));
         }
@@ -428,7 +441,7 @@ impl Pool {
     // A real pool serialises the response and writes it to the client's connection here.
     #[inline(never)]
     pub fn respond(&self, model: &[u8], request_id: u64, result: Result<u64, String>) {
-        let ended = Instant::now();
+        let ended = clock::entered();
         let Some(pending) = self.state.lock().unwrap().pending.remove(&request_id) else {
             return;
         };
@@ -451,7 +464,7 @@ impl Pool {
     // A real pool also notifies the client and records the miss: never inlined there.
     #[inline(never)]
     pub fn drop_expired(&self, model: &[u8], request_id: u64, deadline_us: u64, waited_us: u64) {
-        let ended = Instant::now();
+        let ended = clock::entered();
         let pending = {
             let mut state = self.state.lock().unwrap();
             if let Some(entry) = state.models.get_mut(model) {
@@ -477,11 +490,11 @@ impl Pool {
 }
 
 impl Pending {
-    /// Answers the client. `ended` is when the function that ends the request was entered, before
-    /// it waited for the pool's lock: the moment the agent's probe on it sees.
-    fn reply(self, outcome: Outcome, ended: Instant) {
-        let total = ended.saturating_duration_since(self.submitted);
-        let reply = Reply { outcome, worker: self.worker, queued: self.queued, total };
+    /// Answers the client. `ended` brackets the entry of the function that ends the request,
+    /// before it waited for the pool's lock: the moment the agent's probe on it sees.
+    fn reply(self, outcome: Outcome, ended: Bracket) {
+        let reply =
+            Reply { outcome, worker: self.worker, submitted: self.submitted, started: self.started, ended };
         let _ = self.client.send(reply);
     }
 }

@@ -7,23 +7,38 @@ use std::{
     io::{BufWriter, Write},
     path::Path,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::Instant,
 };
 
 pub use pool_obs_tests::ground_truth::Outcome;
-use pool_obs_tests::ground_truth::{AccessLogLine, Summary, Tally, model_text};
+use pool_obs_tests::ground_truth::{AccessLogLine, Bounds, Summary, Tally, model_text};
 
-use crate::pool::Pool;
+use crate::{clock::Bracket, pool::Pool};
 
-/// What a client learns of its request.
+/// What a client learns of its request: its outcome, and when the pool's probed functions saw
+/// it submitted, started and ended.
 pub struct Reply {
     pub outcome: Outcome,
     /// The worker that served it; none if it timed out in the queue.
     pub worker: Option<u64>,
-    /// How long it waited for a worker; none if it timed out in the queue.
-    pub queued: Option<Duration>,
-    /// From submission to the reply.
-    pub total: Duration,
+    pub submitted: Bracket,
+    /// None if it timed out in the queue or its worker crashed serving it.
+    pub started: Option<Bracket>,
+    pub ended: Bracket,
+}
+
+impl Reply {
+    /// An answer the pool never gave, at `now`.
+    pub fn lost(now: Instant) -> Self {
+        let now = Bracket::at(now);
+        Self { outcome: Outcome::Failed, worker: None, submitted: now, started: None, ended: now }
+    }
+}
+
+/// The least and most time between two probed moments.
+fn between(from: Bracket, to: Bracket) -> Bounds {
+    let nanos = |later: Instant, earlier: Instant| later.saturating_duration_since(earlier).as_nanos() as u64;
+    Bounds { at_least_ns: nanos(to.before, from.after), at_most_ns: nanos(to.after, from.before) }
 }
 
 /// The requests the clients saw answered.
@@ -41,7 +56,7 @@ impl Report {
     }
 
     pub fn record(&self, model: &[u8], request_id: u64, reply: &Reply) {
-        let total_us = reply.total.as_micros() as u64;
+        let total_us = reply.ended.after.saturating_duration_since(reply.submitted.after).as_micros() as u64;
         {
             let mut requests = self.requests.lock().unwrap();
             requests.entry(model.to_vec()).or_default().record(reply.outcome, total_us);
@@ -52,8 +67,8 @@ impl Report {
                 model: model_text(model),
                 worker: reply.worker,
                 outcome: reply.outcome,
-                queue_us: reply.queued.map(|queued| queued.as_micros() as u64),
-                total_us,
+                queue: reply.started.map(|started| between(reply.submitted, started)),
+                total: between(reply.submitted, reply.ended),
             };
             let mut log = log.lock().unwrap();
             let _ = serde_json::to_writer(&mut *log, &line);
