@@ -112,10 +112,11 @@ enum Config {
     EntryOnPush,
     EntryOnLeaf,
     EntryOnNop,
+    EntryOnCanonicalNop,
 }
 
 impl Config {
-    const ALL: [Config; 11] = [
+    const ALL: [Config; 12] = [
         Config::NoProbe,
         Config::FloorEntry,
         Config::FloorEntryReturn,
@@ -127,6 +128,7 @@ impl Config {
         Config::EntryOnPush,
         Config::EntryOnLeaf,
         Config::EntryOnNop,
+        Config::EntryOnCanonicalNop,
     ];
 
     fn label(self) -> &'static str {
@@ -150,7 +152,10 @@ impl Config {
                 "10. pool-obs, one entry probe on `tally`, a leaf whose first instruction is single-stepped (placed on the branch after it)"
             }
             Config::EntryOnNop => {
-                "11. pool-obs as 9, the target built with `-Z patchable-function-entry=5` (first instruction a 5-byte `nop`, emulated)"
+                "11. pool-obs as 9, the target built with `-Z patchable-function-entry=5` (first instruction LLVM's 5-byte `nop`, emulated)"
+            }
+            Config::EntryOnCanonicalNop => {
+                "12. pool-obs as 9, `begin` entered through the canonical 5-byte `nop`, which the kernel turns into a call to its uprobe trampoline"
             }
         }
     }
@@ -173,16 +178,18 @@ impl Config {
             Config::PoolObsUretprobe => Some("bench-target-uretprobe.toml"),
             Config::EntryOnPush | Config::EntryOnNop => Some("bench-target-entry-begin.toml"),
             Config::EntryOnLeaf => Some("bench-target-entry-tally.toml"),
+            Config::EntryOnCanonicalNop => Some("bench-target-entry-nop5.toml"),
             _ => None,
         }
     }
 
     /// What bench-target calls besides `--calls`.
-    fn target_mode(self) -> Option<&'static str> {
+    fn target_mode(self) -> &'static [&'static str] {
         match self {
-            Config::PoolObsEntryOnly => Some("--entry-only"),
-            Config::EntryOnPush | Config::EntryOnLeaf | Config::EntryOnNop => Some("--leaf"),
-            _ => None,
+            Config::PoolObsEntryOnly => &["--entry-only"],
+            Config::EntryOnPush | Config::EntryOnLeaf | Config::EntryOnNop => &["--leaf"],
+            Config::EntryOnCanonicalNop => &["--leaf", "--through-nop5"],
+            _ => &[],
         }
     }
 
@@ -232,15 +239,20 @@ fn probe_costs(scale: &Scale) -> Result<String> {
     let _stats = BpfStats::enable()?;
     let mut results: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
     let mut program_times: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
+    let mut optimised_rounds = 0;
     for round in 0..scale.rounds {
         let mut order = Config::ALL.to_vec();
         order.rotate_left(round % Config::ALL.len());
         for config in order {
-            let (ns, program_ns) = run_config(config, scale.calls, &symbol)?;
+            let run = run_config(config, scale.calls, &symbol)?;
+            let ns = run.target.ns_per_call;
             eprintln!("xtask: round {} {:?}: {ns:.0} ns/call", round + 1, config);
             results.entry(config).or_default().push(ns);
-            if let Some(program_ns) = program_ns {
+            if let Some(program_ns) = run.program_ns {
                 program_times.entry(config).or_default().push(program_ns);
+            }
+            if config == Config::EntryOnCanonicalNop && run.target.uprobe_trampoline {
+                optimised_rounds += 1;
             }
         }
     }
@@ -264,11 +276,12 @@ fn probe_costs(scale: &Scale) -> Result<String> {
         );
     }
     let pool_obs = median(Config::PoolObs);
-    let (uretprobe, on_push, on_leaf, on_nop) = (
+    let (uretprobe, on_push, on_leaf, on_nop, on_canonical_nop) = (
         median(Config::PoolObsUretprobe),
         median(Config::EntryOnPush),
         median(Config::EntryOnLeaf),
         median(Config::EntryOnNop),
+        median(Config::EntryOnCanonicalNop),
     );
     let per_event = |config| median(config) - none;
     let targets = [
@@ -311,6 +324,14 @@ fn probe_costs(scale: &Scale) -> Result<String> {
          probe there costs {on_nop:.0} ns per call against {on_push:.0} ns on its `push` ({:+.0}%).\n",
         100.0 * (on_nop - on_push) / on_push
     );
+    table += &format!(
+        "\nOn the canonical 5-byte `nop` (`0f 1f 44 00 00`; LLVM's is `0f 1f 44 00 08`, which the kernel \
+         only emulates), the kernel replaced the probe's trap with a call to its uprobe trampoline in \
+         {optimised_rounds} of {} rounds: {on_canonical_nop:.0} ns per call, against {on_nop:.0} ns on LLVM's \
+         `nop` ({:+.0}%).\n",
+        scale.rounds,
+        100.0 * (on_canonical_nop - on_nop) / on_nop
+    );
     table += "\n| target | measured ratio | |\n|---|---|---|\n";
     for (target, ratio, met) in targets {
         table += &format!("| {target} | {ratio:.2} | {} |\n", verdict(met));
@@ -343,20 +364,39 @@ fn bench_target_at(path: &Path, start: &StartFile, extra: &[&str]) -> Pool {
 }
 
 /// The target's report: nanoseconds per call and calls made.
-fn target_result(pool: &mut Pool) -> Result<(f64, u64)> {
+fn target_result(pool: &mut Pool) -> Result<TargetResult> {
     let line = pool.stdout.recv_timeout(Duration::from_secs(600)).context("bench-target's result")?;
     let result: serde_json::Value = serde_json::from_str(&line)?;
     pool.wait_for_exit();
-    Ok((result["ns_per_call"].as_f64().unwrap_or(f64::NAN), result["calls"].as_u64().unwrap_or(0)))
+    Ok(TargetResult {
+        ns_per_call: result["ns_per_call"].as_f64().unwrap_or(f64::NAN),
+        calls: result["calls"].as_u64().unwrap_or(0),
+        uprobe_trampoline: result["uprobe_trampoline"].as_bool().unwrap_or(false),
+    })
+}
+
+/// bench-target's result line.
+struct TargetResult {
+    ns_per_call: f64,
+    calls: u64,
+    /// Whether the kernel optimised a uprobe in it into a call to its trampoline.
+    uprobe_trampoline: bool,
+}
+
+/// One configuration's run: the target's result and the probes' programs' own nanoseconds per
+/// call.
+struct ConfigRun {
+    target: TargetResult,
+    program_ns: Option<f64>,
 }
 
 /// One configuration's cost per call, and its probe programs' own run time per call (the
 /// kernel's `bpf_stats`: the program alone, without the trap that runs it).
-fn run_config(config: Config, calls: u64, symbol: &str) -> Result<(f64, Option<f64>)> {
+fn run_config(config: Config, calls: u64, symbol: &str) -> Result<ConfigRun> {
     let start = StartFile::new("bench");
     let calls_arg = calls.to_string();
     let mut target_args = vec!["--calls", &calls_arg];
-    target_args.extend(config.target_mode());
+    target_args.extend_from_slice(config.target_mode());
     let target_path = config.target();
     let mut target = bench_target_at(&target_path, &start, &target_args);
     let mut tracer = match config.bpftrace_script() {
@@ -366,7 +406,8 @@ fn run_config(config: Config, calls: u64, symbol: &str) -> Result<(f64, Option<f
     let agent =
         config.manifest().map(|name| Agent::attach(target.pid(), &manifest(name), free_address(), &[]));
     start.start();
-    let (ns_per_call, made) = target_result(&mut target)?;
+    let result = target_result(&mut target)?;
+    let made = result.calls;
     // The probes' programs: pool-obs's `probe_*`; all of bpftrace's (BEGIN and END run once).
     let program_ns = |pid: u32, probe: fn(&str) -> bool| {
         let times = bpf::run_times(pid);
@@ -386,7 +427,7 @@ fn run_config(config: Config, calls: u64, symbol: &str) -> Result<(f64, Option<f
         programs = program_ns(tracer.child.id(), |_| true);
         stop(&mut tracer.child, libc::SIGINT);
     }
-    Ok((ns_per_call, programs))
+    Ok(ConfigRun { target: result, program_ns: programs })
 }
 
 /// bpftrace running one of the peers' reference scripts, its output drained.
@@ -446,7 +487,7 @@ fn agent_cpu(scale: &Scale) -> Result<String> {
         let before = cpu_seconds(agent.child.id());
         start.start();
         let began = Instant::now();
-        let (_, made) = target_result(&mut target)?;
+        let made = target_result(&mut target)?.calls;
         agent.metrics_after(made);
         let seconds = began.elapsed().as_secs_f64();
         shares.push(100.0 * (cpu_seconds(agent.child.id()) - before) / seconds);
@@ -485,7 +526,7 @@ fn loss(scale: &Scale) -> Result<String> {
                 &settings,
             );
             start.start();
-            let (ns_per_call, made) = target_result(&mut target)?;
+            let TargetResult { ns_per_call, calls: made, .. } = target_result(&mut target)?;
             let metrics = agent.metrics_accounting_for(made);
             stop(&mut agent.child, libc::SIGTERM);
             let lost = metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
@@ -526,7 +567,7 @@ fn endpoints(scale: &Scale) -> Result<String> {
         let mut agent =
             Agent::attach(target.pid(), &manifest("bench-target-uretprobe.toml"), free_address(), &tracked);
         start.start();
-        let (_, made) = target_result(&mut target)?;
+        let made = target_result(&mut target)?.calls;
         agent.metrics_after(made);
         // A /metrics with 10,000 models takes a fifth of a second: fewer rounds there.
         let requests = if models >= 10_000 { 50 } else { scale.requests_per_endpoint };
