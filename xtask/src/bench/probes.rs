@@ -78,7 +78,7 @@ impl Config {
                 "11. pool-obs as 9, the target built with `-Z patchable-function-entry=5` (first instruction LLVM's 5-byte `nop`, emulated)"
             }
             Config::EntryOnCanonicalNop => {
-                "12. pool-obs as 9, `begin` entered through the canonical 5-byte `nop`, which the kernel turns into a call to its uprobe trampoline"
+                "12. pool-obs as 9, `begin` entered through the canonical 5-byte `nop`, the one Linux 6.18 optimises into a call to a trampoline"
             }
         }
     }
