@@ -37,13 +37,7 @@ pub const ACCEPT_GZIP: &str = "Accept-Encoding: gzip";
 pub fn get_accepting_gzip(address: SocketAddr, path: &str) -> io::Result<Unzipped> {
     let mut raw = Vec::new();
     get_raw(address, path, &[ACCEPT_GZIP], &mut raw)?;
-    let invalid = |what: &str| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {:.200}", String::from_utf8_lossy(&raw)))
-    };
-    let (head, body) = split(&raw).ok_or_else(|| invalid("no head"))?;
-    let head = String::from_utf8_lossy(head);
-    let status =
-        head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| invalid("no status"))?;
+    let Parsed { status, head, body } = parse(&raw)?;
     let gzipped = says_gzipped(&head);
     let body = if gzipped {
         let mut text = String::new();
@@ -68,6 +62,26 @@ fn says_gzipped(head: &str) -> bool {
 fn split(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
     Some((&raw[..end], &raw[end + 4..]))
+}
+
+/// A raw response's status, its head as text, and its body.
+struct Parsed<'a> {
+    status: u16,
+    head: String,
+    body: &'a [u8],
+}
+
+fn parse(raw: &[u8]) -> io::Result<Parsed<'_>> {
+    let invalid = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {:.200}", String::from_utf8_lossy(raw)),
+        )
+    };
+    let (head, body) = split(raw).ok_or_else(invalid)?;
+    let head = String::from_utf8_lossy(head).into_owned();
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(invalid)?;
+    Ok(Parsed { status, head, body })
 }
 
 /// As [`get`], for an answer that takes up to `wait` (a profile).
@@ -102,9 +116,6 @@ fn send(address: SocketAddr, request: &[u8], wait: Duration, raw: &mut Vec<u8>) 
 fn exchange_waiting(address: SocketAddr, request: &[u8], wait: Duration) -> io::Result<Response> {
     let mut raw = Vec::new();
     send(address, request, wait, &mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {text:.200}"));
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(invalid)?;
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(invalid)?;
-    Ok(Response { status, body: body.to_string() })
+    let Parsed { status, body, .. } = parse(&raw)?;
+    Ok(Response { status, body: String::from_utf8_lossy(body).into_owned() })
 }
