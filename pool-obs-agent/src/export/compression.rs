@@ -36,19 +36,20 @@ impl GzipDemand {
     }
 
     pub fn note(&self, now: Instant) {
-        let millis = now.saturating_duration_since(self.since).as_millis() as u64 + 1;
-        self.last_asked_ms.fetch_max(millis, Ordering::Relaxed);
+        self.last_asked_ms.fetch_max(self.millis(now), Ordering::Relaxed);
     }
 
     /// Whether a client asked within [`GZIP_DEMAND_LASTS`] of `now`.
     pub fn wanted(&self, now: Instant) -> bool {
         match self.last_asked_ms.load(Ordering::Relaxed) {
             0 => false,
-            asked => {
-                let now_ms = now.saturating_duration_since(self.since).as_millis() as u64 + 1;
-                now_ms.saturating_sub(asked) <= GZIP_DEMAND_LASTS.as_millis() as u64
-            }
+            asked => self.millis(now).saturating_sub(asked) <= GZIP_DEMAND_LASTS.as_millis() as u64,
         }
+    }
+
+    /// Milliseconds from `since` to `now`, plus one: 0 stays "never".
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.since).as_millis() as u64 + 1
     }
 }
 
