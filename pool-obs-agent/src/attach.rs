@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 
 use anyhow::{Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::Array,
     programs::{
         RawTracePoint, UProbe,
@@ -24,11 +24,12 @@ use aya::{
 use pool_obs_common::{maps, probe::ProbeSpec};
 use tracing::{info, warn};
 
-use crate::error::{Class, Refusal};
+use crate::{
+    error::{Class, Refusal},
+    kernel::{self, LoadSettings},
+};
 use machine_code::Handling;
 use plan::{Attachment, Plan, Program};
-
-static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pool-obs"));
 
 /// Closes the calls a thread still had open when it exited (its CPU clock goes with its task).
 const THREAD_EXIT_PROGRAM: &str = "thread_exit";
@@ -36,28 +37,10 @@ const THREAD_EXIT_TRACEPOINT: &str = "sched_process_exit";
 /// `ENOTSUPP`: the kernel's answer to a uprobe on an instruction it cannot handle.
 const ENOTSUPP: i32 = 524;
 
-pub struct LoadSettings {
-    /// Ring buffer size; the kernel rounds it up to a power-of-two number of pages.
-    pub ring_bytes: u32,
-    /// Wake the reader when this much data waits (0: on every event).
-    pub wakeup_bytes: u64,
-    /// Have the programs log every value they fail to read.
-    pub debug_probes: bool,
-}
-
 /// Loads the programs the plan uses and fills `PROBES` from it; the probes are attached process
 /// by process, by [`attach_process`]. Dropping the returned [`Ebpf`] detaches everything.
 pub fn load(plan: &Plan, settings: &LoadSettings) -> Result<Ebpf> {
-    let debug_probes = u8::from(settings.debug_probes);
-    let mut ebpf = EbpfLoader::new()
-        // The threads' open calls and CPU clocks are task storage, which only the kernel
-        // programs use: aya creates it without a typed map of its own.
-        .allow_unsupported_maps()
-        .map_max_entries(maps::EVENTS, settings.ring_bytes)
-        .override_global("WAKEUP_BYTES", &settings.wakeup_bytes, true)
-        .override_global("DEBUG_PROBES", &debug_probes, true)
-        .load(KERNEL_OBJECT)
-        .context("loading the kernel programs")?;
+    let mut ebpf = kernel::open(settings)?;
     write_specs(&mut ebpf, &plan.specs)?;
     // Only the programs the plan uses are loaded: what `bpftool prog` shows is what runs.
     let used = Program::ALL

@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     aggregate,
-    attach::LoadSettings,
     export::{health::Thresholds, http},
+    kernel::LoadSettings,
     publish::Bucketed,
 };
 
@@ -58,6 +58,9 @@ pub enum Command {
         #[arg(required = true)]
         functions: Vec<String>,
     },
+    /// Check that this kernel runs pool-obs: the facilities it uses, and every kernel program
+    /// loaded and verified, with its stack and verified instructions (needs root).
+    Kernel,
     /// Take a CPU profile, split by model, from the agent that follows the pool: pprof (gzip
     /// protobuf), or an SVG flame graph if FILE ends in .svg, or folded stacks in .folded.
     Profile {

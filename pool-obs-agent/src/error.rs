@@ -28,12 +28,14 @@ pub enum Class {
     /// `profile` got no profile: no agent answers, or it refused (another profile is being
     /// taken, or it does not follow the PID).
     Profile = 22,
+    /// The kernel lacks a facility every probe needs, or refuses a kernel program.
+    UnsupportedKernel = 23,
 }
 
 impl Class {
     /// Every class, for the test that keeps the README's table of exit codes true.
     #[cfg(test)]
-    pub const ALL: [Class; 14] = [
+    pub const ALL: [Class; 15] = [
         Class::Other,
         Class::FunctionNotFound,
         Class::AmbiguousFunction,
@@ -48,6 +50,7 @@ impl Class {
         Class::Unprobeable,
         Class::SourceValue,
         Class::Profile,
+        Class::UnsupportedKernel,
     ];
 }
 

@@ -14,6 +14,7 @@ mod error;
 mod export;
 mod follow;
 mod inspect;
+mod kernel;
 mod manifest;
 mod memory;
 mod outcome;
@@ -61,6 +62,7 @@ use crate::{
         http::{self, RenderedHealth},
     },
     follow::{Executable, Fleet, Selector, targets},
+    kernel::facilities::Serves,
     profile::{Format, Selection},
     publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Check { manifest, target, debug }) => inspect::check(manifest, target, debug),
         Some(Command::Init { target, debug, functions }) => inspect::init(target, debug, functions),
+        Some(Command::Kernel) => kernel::check(),
         Some(Command::Profile { pid, seconds, model, output, agent }) => {
             let selection = Selection {
                 seconds: *seconds,
@@ -194,21 +197,29 @@ async fn run(options: Options) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: choose another --listen address", options.listen))?;
 
+    let facilities = kernel::require_facilities()?;
+    let mut features_off: Vec<String> = Vec::new();
     let mut ebpf = attach::load(&plan, &options.load_settings())?;
-    let cpu = match CpuClocks::start(&mut ebpf) {
-        Ok(cpu) => Some(cpu),
-        Err(error) => {
+    let cpu = match facilities.has(Serves::CpuTime).then(|| CpuClocks::start(&mut ebpf)) {
+        Some(Ok(cpu)) => Some(cpu),
+        Some(Err(error)) => {
             warn!("CPU time per model is not available: {error:#}");
+            features_off.push(format!("{}: {error:#}", Serves::CpuTime.feature()));
             None
         }
+        None => None,
     };
-    let mut sampler = match Sampler::attach(&mut ebpf, profile::SAMPLE_HZ) {
-        Ok(sampler) => Some(sampler),
-        Err(error) => {
-            warn!("CPU profiles are not available: {error:#}");
-            None
-        }
-    };
+    let mut sampler =
+        match facilities.has(Serves::Profiles).then(|| Sampler::attach(&mut ebpf, profile::SAMPLE_HZ)) {
+            Some(Ok(sampler)) => Some(sampler),
+            Some(Err(error)) => {
+                warn!("CPU profiles are not available: {error:#}");
+                features_off.push(format!("{}: {error:#}", Serves::Profiles.feature()));
+                None
+            }
+            None => None,
+        };
+    features_off.extend(facilities.missing.iter().map(|facility| facility.missing_line()));
     let metrics = Arc::new(Metrics::with_buckets(options.bucketed()));
     let mut fleet = Fleet::new(
         selector,
@@ -240,6 +251,7 @@ async fn run(options: Options) -> Result<()> {
         kernel_counted: [0; Counter::COUNT as usize],
         probes: ProbeWindow::new(Duration::from_secs(options.window_secs.max(1)), plan.probe_names()),
         read_failures_by_probe: vec![0; plan.probes.len()],
+        features_off,
     };
     let gzip_demand = GzipDemand::new();
     let (health_sender, health) = watch::channel(observer.refresh(&mut fleet, &metrics));
@@ -384,6 +396,8 @@ struct Observer {
     probes: ProbeWindow,
     /// Failed reads by probe, as last read: read again only when the total grows.
     read_failures_by_probe: Vec<u64>,
+    /// What this kernel keeps the agent from doing, as said at start.
+    features_off: Vec<String>,
 }
 
 impl Observer {
@@ -428,6 +442,7 @@ impl Observer {
             events_lost: self.kernel_counted[Counter::EventsLost.index() as usize],
             anomalies,
             probe_reasons: &probe_reasons,
+            features_off: &self.features_off,
         })
     }
 

@@ -4,7 +4,8 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// An event could not be written because the ring buffer was full.
+    /// An event could not be written: the ring buffer was full, or the kernel had no memory
+    /// for the thread's copy of the registers.
     EventsLost = 0,
     /// A value could not be read from the target's memory (bad manifest offset, paged-out memory).
     ReadFailures = 1,

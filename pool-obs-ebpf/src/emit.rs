@@ -5,8 +5,8 @@ use aya_ebpf::EbpfContext;
 use pool_obs_common::{
     counters::Counter,
     event::{
-        CallEnding, EventKind, FutureDropped, FuturePolled, Header, ModelKey, RequestEnded, RequestStarted,
-        RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+        CallEnding, EventKind, FutureDropped, FuturePolled, Header, MODEL_ABSENT, ModelKey, RequestEnded,
+        RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
     },
     probe::ProbeSpec,
 };
@@ -30,7 +30,11 @@ pub struct Hit {
 /// Where an event's values come from. [`write`] asks only for the values its kind takes, so
 /// that the verifier sees one path per kind rather than every combination of reads.
 trait Source {
-    fn model(&self) -> ModelKey;
+    /// Writes the event's model key into `key` (a reserved event's field).
+    ///
+    /// # Safety
+    /// `key` is valid for writes.
+    unsafe fn model_into(&self, key: *mut ModelKey);
     fn worker_id(&self) -> u64;
     fn request_id(&self) -> u64;
     fn memory_bytes(&self) -> u64;
@@ -50,8 +54,8 @@ struct AtEntry<'a, C: EbpfContext>(&'a Reader<'a, C>);
 
 impl<C: EbpfContext> Source for AtEntry<'_, C> {
     #[inline(always)]
-    fn model(&self) -> ModelKey {
-        self.0.model()
+    unsafe fn model_into(&self, key: *mut ModelKey) {
+        unsafe { self.0.model_into(key) }
     }
     #[inline(always)]
     fn worker_id(&self) -> u64 {
@@ -109,22 +113,22 @@ struct AtReturn<'a, C: EbpfContext> {
 
 impl<C: EbpfContext> Source for AtReturn<'_, C> {
     #[inline(always)]
-    fn model(&self) -> ModelKey {
-        if self.reader.spec().model_reads_return() { self.reader.model() } else { self.call.model }
+    unsafe fn model_into(&self, key: *mut ModelKey) {
+        if self.reader.spec().model_reads_return() {
+            unsafe { self.reader.model_into(key) }
+        } else {
+            unsafe { *key = self.call.model }
+        }
     }
     #[inline(always)]
     fn worker_id(&self) -> u64 {
-        match self.reader.spec().worker_id {
-            source if source.reads_return() => self.reader.value(&source, read::WORKER_ID),
-            _ => self.call.worker_id,
-        }
+        let source = &self.reader.spec().worker_id;
+        if source.reads_return() { self.reader.value(source, read::WORKER_ID) } else { self.call.worker_id }
     }
     #[inline(always)]
     fn request_id(&self) -> u64 {
-        match self.reader.spec().request_id {
-            source if source.reads_return() => self.reader.value(&source, read::REQUEST_ID),
-            _ => self.call.request_id,
-        }
+        let source = &self.reader.spec().request_id;
+        if source.reads_return() { self.reader.value(source, read::REQUEST_ID) } else { self.call.request_id }
     }
     #[inline(always)]
     fn memory_bytes(&self) -> u64 {
@@ -169,8 +173,8 @@ struct Unwound<'a>(&'a OpenCall);
 
 impl Source for Unwound<'_> {
     #[inline(always)]
-    fn model(&self) -> ModelKey {
-        self.0.model
+    unsafe fn model_into(&self, key: *mut ModelKey) {
+        unsafe { *key = self.0.model }
     }
     #[inline(always)]
     fn worker_id(&self) -> u64 {
@@ -219,7 +223,7 @@ impl Source for Unwound<'_> {
 }
 
 /// Writes the event `spec` asks for at an entry, if any.
-pub fn event<C: EbpfContext>(ctx: &C, spec: &ProbeSpec, hit: &Hit, registers: &Registers) {
+pub fn event<C: EbpfContext>(ctx: &C, spec: &ProbeSpec, hit: &Hit, registers: &Registers<'_>) {
     let reader = Reader::new(ctx, registers, spec, hit.probe);
     write(spec, hit, &AtEntry(&reader));
     reader.report_failure();
@@ -230,7 +234,7 @@ pub fn returned<C: EbpfContext>(
     ctx: &C,
     spec: &ProbeSpec,
     hit: &Hit,
-    registers: &Registers,
+    registers: &Registers<'_>,
     call: &OpenCall,
 ) {
     ended(ctx, spec, hit, registers, call, CallEnding::Returned);
@@ -238,14 +242,12 @@ pub fn returned<C: EbpfContext>(
 
 /// Where the caller of an inlined poll binds the future's `Ready` value: the poll ended, and
 /// its outcome is read from `registers`, the caller's now. The caller's return writes nothing
-/// more for that future. Not inlined: with the caller's copy of the registers, one frame would
-/// pass the BPF stack limit.
-#[inline(never)]
+/// more for that future.
 pub fn ready<C: EbpfContext>(
     ctx: &C,
     spec: &ProbeSpec,
     hit: &Hit,
-    registers: &Registers,
+    registers: &Registers<'_>,
     call: &mut OpenCall,
 ) {
     ended(ctx, spec, hit, registers, call, CallEnding::Ready);
@@ -257,7 +259,7 @@ fn ended<C: EbpfContext>(
     ctx: &C,
     spec: &ProbeSpec,
     hit: &Hit,
-    registers: &Registers,
+    registers: &Registers<'_>,
     call: &OpenCall,
     ending: CallEnding,
 ) {
@@ -275,7 +277,8 @@ pub fn unwound(spec: &ProbeSpec, call: &OpenCall, now: u64) {
 }
 
 /// Inlined with the sources' methods: a model key returned through a call is copied byte by
-/// byte, and the verifier walks every byte on every path.
+/// byte, and the verifier walks every byte on every path. Each event is written in place in the
+/// ring buffer, field by field: built first, it would take up to 200 bytes of the BPF stack.
 #[inline(always)]
 fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
     let Some(kind) = EventKind::from_u32(spec.kind) else {
@@ -283,38 +286,49 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
     };
     let (pid, tid) = current_ids();
     let header = Header { kind: spec.kind, probe: hit.probe, tid, pid, ts_ns: hit.now };
-    let model = source.model();
+    // SAFETY (every arm): `submit` hands each a reserved event, valid for writes; each writes
+    // every field of it.
     match kind {
-        EventKind::WorkerSpawned => submit(WorkerSpawned {
-            header,
-            model,
-            worker_id: source.worker_id(),
-            memory_bytes: source.memory_bytes(),
+        EventKind::WorkerSpawned => submit(|event: *mut WorkerSpawned| unsafe {
+            (*event).header = header;
+            source.model_into(&raw mut (*event).model);
+            (*event).worker_id = source.worker_id();
+            (*event).memory_bytes = source.memory_bytes();
         }),
-        EventKind::WorkerEvicted => submit(WorkerEvicted { header, model, worker_id: source.worker_id() }),
-        EventKind::WorkerCrashed => submit(WorkerCrashed { header, model, worker_id: source.worker_id() }),
-        EventKind::RequestSubmitted => {
-            submit(RequestSubmitted { header, model, request_id: source.request_id() })
-        }
-        EventKind::RequestStarted => submit(RequestStarted {
-            header,
-            model,
-            request_id: source.request_id(),
-            worker_id: source.worker_id(),
-            cpu_ns: cpu::thread_clock(hit.now),
+        EventKind::WorkerEvicted => submit(|event: *mut WorkerEvicted| unsafe {
+            (*event).header = header;
+            source.model_into(&raw mut (*event).model);
+            (*event).worker_id = source.worker_id();
         }),
-        EventKind::RequestEnded => submit(RequestEnded {
-            header,
-            model,
-            request_id: source.request_id(),
-            worker_id: source.worker_id(),
-            outcome_value: source.outcome_value(),
-            outcome_detail: source.outcome_detail(),
-            entered_ns: source.entered_ns(),
-            entered_cpu_ns: source.entered_cpu_ns(),
-            cpu_ns: cpu::thread_clock(hit.now),
-            ending: source.ending() as u8,
-            _reserved: [0; 7],
+        EventKind::WorkerCrashed => submit(|event: *mut WorkerCrashed| unsafe {
+            (*event).header = header;
+            source.model_into(&raw mut (*event).model);
+            (*event).worker_id = source.worker_id();
+        }),
+        EventKind::RequestSubmitted => submit(|event: *mut RequestSubmitted| unsafe {
+            (*event).header = header;
+            source.model_into(&raw mut (*event).model);
+            (*event).request_id = source.request_id();
+        }),
+        EventKind::RequestStarted => submit(|event: *mut RequestStarted| unsafe {
+            (*event).header = header;
+            source.model_into(&raw mut (*event).model);
+            (*event).request_id = source.request_id();
+            (*event).worker_id = source.worker_id();
+            (*event).cpu_ns = cpu::thread_clock(hit.now);
+        }),
+        EventKind::RequestEnded => submit(|event: *mut RequestEnded| unsafe {
+            (*event).header = header;
+            source.model_into(&raw mut (*event).model);
+            (*event).request_id = source.request_id();
+            (*event).worker_id = source.worker_id();
+            (*event).outcome_value = source.outcome_value();
+            (*event).outcome_detail = source.outcome_detail();
+            (*event).entered_ns = source.entered_ns();
+            (*event).entered_cpu_ns = source.entered_cpu_ns();
+            (*event).cpu_ns = cpu::thread_clock(hit.now);
+            (*event).ending = source.ending() as u8;
+            (*event)._reserved = [0; 7];
         }),
         EventKind::FuturePolled => {
             let future = source.future();
@@ -322,25 +336,29 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
             if future == 0 {
                 return;
             }
-            submit(FuturePolled {
-                header,
-                model,
-                request_id: source.request_id(),
-                future,
-                state_before: source.state_before(future),
-                state_after: source.state_after(future),
-                outcome_value: source.outcome_value(),
-                outcome_detail: source.outcome_detail(),
-                entered_ns: source.entered_ns(),
-                entered_cpu_ns: source.entered_cpu_ns(),
-                cpu_ns: cpu::thread_clock(hit.now),
-                ending: source.ending() as u8,
-                _reserved: [0; 7],
+            submit(|event: *mut FuturePolled| unsafe {
+                (*event).header = header;
+                source.model_into(&raw mut (*event).model);
+                (*event).request_id = source.request_id();
+                (*event).future = future;
+                (*event).state_before = source.state_before(future);
+                (*event).state_after = source.state_after(future);
+                (*event).outcome_value = source.outcome_value();
+                (*event).outcome_detail = source.outcome_detail();
+                (*event).entered_ns = source.entered_ns();
+                (*event).entered_cpu_ns = source.entered_cpu_ns();
+                (*event).cpu_ns = cpu::thread_clock(hit.now);
+                (*event).ending = source.ending() as u8;
+                (*event)._reserved = [0; 7];
             })
         }
         EventKind::FutureDropped => {
             let future = source.future();
-            submit(FutureDropped { header, future, state: source.state_before(future) })
+            submit(|event: *mut FutureDropped| unsafe {
+                (*event).header = header;
+                (*event).future = future;
+                (*event).state = source.state_before(future);
+            })
         }
         // Written by `cpu_sample`, never by a probe.
         EventKind::CpuSampled => {}
@@ -352,7 +370,7 @@ pub fn read_at_entry<C: EbpfContext>(
     ctx: &C,
     spec: &ProbeSpec,
     probe: u32,
-    registers: &Registers,
+    registers: &Registers<'_>,
     call: &mut OpenCall,
 ) {
     let reader = Reader::new(ctx, registers, spec, probe);
@@ -363,14 +381,19 @@ pub fn read_at_entry<C: EbpfContext>(
         if spec.poll_inlined == 0 {
             read_poll(&reader, call, reader.value(&spec.future, read::FUTURE));
         } else {
-            call.model = ModelKey::ABSENT;
+            call.model.state = MODEL_ABSENT;
             call.request_id = 0;
             call.worker_id = 0;
         }
         reader.report_failure();
         return;
     }
-    call.model = if spec.model_reads_return() { ModelKey::ABSENT } else { reader.model() };
+    if spec.model_reads_return() {
+        call.model.state = MODEL_ABSENT;
+    } else {
+        // SAFETY: the open call's slot, valid for writes.
+        unsafe { reader.model_into(&raw mut call.model) };
+    }
     call.request_id =
         if spec.request_id.reads_return() { 0 } else { reader.value(&spec.request_id, read::REQUEST_ID) };
     call.worker_id =
@@ -383,7 +406,7 @@ pub fn fill_poll<C: EbpfContext>(
     ctx: &C,
     spec: &ProbeSpec,
     hit: &Hit,
-    registers: &Registers,
+    registers: &Registers<'_>,
     call: &mut OpenCall,
 ) {
     let reader = Reader::new(ctx, registers, spec, hit.probe);
@@ -408,20 +431,22 @@ fn read_poll<C: EbpfContext>(reader: &Reader<'_, C>, call: &mut OpenCall, future
     call.state = reader.state(call.future);
     call.worker_id = 0;
     if call.state == u64::from(spec.unresumed) {
-        call.model = reader.model();
+        // SAFETY: the open call's slot, valid for writes.
+        unsafe { reader.model_into(&raw mut call.model) };
         call.request_id = reader.value(&spec.request_id, read::REQUEST_ID);
     } else {
-        call.model = ModelKey::ABSENT;
+        call.model.state = MODEL_ABSENT;
         call.request_id = 0;
     }
 }
 
+/// Reserves a `T` in the ring buffer, has `fill` write every field of it in place, and submits it.
 #[inline(always)]
-fn submit<T: 'static>(event: T) {
+fn submit<T: 'static>(fill: impl FnOnce(*mut T)) {
     let flags = wakeup_flags();
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
-            entry.write(event);
+            fill(entry.as_mut_ptr());
             entry.submit(flags);
         }
         None => count(Counter::EventsLost),

@@ -63,7 +63,10 @@ pub fn probe_entry(ctx: ProbeContext) {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let registers = unsafe { Registers::at_entry(ctx.regs) };
+    let Some(registers) = (unsafe { Registers::at_site(ctx.regs) }) else {
+        count(Counter::EventsLost);
+        return;
+    };
     emit::event(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers);
 }
 
@@ -82,12 +85,14 @@ pub fn probe_call(ctx: ProbeContext) {
         return;
     };
     calls::close_unwound(calls, Gone::AtOrBelow(sp), now);
-    let registers = unsafe { Registers::at_entry(ctx.regs) };
     calls::open(calls, sp, cookie.probe, |call| {
         call.entered_ns = now;
         call.entered_cpu_ns = cpu::thread_clock(now);
-        call.registers = registers.general;
-        emit::read_at_entry(&ctx, spec, cookie.probe, &registers, call);
+        unsafe { registers::copy(ctx.regs, &mut call.registers) };
+        // SAFETY: `read_at_entry` writes the call's values, never its registers.
+        let general: *const registers::General = &call.registers;
+        let general = unsafe { &*general };
+        emit::read_at_entry(&ctx, spec, cookie.probe, &Registers::saved(general), call);
     });
 }
 
@@ -109,7 +114,10 @@ pub fn probe_ready(ctx: ProbeContext) {
 /// At a site inside a function whose call `probe_call` opened: `act` on that call, with the
 /// registers here. A call entered before the agent attached is not there; its return counts it.
 #[inline(always)]
-fn in_callers_call(ctx: &ProbeContext, act: impl FnOnce(&ProbeSpec, &Hit, &Registers, &mut calls::OpenCall)) {
+fn in_callers_call(
+    ctx: &ProbeContext,
+    act: impl FnOnce(&ProbeSpec, &Hit, &Registers<'_>, &mut calls::OpenCall),
+) {
     let Some((cookie, spec)) = probe_spec(ctx) else {
         return;
     };
@@ -120,7 +128,10 @@ fn in_callers_call(ctx: &ProbeContext, act: impl FnOnce(&ProbeSpec, &Hit, &Regis
     else {
         return;
     };
-    let registers = unsafe { Registers::at_entry(ctx.regs) };
+    let Some(registers) = (unsafe { Registers::at_site(ctx.regs) }) else {
+        count(Counter::EventsLost);
+        return;
+    };
     // SAFETY: the slot stays as it is until this program run ends.
     act(spec, &Hit { probe: cookie.probe, now }, &registers, unsafe { &mut *call });
 }
@@ -175,7 +186,7 @@ fn returned<C: EbpfContext>(ctx: &C) {
     };
     // SAFETY: the slot stays as it is until this program run ends.
     let call = unsafe { &*call };
-    let registers = unsafe { Registers::at_return(regs, call.registers) };
+    let registers = unsafe { Registers::at_return(regs, &call.registers) };
     emit::returned(ctx, spec, &Hit { probe: cookie.probe, now }, &registers, call);
 }
 

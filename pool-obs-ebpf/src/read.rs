@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use pool_obs_common::{
-    event::{MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
+    event::{MODEL_ABSENT, MODEL_KEY_CAPACITY, MODEL_PRESENT, MODEL_UNREADABLE, ModelKey},
     probe::{Base, MAX_DEREFS, ProbeSpec, Scalar},
 };
 
@@ -38,14 +38,14 @@ const INVALID: i64 = -22;
 /// Reads the values of one probe hit, remembering the first read that failed.
 pub struct Reader<'a, C: EbpfContext> {
     ctx: &'a C,
-    registers: &'a Registers,
+    registers: &'a Registers<'a>,
     spec: &'a ProbeSpec,
     probe: u32,
     first_failure: Cell<Option<(usize, Failure)>>,
 }
 
 impl<'a, C: EbpfContext> Reader<'a, C> {
-    pub fn new(ctx: &'a C, registers: &'a Registers, spec: &'a ProbeSpec, probe: u32) -> Self {
+    pub fn new(ctx: &'a C, registers: &'a Registers<'a>, spec: &'a ProbeSpec, probe: u32) -> Self {
         Self { ctx, registers, spec, probe, first_failure: Cell::new(None) }
     }
 
@@ -65,30 +65,39 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
         }
     }
 
-    /// The model key the spec points at, truncated to [`MODEL_KEY_CAPACITY`] bytes.
-    pub fn model(&self) -> ModelKey {
+    /// Writes the model key the spec points at into `key`, truncated to [`MODEL_KEY_CAPACITY`]
+    /// bytes. `key` may be uninitialised (a reserved event): every field is written, through
+    /// the pointer, so that no copy of the key is built on the stack.
+    ///
+    /// # Safety
+    /// `key` is valid for writes.
+    pub unsafe fn model_into(&self, key: *mut ModelKey) {
         let spec = self.spec;
-        let mut key = ModelKey::ABSENT;
+        // SAFETY: the caller's promise; each field is written before it is read.
+        let key = unsafe { &mut *key };
+        // Only the first `captured` bytes are ever read.
+        key.len = 0;
+        key.captured = 0;
         if spec.model_ptr.base == Base::Absent as u8 {
-            return key;
+            key.state = MODEL_ABSENT;
+            return;
         }
         key.state = MODEL_UNREADABLE;
         let ptr = match try_value(&spec.model_ptr, self.registers) {
             Ok(ptr) => ptr,
-            Err(failure) => return self.unreadable(key, MODEL_POINTER, failure),
+            Err(failure) => return self.record(MODEL_POINTER, failure),
         };
         let len = match try_value(&spec.model_len, self.registers) {
             Ok(len) => len,
-            Err(failure) => return self.unreadable(key, MODEL_LENGTH, failure),
+            Err(failure) => return self.record(MODEL_LENGTH, failure),
         };
         let captured = core::cmp::min(len, MODEL_KEY_CAPACITY as u64) as usize;
         if let Err(error) = unsafe { bpf_probe_read_user_buf(ptr as *const u8, &mut key.bytes[..captured]) } {
-            return self.unreadable(key, MODEL, Failure { address: ptr, error: error.into() });
+            return self.record(MODEL, Failure { address: ptr, error: error.into() });
         }
         key.len = len;
         key.captured = captured as u32;
         key.state = MODEL_PRESENT;
-        key
     }
 
     /// The state tag of the future at `future`; 0 when the spec reads none or it is unreadable.
@@ -110,11 +119,6 @@ impl<'a, C: EbpfContext> Reader<'a, C> {
             self.record(STATE, Failure { address, error: error.into() });
             0
         })
-    }
-
-    fn unreadable(&self, key: ModelKey, field: usize, failure: Failure) -> ModelKey {
-        self.record(field, failure);
-        key
     }
 
     fn record(&self, field: usize, failure: Failure) {

@@ -48,6 +48,8 @@ struct Report<'a> {
     events_lost: u64,
     /// Events that contradicted what the agent knew, by kind (`pool_obs_anomalies_total`).
     anomalies: BTreeMap<&'static str, u64>,
+    /// What this kernel (or its settings) keeps the agent from doing, one line each.
+    features_off: &'a [String],
     /// With one process followed, its report is also here, at the top.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     only: Option<OnlyProcess<'a>>,
@@ -112,8 +114,10 @@ struct Workers {
 
 /// What the model's state says of its health, and why.
 fn assess(model: &ModelView<'_>, thresholds: &Thresholds) -> (Status, Vec<String>) {
-    if model.workers_seen && model.workers.total == 0 {
-        return (Status::Unhealthy, vec!["no workers".to_string()]);
+    // A registry that unloads idle models on purpose leaves them without workers, and loads
+    // them again on demand: only requests waiting with nothing to serve them are a fault.
+    if model.workers_seen && model.workers.total == 0 && model.queued > 0 {
+        return (Status::Unhealthy, vec![format!("no workers, {} queued", model.queued)]);
     }
     let recent = &model.recent;
     let reasons: Vec<String> = [
@@ -180,6 +184,8 @@ pub struct Inputs<'a> {
     pub anomalies: Vec<(Anomaly, u64)>,
     /// From [`ProbeWindow::observe`].
     pub probe_reasons: &'a [String],
+    /// Features off on this kernel, as the log said them at start.
+    pub features_off: &'a [String],
 }
 
 /// A process's report: unhealthy when it is gone, else as its worst model.
@@ -238,6 +244,7 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
         following: inputs.following,
         events_lost: inputs.events_lost,
         anomalies: inputs.anomalies.iter().map(|(kind, count)| (kind.name(), *count)).collect(),
+        features_off: inputs.features_off,
         only: match processes.as_slice() {
             [only] => Some(OnlyProcess { target: &only.target, memory: &only.memory, models: &only.models }),
             _ => None,
@@ -273,6 +280,7 @@ mod tests {
                 events_lost: 0,
                 anomalies: Vec::new(),
                 probe_reasons,
+                features_off: &[],
             })
         };
         let text = |rendered: &RenderedHealth| String::from_utf8(rendered.body.to_vec()).expect("JSON");
@@ -286,20 +294,25 @@ mod tests {
     }
 
     #[test]
-    fn a_model_without_workers_is_unhealthy_only_where_workers_are_seen() {
-        let model = |workers_seen| ModelView {
+    fn a_model_without_workers_is_unhealthy_only_where_workers_are_seen_and_requests_wait() {
+        let model = |workers_seen, queued| ModelView {
             label: "m",
             catch_all: false,
             workers_seen,
             workers: crate::publish::WorkerCounts::default(),
-            queued: 0,
+            queued,
             recent: crate::publish::WindowSummary::default(),
             requests: ByStatus::default(),
             saturated_refreshes: 0,
         };
         let thresholds = Thresholds::default();
-        assert_eq!(assess(&model(true), &thresholds), (Status::Unhealthy, vec!["no workers".to_string()]));
+        assert_eq!(
+            assess(&model(true, 3), &thresholds),
+            (Status::Unhealthy, vec!["no workers, 3 queued".to_string()])
+        );
+        // A registry unloaded the model on purpose: nothing waits for it.
+        assert_eq!(assess(&model(true, 0), &thresholds), (Status::Healthy, Vec::new()));
         // An async service's requests are futures, served by no worker the manifest names.
-        assert_eq!(assess(&model(false), &thresholds), (Status::Healthy, Vec::new()));
+        assert_eq!(assess(&model(false, 3), &thresholds), (Status::Healthy, Vec::new()));
     }
 }
