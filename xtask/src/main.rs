@@ -2,9 +2,11 @@
 
 mod bench;
 mod demo;
+mod guest;
 mod setup;
 mod soak;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -19,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (idempotent): rust-src, bpf-linker, Debian packages.
+    /// Install what building and testing need (idempotent): rust-src, bpf-linker, Debian
+    /// packages, and the kernel matrix's QEMU, virtme-ng and Debian kernels.
     Setup,
     /// Set up, then build every binary in release mode.
     Build,
@@ -29,16 +32,24 @@ enum Task {
     Test,
     /// Measure pool-obs side by side with the kernel's floor and bpftrace; prints a markdown report.
     Bench(bench::Options),
+    /// Set up, build, then boot each kernel of the matrix (Debian 12's 6.1 and 6.12) in a
+    /// virtual machine and run the end-to-end smoke there.
+    Vms,
+    /// Inside a virtual machine of the matrix: the end-to-end smoke (run by `vms`).
+    #[command(hide = true)]
+    VmGuest(guest::Options),
     /// Ten minutes of the demo's load under the agent: memory flat, nothing lost, every request counted.
     Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
-        Task::Setup => setup::setup().map(drop),
+        Task::Setup => setup::setup().and_then(|_| vm::ensure_tools()).map(drop),
         Task::Build => setup::setup().and_then(|tools| tools.build_release()),
         Task::Demo(options) => demo::run(&options),
         Task::Test => test::run_suite(),
+        Task::Vms => test::run_vms(),
+        Task::VmGuest(options) => guest::run(&options),
         Task::Bench(options) => bench::run(&options),
         Task::Soak(options) => soak::run(&options),
     };

@@ -10,8 +10,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// The toolchain that builds the eBPF crate.
+/// The toolchain that builds the eBPF crate: the machine image's nightly (no other can be
+/// fetched here), named by the commit the project's kernel programs were verified with. Another
+/// nightly still builds them; the build says so, and the stack test checks what it made.
 const EBPF_TOOLCHAIN: &str = "nightly";
+const VERIFIED_NIGHTLY: &str = "1.97.0-nightly (e50aa6fba 2026-05-19)";
+/// bpf-linker, installed with the lock file it was published with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite runs: bpftool checks that no program outlives the agent;
 /// prometheus brings promtool, which checks the exposition.
@@ -91,6 +95,8 @@ fn ensure_rust_src() -> Result<()> {
 /// linker's LLVM feature.
 struct Nightly {
     commit: String,
+    /// As `rustc -V` says it: `1.97.0-nightly (e50aa6fba 2026-05-19)`.
+    named: String,
     llvm_major: String,
     sysroot_lib: PathBuf,
 }
@@ -105,19 +111,37 @@ fn nightly() -> Result<Nightly> {
             .with_context(|| format!("`rustc +{EBPF_TOOLCHAIN} -vV` has no `{name}` line"))
     };
     let commit = field("commit-hash:")?.chars().take(12).collect();
+    let release = field("release:")?;
+    let date = field("commit-date:")?;
+    let short: String = field("commit-hash:")?.chars().take(9).collect();
+    let named = format!("{release} ({short} {date})");
     let llvm_major = field("LLVM version:")?.split('.').next().unwrap_or_default().to_string();
     let sysroot = output(Command::new("rustc").args([&format!("+{EBPF_TOOLCHAIN}"), "--print", "sysroot"]))?;
-    Ok(Nightly { commit, llvm_major, sysroot_lib: Path::new(sysroot.trim()).join("lib") })
+    Ok(Nightly { commit, named, llvm_major, sysroot_lib: Path::new(sysroot.trim()).join("lib") })
 }
 
 /// bpf-linker must load the same libLLVM as the rustc that emits the eBPF bitcode, so it is
 /// built against the nightly's own, and rebuilt whenever the nightly changes.
 fn ensure_bpf_linker() -> Result<PathBuf> {
     let nightly = nightly()?;
-    let root =
-        workspace_root().join(".tools").join(format!("bpf-linker-{BPF_LINKER_VERSION}-{}", nightly.commit));
+    let root = workspace_root()
+        .join(".tools")
+        .join(format!("bpf-linker-{BPF_LINKER_VERSION}-locked-{}", nightly.commit));
     let bin = root.join("bin");
+    let used = format!(
+        "xtask: kernel programs built with rustc {} (LLVM {}) and bpf-linker {BPF_LINKER_VERSION} (--locked) from {}",
+        nightly.named,
+        nightly.llvm_major,
+        bin.display()
+    );
+    if nightly.named != VERIFIED_NIGHTLY {
+        eprintln!(
+            "xtask: warning: the nightly is {}, not the {VERIFIED_NIGHTLY} pool-obs was verified with",
+            nightly.named
+        );
+    }
     if bin.join("bpf-linker").exists() {
+        eprintln!("{used}");
         return Ok(bin);
     }
     let llvm_library = std::fs::read_dir(&nightly.sysroot_lib)?
@@ -131,12 +155,13 @@ fn ensure_bpf_linker() -> Result<PathBuf> {
     );
     run(Command::new("cargo")
         .arg(format!("+{EBPF_TOOLCHAIN}"))
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
         .args(["--features", &format!("llvm-{},no-llvm-linking", nightly.llvm_major)])
         .arg("--root")
         .arg(&root)
         .env("RUSTFLAGS", format!("-L native={lib} -l dylib={link_name} -C link-arg=-Wl,-rpath,{lib}"))
         .current_dir(std::env::temp_dir()))?;
+    eprintln!("{used}");
     Ok(bin)
 }
 

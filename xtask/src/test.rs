@@ -2,10 +2,14 @@
 
 use anyhow::Result;
 
-use crate::setup::{run, setup};
+use crate::{
+    setup::{Tools, run, setup},
+    vm,
+};
 
 pub fn run_suite() -> Result<()> {
     let tools = setup()?;
+    let vm_tools = vm::ensure_tools()?;
     run(tools.cargo(None).args(["fmt", "--all", "--", "--check"]))?;
     // Host crates: the workspace's default members, which leave out the eBPF crate.
     run(tools.cargo(None).args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
@@ -26,5 +30,24 @@ pub fn run_suite() -> Result<()> {
     ]))?;
     tools.build_release()?;
     // The end-to-end tests attach to real processes and load the machine: one at a time.
-    run(tools.cargo(None).args(["test", "--release", "--", "--test-threads=1"]))
+    run(tools.cargo(None).args(["test", "--release", "--", "--test-threads=1"]))?;
+    // The same build on the other kernels users run.
+    vm::run_matrix(&vm_tools).map(drop)
+}
+
+/// `cargo xtask vms`: the kernel matrix alone, on a fresh build.
+pub fn run_vms() -> Result<()> {
+    let tools: Tools = setup()?;
+    let vm_tools = vm::ensure_tools()?;
+    tools.build_release()?;
+    for outcome in vm::run_matrix(&vm_tools)? {
+        println!(
+            "{} ({}), {:.0} s:\n{}",
+            outcome.label,
+            outcome.package,
+            outcome.seconds,
+            outcome.results.trim_end()
+        );
+    }
+    Ok(())
 }
