@@ -269,9 +269,9 @@ mod tests {
 
     use super::Cli;
 
-    /// The flags of the README's table under `header`: `--pid PID` is `pid`.
+    /// The flags of the docs' table under `header`: `--pid PID` is `pid`.
     fn listed(header: &str) -> BTreeSet<String> {
-        crate::readme::first_column(header)
+        crate::docs::first_column(header)
             .iter()
             .filter_map(|flag| Some(flag.split([' ', '`']).next()?.trim_start_matches("--").to_string()))
             .collect()
@@ -286,12 +286,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_lists_every_flag_of_the_agent_and_no_other() {
+    fn the_docs_list_every_flag_of_the_agent_and_no_other() {
         assert_eq!(listed("| flag | default | meaning |"), defined(&Cli::command()));
     }
 
     #[test]
-    fn the_readme_lists_every_flag_of_profile_and_no_other() {
+    fn the_docs_list_every_flag_of_profile_and_no_other() {
         let command = Cli::command();
         let profile = command.find_subcommand("profile").expect("the profile command");
         assert_eq!(listed("| `profile` flag | default | meaning |"), defined(profile));

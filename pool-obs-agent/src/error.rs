@@ -33,7 +33,7 @@ pub enum Class {
 }
 
 impl Class {
-    /// Every class, for the test that keeps the README's table of exit codes true.
+    /// Every class, for the test that keeps the docs' table of exit codes true.
     #[cfg(test)]
     pub const ALL: [Class; 15] = [
         Class::Other,
@@ -82,8 +82,8 @@ mod tests {
     use super::Class;
 
     #[test]
-    fn the_readme_lists_every_exit_code_and_no_other() {
-        let listed: BTreeSet<u8> = crate::readme::first_column("| code | meaning |")
+    fn the_docs_list_every_exit_code_and_no_other() {
+        let listed: BTreeSet<u8> = crate::docs::first_column("| code | meaning |")
             .iter()
             .filter_map(|code| code.parse().ok())
             .collect();

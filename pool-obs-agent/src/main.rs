@@ -10,6 +10,8 @@ mod attach;
 mod cli;
 mod clock;
 mod decode;
+#[cfg(test)]
+mod docs;
 mod error;
 mod export;
 mod follow;
@@ -21,8 +23,6 @@ mod outcome;
 mod privileges;
 mod profile;
 mod publish;
-#[cfg(test)]
-mod readme;
 mod ring;
 mod target;
 

@@ -1,5 +1,5 @@
 //! The probe manifest: which of the pool's functions means which lifecycle event, and where
-//! each of the event's values lives. See the README's "Writing a manifest" for the format.
+//! each of the event's values lives. See docs/manifests.md for the format.
 
 mod raw;
 pub mod value;

@@ -203,7 +203,7 @@ impl Metrics {
         );
         registry.register(
             name::ANOMALIES,
-            "Events that contradict what the agent knew of the pool, by kind (see the README)",
+            "Events that contradict what the agent knew of the pool, by kind (see docs/metrics.md)",
             metrics.anomalies.family.clone(),
         );
         registry.register(name::TARGET_UP, "1 while the process runs, by pid", metrics.target_up.clone());
@@ -426,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_lists_every_metric_and_no_other() {
+    fn the_docs_list_every_metric_and_no_other() {
         let metrics = Metrics::new();
         let model = metrics.for_model(7, "m");
         let process = metrics.for_process(7, "", "");
@@ -444,13 +444,13 @@ mod tests {
                 (name, _) => Some(name.to_string()),
             })
             .collect();
-        assert_eq!(crate::readme::first_column("| metric | labels | meaning |"), exported);
+        assert_eq!(crate::docs::first_column("| metric | labels | meaning |"), exported);
     }
 
     #[test]
-    fn the_readme_lists_every_anomaly_and_no_other() {
+    fn the_docs_list_every_anomaly_and_no_other() {
         let defined = Anomaly::ALL.iter().map(|anomaly| anomaly.name().to_string()).collect();
-        assert_eq!(crate::readme::first_column("| kind | meaning |"), defined);
+        assert_eq!(crate::docs::first_column("| kind | meaning |"), defined);
     }
 
     #[test]

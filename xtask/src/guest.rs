@@ -21,6 +21,9 @@ use pool_obs_tests::{
     processes::{Agent, Pool, StartFile, args, binary, free_address, manifest, mixed_load_at, stop},
 };
 
+/// One check: what it showed, or a panic saying what failed.
+type Check = fn(&Path) -> String;
+
 #[derive(clap::Args)]
 pub struct Options {
     /// Where to write `results.txt` and the logs (the VM's writable folder).
@@ -34,7 +37,7 @@ pub fn run(options: &Options) -> Result<()> {
     let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     record(&results, &format!("kernel {}", release.trim()))?;
-    let checks: [(&str, fn(&Path) -> String); 3] = [
+    let checks: [(&str, Check); 3] = [
         ("every-program-loads", every_program_loads),
         ("demo-pool-exact", demo_pool_counted_exactly),
         ("async-requests-counted", async_requests_counted),
