@@ -58,6 +58,15 @@ pub struct Settings {
     pub request_expiry: Duration,
 }
 
+/// What each probe's events came to, by probe index.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeCounts {
+    /// Events written.
+    pub events: Vec<u64>,
+    /// Events that contradicted the life of what the probe follows ([`Aggregator::contradiction`]).
+    pub contradictions: Vec<u64>,
+}
+
 /// One process's requests, workers and models.
 pub struct Aggregator {
     /// The process whose events these are: every series carries it.
@@ -67,8 +76,7 @@ pub struct Aggregator {
     probed: Probed,
     settings: Settings,
     event_counters: Vec<(EventKind, Counter)>,
-    /// Events written, by probe index.
-    events_by_probe: Vec<u64>,
+    by_probe: ProbeCounts,
     model_ids: HashMap<Vec<u8>, ModelId>,
     models: Vec<ModelState>,
     /// Models with keys of their own, not counting the unknown and other models.
@@ -107,7 +115,7 @@ impl Aggregator {
             pid,
             metrics,
             probed: Probed::of(&probes),
-            events_by_probe: vec![0; probes.len()],
+            by_probe: ProbeCounts { events: vec![0; probes.len()], contradictions: vec![0; probes.len()] },
             probes,
             event_counters,
             model_ids: HashMap::new(),
@@ -146,7 +154,7 @@ impl Aggregator {
 
     pub fn apply(&mut self, event: &Event) {
         self.count_event(event.kind());
-        if let Some(count) = self.events_by_probe.get_mut(event.header().probe as usize) {
+        if let Some(count) = self.by_probe.events.get_mut(event.header().probe as usize) {
             *count += 1;
         }
         match event {
@@ -209,8 +217,8 @@ impl Aggregator {
 
     /// A request in flight or recently completed, by the pool's own id.
     /// Events written so far, by probe index.
-    pub fn events_by_probe(&self) -> &[u64] {
-        &self.events_by_probe
+    pub fn by_probe(&self) -> &ProbeCounts {
+        &self.by_probe
     }
 
     pub fn timeline(&self, request_id: u64, wall: &WallClock) -> Option<Timeline> {
@@ -237,6 +245,15 @@ impl Aggregator {
     fn anomaly(&self, kind: Anomaly, id: u64) {
         self.metrics.anomalies.add(kind, 1);
         debug!(target: ANOMALY_LOG, kind = kind.name(), id, "inconsistent event");
+    }
+
+    /// An anomaly an event of `probe` showed about the life of what it follows: counted by
+    /// probe too, so that `/health` can name the probe whose counts it cannot vouch for.
+    fn contradiction(&mut self, kind: Anomaly, id: u64, probe: u32) {
+        self.anomaly(kind, id);
+        if let Some(count) = self.by_probe.contradictions.get_mut(probe as usize) {
+            *count += 1;
+        }
     }
 }
 

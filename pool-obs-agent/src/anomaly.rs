@@ -41,15 +41,26 @@ pub enum Anomaly {
     /// poll's end was not seen (its request ends when its future is dropped).
     PollsMerged,
     /// A request's future was polled for the first time at the address of one still open,
-    /// whose drop was not seen: the old one is ended as cancelled.
+    /// whose drop was not seen: the old one is forgotten, counted under no status.
     FutureReused,
     /// An inlined poll left its future `Returned` without passing where its caller binds the
     /// `Ready` value, where the outcome is read: the request ends as failed, its outcome unread.
     ReadyNotBound,
+    /// A request future's state changed between two of its polls the agent saw, or between
+    /// its last one and its drop: it was polled where no probe is, and its poll count and time
+    /// are short.
+    PollNotSeen,
+    /// A request future was dropped `Returned` without the agent seeing the poll that made it
+    /// ready: it was not cancelled, and its outcome is unknown, so it is counted under no
+    /// status.
+    ReadyNotSeen,
+    /// A request future was dropped after polls the agent never saw, not one of them its
+    /// first: polled first before the agent attached, or where no probe is.
+    FirstPollNotSeen,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 15] = [
+    pub const ALL: [Anomaly; 18] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -65,6 +76,9 @@ impl Anomaly {
         Anomaly::PollsMerged,
         Anomaly::FutureReused,
         Anomaly::ReadyNotBound,
+        Anomaly::PollNotSeen,
+        Anomaly::ReadyNotSeen,
+        Anomaly::FirstPollNotSeen,
     ];
 
     /// The `kind` label.
@@ -85,6 +99,9 @@ impl Anomaly {
             Anomaly::PollsMerged => "polls_merged",
             Anomaly::FutureReused => "future_reused",
             Anomaly::ReadyNotBound => "ready_not_bound",
+            Anomaly::PollNotSeen => "poll_not_seen",
+            Anomaly::ReadyNotSeen => "ready_not_seen",
+            Anomaly::FirstPollNotSeen => "first_poll_not_seen",
         }
     }
 }

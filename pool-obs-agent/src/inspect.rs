@@ -44,9 +44,9 @@ fn symbol_table(binary: &Binary, debug: &DebugFile) -> Result<SymbolTable> {
 /// instances and names shared by several functions.
 pub fn symbols(binary: &Binary, debug: &DebugFile, pattern: Option<&str>) -> Result<()> {
     let table = symbol_table(binary, debug)?;
-    // Without a `*`, a pattern matches anywhere in the name.
+    // A pattern matches anywhere in the name, so that `axum::handler::Handler*call*` finds
+    // `<F as axum::handler::Handler<…>>::call`: trait methods' names start with `<`.
     let glob = match pattern {
-        Some(pattern) if pattern.contains('*') => pattern.to_string(),
         Some(pattern) => format!("*{pattern}*"),
         None => "*".to_string(),
     };

@@ -410,16 +410,22 @@ impl Observer {
                 self.kernel_counters.read_failures_by_probe(self.read_failures_by_probe.len());
         }
         let now = monotonic_ns();
-        let mut events = vec![0; self.read_failures_by_probe.len()];
+        let probes = self.read_failures_by_probe.len();
+        let (mut events, mut contradictions) = (vec![0; probes], vec![0; probes]);
         for process in fleet.processes.values_mut() {
             process.aggregator.refresh(now);
-            for (total, count) in events.iter_mut().zip(process.aggregator.events_by_probe()) {
+            let counts = process.aggregator.by_probe();
+            for (total, count) in events.iter_mut().zip(&counts.events) {
+                *total += count;
+            }
+            for (total, count) in contradictions.iter_mut().zip(&counts.contradictions) {
                 *total += count;
             }
         }
         let anomalies = metrics.anomalies.counted();
         let totals = ProbeTotals {
             events,
+            contradictions,
             read_failures: self.read_failures_by_probe.clone(),
             anomalies: anomalies.iter().map(|(_, count)| count).sum(),
         };

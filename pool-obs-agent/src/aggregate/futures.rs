@@ -18,6 +18,10 @@ pub struct OpenFuture {
     pub request_id: Option<u64>,
     pub first_poll_ns: u64,
     pub polls: Polls,
+    /// Its state when the last poll the agent saw returned, when that poll's end says it
+    /// (`None` after a poll that ended where its caller bound the value): the next poll must
+    /// find it so, and so must its drop, or a poll ran unseen.
+    pub last_state: Option<u64>,
 }
 
 impl OpenFuture {
@@ -48,13 +52,18 @@ impl Aggregator {
         }
         // Polled first before the agent attached: not followed.
         let Some(future) = self.futures.get_mut(&event.future) else { return };
+        let unseen = future.last_state.is_some_and(|state| state != event.state_before);
+        let ending = CallEnding::from_u8(event.ending);
+        future.last_state = (ending == Some(CallEnding::Returned)).then_some(event.state_after);
         future.polls.count += 1;
         future.polls.busy_ns += event.header.ts_ns.saturating_sub(event.entered_ns);
-        let ending = CallEnding::from_u8(event.ending);
         let unwound = ending == Some(CallEnding::Unwound);
         if !unwound {
             // A poll a panic unwound through was closed later, by the thread's next probe.
             future.polls.cpu_ns += event.cpu_ns.saturating_sub(event.entered_cpu_ns);
+        }
+        if unseen {
+            self.contradiction(Anomaly::PollNotSeen, event.future, event.header.probe);
         }
         let classified =
             || rule.map_or(Status::Ok, |rule| rule.classify(event.outcome_value, event.outcome_detail));
@@ -76,25 +85,49 @@ impl Aggregator {
         self.end_future(event.future, status, ended_ns, event.header.ts_ns);
     }
 
+    /// A future dropped before the agent saw it ready was cancelled, unless its state says
+    /// otherwise: dropped `Returned`, it was ready unseen; in another state than its last poll
+    /// left, it was polled unseen; open nowhere, its first poll went unseen.
     pub(super) fn on_future_dropped(&mut self, event: &FutureDropped) {
-        if self.futures.contains_key(&event.future) {
-            self.end_future(event.future, Status::Cancelled, Some(event.header.ts_ns), event.header.ts_ns);
+        let probe = event.header.probe;
+        let Some(states) = self.probes.get(probe as usize).and_then(|probe| probe.future.clone()) else {
+            return;
+        };
+        let Some(future) = self.futures.get(&event.future) else {
+            if event.state != states.unresumed && event.state != states.returned {
+                self.contradiction(Anomaly::FirstPollNotSeen, event.future, probe);
+            }
+            return;
+        };
+        if event.state == states.returned {
+            self.contradiction(Anomaly::ReadyNotSeen, event.future, probe);
+            self.futures.remove(&event.future);
+            return;
         }
+        if future.last_state.is_some_and(|state| state != event.state) {
+            self.contradiction(Anomaly::PollNotSeen, event.future, probe);
+        }
+        self.end_future(event.future, Status::Cancelled, Some(event.header.ts_ns), event.header.ts_ns);
     }
 
     fn first_poll(&mut self, event: &FuturePolled, has_request_id: bool) {
-        if self.futures.contains_key(&event.future) {
-            // Its drop was not seen: the address now holds another future.
-            self.anomaly(Anomaly::FutureReused, event.future);
-            self.end_future(event.future, Status::Cancelled, None, event.entered_ns);
+        if self.futures.remove(&event.future).is_some() {
+            // Its drop was not seen, so neither is how it ended (ready or cancelled): the
+            // address now holds another future, and the old one is counted under no status.
+            self.contradiction(Anomaly::FutureReused, event.future, event.header.probe);
         }
         let request_id = has_request_id.then_some(event.request_id);
         if !self.has_room_for(request_id.unwrap_or(event.future)) {
             return;
         }
         let model = self.model_of(&event.header, &event.model, None);
-        let future =
-            OpenFuture { model, request_id, first_poll_ns: event.entered_ns, polls: Polls::default() };
+        let future = OpenFuture {
+            model,
+            request_id,
+            first_poll_ns: event.entered_ns,
+            polls: Polls::default(),
+            last_state: None,
+        };
         self.futures.insert(event.future, future);
     }
 

@@ -515,6 +515,57 @@ fn a_future_dropped_before_it_is_ready_is_a_cancelled_request() {
 }
 
 #[test]
+fn a_future_dropped_returned_whose_ready_poll_no_probe_saw_counts_under_no_status_but_as_an_anomaly() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0), dropped(0x70, RETURNED, 3_000)],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus::default());
+    assert_eq!(anomalies(&aggregator), [(Anomaly::ReadyNotSeen, 1)]);
+    assert_eq!(aggregator.by_probe().contradictions[8], 1, "the drop probe showed it");
+}
+
+#[test]
+fn a_poll_no_probe_saw_shows_in_the_state_the_next_poll_or_the_drop_finds() {
+    const SUSPENDED_AGAIN: u64 = SUSPENDED + 1;
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            // Suspended at its first `.await`, then polled unseen to its second.
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            polled(0x70, (SUSPENDED_AGAIN, RETURNED), (4_000, 5_000), 0),
+            polled(0x80, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            dropped(0x80, SUSPENDED_AGAIN, 6_000),
+            // Polled and suspended, its first poll unseen, then dropped.
+            dropped(0x90, SUSPENDED, 7_000),
+            // Dropped before any poll: nothing to contradict.
+            dropped(0xa0, UNRESUMED, 8_000),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 1 });
+    assert_eq!(anomalies(&aggregator), [(Anomaly::PollNotSeen, 2), (Anomaly::FirstPollNotSeen, 1)]);
+    assert_eq!(aggregator.by_probe().contradictions[7..=8], [1, 2]);
+}
+
+#[test]
+fn a_future_polled_and_dropped_where_the_probes_are_has_no_anomaly() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            polled(0x70, (SUSPENDED, RETURNED), (2_000, 2_500), 0),
+            polled(0x80, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            dropped(0x80, SUSPENDED, 3_000),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 1 });
+    assert_eq!(anomalies(&aggregator), []);
+}
+
+#[test]
 fn a_poll_seen_ready_where_its_caller_binds_the_value_ends_its_request_whatever_the_state_reads() {
     let mut aggregator = aggregator();
     // The caller of an inlined poll bound the `Ready` value before the state tag was written.
@@ -583,7 +634,7 @@ fn a_poll_that_panics_fails_its_request_and_a_future_seen_only_later_is_not_foll
 }
 
 #[test]
-fn a_first_poll_where_an_open_future_was_ends_the_old_one_as_cancelled() {
+fn a_first_poll_where_an_open_future_was_forgets_the_old_one_under_no_status() {
     let mut aggregator = aggregator();
     feed(
         &mut aggregator,
@@ -592,7 +643,8 @@ fn a_first_poll_where_an_open_future_was_ends_the_old_one_as_cancelled() {
             polled(0x70, (UNRESUMED, RETURNED), (4_000, 5_000), 0),
         ],
     );
-    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 1 });
+    // Its drop was not seen, nor whether it was ready first.
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 });
     assert!(aggregator.metrics.anomalies.counted().contains(&(Anomaly::FutureReused, 1)));
 }
 

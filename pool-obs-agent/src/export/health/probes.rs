@@ -17,6 +17,8 @@ pub struct ProbeTotals {
     pub events: Vec<u64>,
     /// Reads of the target's memory that failed, by probe index.
     pub read_failures: Vec<u64>,
+    /// Events that contradicted the life of what the probe follows, by probe index.
+    pub contradictions: Vec<u64>,
     /// Anomalies of every kind.
     pub anomalies: u64,
 }
@@ -55,6 +57,14 @@ impl ProbeWindow {
                      reads the wrong place (see `pool-obs-agent check`, or attach with --debug-probes)"
                 ));
             }
+            let contradicted = since(&totals.contradictions, &oldest.contradictions, probe);
+            if contradicted >= AT_LEAST && contradicted * 100 > events {
+                reasons.push(format!(
+                    "probe {probe} ({name}): {contradicted} of its last {events} events contradict the life of \
+                     a request's future (polls or ends that no probe saw): its requests cannot be vouched for \
+                     (see pool_obs_anomalies_total)"
+                ));
+            }
         }
         let events: u64 =
             (0..self.names.len()).map(|probe| since(&totals.events, &oldest.events, probe)).sum();
@@ -74,7 +84,12 @@ mod tests {
     use super::*;
 
     fn totals(events: [u64; 2], read_failures: [u64; 2], anomalies: u64) -> ProbeTotals {
-        ProbeTotals { events: events.to_vec(), read_failures: read_failures.to_vec(), anomalies }
+        ProbeTotals {
+            events: events.to_vec(),
+            read_failures: read_failures.to_vec(),
+            contradictions: vec![0; 2],
+            anomalies,
+        }
     }
 
     #[test]
@@ -104,5 +119,22 @@ mod tests {
             ["40 anomalies in the last 1000 events: the manifest may read the wrong values \
                               (see pool_obs_anomalies_total)"]
         );
+    }
+
+    #[test]
+    fn a_probe_whose_events_contradict_its_futures_life_is_named() {
+        let start = Instant::now();
+        let mut window = ProbeWindow::new(Duration::from_secs(60), vec!["a".into(), "b".into()]);
+        window.observe(start, ProbeTotals::default());
+        let later = start + Duration::from_secs(1);
+        let with = |contradictions: [u64; 2]| ProbeTotals {
+            contradictions: contradictions.to_vec(),
+            ..totals([1000, 1000], [0, 0], contradictions.iter().sum())
+        };
+        // Ten in a thousand events is 1%: not a flow.
+        assert!(window.observe(later, with([0, 10])).is_empty());
+        let reasons = window.observe(later, with([0, 11]));
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(reasons[0].starts_with("probe 1 (b): 11 of its last 1000 events contradict"), "{reasons:?}");
     }
 }
