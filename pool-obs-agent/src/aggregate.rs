@@ -77,6 +77,8 @@ pub struct Aggregator {
     settings: Settings,
     event_counters: Vec<(EventKind, Counter)>,
     by_probe: ProbeCounts,
+    /// The kernel's count of lost events, as the last event carried it.
+    lost_before: u64,
     model_ids: HashMap<Vec<u8>, ModelId>,
     models: Vec<ModelState>,
     /// Models with keys of their own, not counting the unknown and other models.
@@ -116,6 +118,7 @@ impl Aggregator {
             metrics,
             probed: Probed::of(&probes),
             by_probe: ProbeCounts { events: vec![0; probes.len()], contradictions: vec![0; probes.len()] },
+            lost_before: 0,
             probes,
             event_counters,
             model_ids: HashMap::new(),
@@ -156,6 +159,11 @@ impl Aggregator {
         self.count_event(event.kind());
         if let Some(count) = self.by_probe.events.get_mut(event.header().probe as usize) {
             *count += 1;
+        }
+        let lost_before = event.header().lost_before;
+        if lost_before != self.lost_before {
+            self.lost_before = lost_before;
+            self.events_were_lost();
         }
         match event {
             Event::WorkerSpawned(event) => self.on_worker_spawned(event),

@@ -57,10 +57,14 @@ pub enum Anomaly {
     /// A request future was dropped after polls the agent never saw, not one of them its
     /// first: polled first before the agent attached, or where no probe is.
     FirstPollNotSeen,
+    /// A request future was open when the kernel dropped events for want of room in the ring
+    /// buffer: its end may be another future's at the same address, so it is counted under no
+    /// status (`pool_obs_events_lost_total` says how many were lost).
+    OpenAcrossLostEvents,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 18] = [
+    pub const ALL: [Anomaly; 19] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -79,6 +83,7 @@ impl Anomaly {
         Anomaly::PollNotSeen,
         Anomaly::ReadyNotSeen,
         Anomaly::FirstPollNotSeen,
+        Anomaly::OpenAcrossLostEvents,
     ];
 
     /// The `kind` label.
@@ -102,6 +107,7 @@ impl Anomaly {
             Anomaly::PollNotSeen => "poll_not_seen",
             Anomaly::ReadyNotSeen => "ready_not_seen",
             Anomaly::FirstPollNotSeen => "first_poll_not_seen",
+            Anomaly::OpenAcrossLostEvents => "open_across_lost_events",
         }
     }
 }

@@ -130,7 +130,14 @@ mod tests {
     #[test]
     fn round_trip() {
         let event = RequestStarted {
-            header: Header { kind: EventKind::RequestStarted as u32, probe: 3, tid: 9, pid: 9, ts_ns: 77 },
+            header: Header {
+                kind: EventKind::RequestStarted as u32,
+                probe: 3,
+                tid: 9,
+                pid: 9,
+                ts_ns: 77,
+                lost_before: 0,
+            },
             model: ModelKey { len: 2, state: MODEL_PRESENT, captured: 2, bytes: [b'm'; MODEL_KEY_CAPACITY] },
             request_id: 42,
             worker_id: 5,
@@ -145,7 +152,7 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(decode(&[0; 8]).unwrap_err(), DecodeError::Short { len: 8 });
-        let header = Header { kind: 99, probe: 0, tid: 0, pid: 0, ts_ns: 0 };
+        let header = Header { kind: 99, probe: 0, tid: 0, pid: 0, ts_ns: 0, lost_before: 0 };
         assert_eq!(decode(&bytes_of(&header)).unwrap_err(), DecodeError::UnknownKind(99));
         let short = Header { kind: EventKind::RequestEnded as u32, ..header };
         assert!(matches!(decode(&bytes_of(&short)), Err(DecodeError::Short { .. })));

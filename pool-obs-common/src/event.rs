@@ -76,6 +76,11 @@ pub struct Header {
     pub pid: u32,
     /// `bpf_ktime_get_ns` when the probe fired.
     pub ts_ns: u64,
+    /// How many of the probes' events the kernel had dropped for want of room, on every CPU,
+    /// when it wrote this one (a count that may miss losses at the same instant on two CPUs):
+    /// when it changes from one event to the next, some were lost in between, and what the
+    /// agent follows then may have missed its end.
+    pub lost_before: u64,
 }
 
 /// How many bytes of a model key are captured; longer keys are truncated.

@@ -14,7 +14,7 @@ use pool_obs_common::{
 use crate::{
     EVENTS,
     calls::OpenCall,
-    count, cpu, current_ids,
+    count, cpu, current_ids, events_lost_so_far, lost_event,
     read::{self, Reader},
     registers::Registers,
     wakeup_flags,
@@ -284,41 +284,52 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
     let Some(kind) = EventKind::from_u32(spec.kind) else {
         return;
     };
-    let (pid, tid) = current_ids();
-    let header = Header { kind: spec.kind, probe: hit.probe, tid, pid, ts_ns: hit.now };
+    // Written in place too, field by field, in each event.
+    let header = |into: *mut Header| {
+        let (pid, tid) = current_ids();
+        // SAFETY: `into` is a reserved event's header, valid for writes.
+        unsafe {
+            (*into).kind = spec.kind;
+            (*into).probe = hit.probe;
+            (*into).tid = tid;
+            (*into).pid = pid;
+            (*into).ts_ns = hit.now;
+            (*into).lost_before = events_lost_so_far();
+        }
+    };
     // SAFETY (every arm): `submit` hands each a reserved event, valid for writes; each writes
     // every field of it.
     match kind {
         EventKind::WorkerSpawned => submit(|event: *mut WorkerSpawned| unsafe {
-            (*event).header = header;
+            header(&raw mut (*event).header);
             source.model_into(&raw mut (*event).model);
             (*event).worker_id = source.worker_id();
             (*event).memory_bytes = source.memory_bytes();
         }),
         EventKind::WorkerEvicted => submit(|event: *mut WorkerEvicted| unsafe {
-            (*event).header = header;
+            header(&raw mut (*event).header);
             source.model_into(&raw mut (*event).model);
             (*event).worker_id = source.worker_id();
         }),
         EventKind::WorkerCrashed => submit(|event: *mut WorkerCrashed| unsafe {
-            (*event).header = header;
+            header(&raw mut (*event).header);
             source.model_into(&raw mut (*event).model);
             (*event).worker_id = source.worker_id();
         }),
         EventKind::RequestSubmitted => submit(|event: *mut RequestSubmitted| unsafe {
-            (*event).header = header;
+            header(&raw mut (*event).header);
             source.model_into(&raw mut (*event).model);
             (*event).request_id = source.request_id();
         }),
         EventKind::RequestStarted => submit(|event: *mut RequestStarted| unsafe {
-            (*event).header = header;
+            header(&raw mut (*event).header);
             source.model_into(&raw mut (*event).model);
             (*event).request_id = source.request_id();
             (*event).worker_id = source.worker_id();
             (*event).cpu_ns = cpu::thread_clock(hit.now);
         }),
         EventKind::RequestEnded => submit(|event: *mut RequestEnded| unsafe {
-            (*event).header = header;
+            header(&raw mut (*event).header);
             source.model_into(&raw mut (*event).model);
             (*event).request_id = source.request_id();
             (*event).worker_id = source.worker_id();
@@ -337,7 +348,7 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
                 return;
             }
             submit(|event: *mut FuturePolled| unsafe {
-                (*event).header = header;
+                header(&raw mut (*event).header);
                 source.model_into(&raw mut (*event).model);
                 (*event).request_id = source.request_id();
                 (*event).future = future;
@@ -355,7 +366,7 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
         EventKind::FutureDropped => {
             let future = source.future();
             submit(|event: *mut FutureDropped| unsafe {
-                (*event).header = header;
+                header(&raw mut (*event).header);
                 (*event).future = future;
                 (*event).state = source.state_before(future);
             })
@@ -449,6 +460,6 @@ fn submit<T: 'static>(fill: impl FnOnce(*mut T)) {
             fill(entry.as_mut_ptr());
             entry.submit(flags);
         }
-        None => count(Counter::EventsLost),
+        None => lost_event(),
     }
 }

@@ -42,6 +42,11 @@ static PROBES: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// The probes' events lost on every CPU, one number: each event carries it (`lost_before`), so
+/// that the agent knows, in order, where a loss fell.
+#[map]
+static PROBE_EVENTS_LOST: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Failed reads by probe, so that `/health` can name a probe whose manifest reads the wrong place.
 #[map]
 static PROBE_READ_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
@@ -64,7 +69,7 @@ pub fn probe_entry(ctx: ProbeContext) {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(registers) = (unsafe { Registers::at_site(ctx.regs) }) else {
-        count(Counter::EventsLost);
+        lost_event();
         return;
     };
     emit::event(&ctx, spec, &Hit { probe: cookie.probe, now }, &registers);
@@ -129,7 +134,7 @@ fn in_callers_call(
         return;
     };
     let Some(registers) = (unsafe { Registers::at_site(ctx.regs) }) else {
-        count(Counter::EventsLost);
+        lost_event();
         return;
     };
     // SAFETY: the slot stays as it is until this program run ends.
@@ -217,6 +222,24 @@ pub(crate) fn count_read_failure(probe: u32) {
     if let Some(value) = PROBE_READ_FAILURES.get_ptr_mut(probe) {
         unsafe { *value += 1 };
     }
+}
+
+/// A probe's event that could not be written: counted on this CPU, and in the number every
+/// later event carries.
+pub(crate) fn lost_event() {
+    count(Counter::EventsLost);
+    if let Some(total) = PROBE_EVENTS_LOST.get_ptr_mut(0) {
+        // SAFETY: a map value, valid for the program run. Other CPUs add to it too, and the
+        // BPF target has no atomic add in Rust: two losses at once may count one, or set it
+        // back by one. It changes all the same, and the agent looks for a change, not a count
+        // (`COUNTERS` counts them exactly).
+        unsafe { *total = (*total).wrapping_add(1) };
+    }
+}
+
+/// The probes' events lost so far, on every CPU.
+pub(crate) fn events_lost_so_far() -> u64 {
+    PROBE_EVENTS_LOST.get(0).copied().unwrap_or(0)
 }
 
 pub(crate) fn count(counter: Counter) {

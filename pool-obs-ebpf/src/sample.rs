@@ -22,7 +22,7 @@ use pool_obs_common::{
     event::{CpuSampleRecord, EventKind, Header, ModelKey, NOT_IN_CALL, SAMPLE_STACK_BYTES},
 };
 
-use crate::{EVENTS, calls, count, cpu, current_ids};
+use crate::{EVENTS, calls, count, cpu, current_ids, events_lost_so_far};
 
 /// The stack sizes tried in turn: a read that crosses the end of the stack's mapping fails
 /// whole, so near the top a smaller one is read.
@@ -69,7 +69,14 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         }
         write(
             addr_of_mut!((*sample).header),
-            Header { kind: EventKind::CpuSampled as u32, probe, tid, pid, ts_ns: bpf_ktime_get_ns() },
+            Header {
+                kind: EventKind::CpuSampled as u32,
+                probe,
+                tid,
+                pid,
+                ts_ns: bpf_ktime_get_ns(),
+                lost_before: events_lost_so_far(),
+            },
         );
         write(addr_of_mut!((*sample).model), model);
         write(addr_of_mut!((*sample).request_id), request_id);

@@ -142,3 +142,51 @@ fn an_async_request_takes_its_values_from_the_fn_arguments_and_refuses_others_by
     assert_eq!(code, 19, "{text}");
     assert!(text.contains("has no parameter `request`: it has `self`, `req`"), "{text}");
 }
+
+/// A ring buffer of one page under the service's full load: the kernel drops the events it has
+/// no room for (counted), so the agent misses polls and ends for real. Whatever it counts under
+/// a status is never more than the service's own count; what it could not see shows as
+/// anomalies, and `/health` names the probe whose requests it cannot vouch for.
+#[test]
+fn polls_and_ends_the_agent_missed_are_anomalies_named_in_health_never_wrong_counts() {
+    let start = StartFile::new("lossy");
+    let load = args(&["--requests", "20000", "--clients", "64"]);
+    let mut pool = Pool::start_named("async-pool", &[load, start.arg().to_vec()].concat());
+    let lossy = ["--ring-buffer-bytes", "4096", "--drain-interval-ms", "1000"];
+    let agent = Agent::attach(pool.pid(), &manifest("async-pool.toml"), free_address(), &lossy);
+    start.start();
+    let summary = pool.summary();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let metrics = agent.metrics();
+    let (_, health) = agent.health();
+    pool.wait_for_exit();
+
+    let lost = metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
+    assert!(lost > 0.0, "the one-page buffer overflowed");
+    for (model, truth) in &summary.models {
+        for (status, count) in [
+            ("ok", truth.requests.ok),
+            ("failed", truth.requests.failed),
+            ("timeout", truth.requests.timeout),
+            ("cancelled", truth.requests.cancelled),
+        ] {
+            let counted = metrics.value("pool_requests_total", &[("model", model), ("status", status)]);
+            assert!(
+                counted.unwrap_or(0.0) as u64 <= count,
+                "{model} {status}: {counted:?} counted of {count}"
+            );
+        }
+    }
+    let anomalies = metrics.nonzero("pool_obs_anomalies_total", "kind");
+    let unseen: f64 = ["poll_not_seen", "ready_not_seen", "first_poll_not_seen", "future_reused"]
+        .iter()
+        .filter_map(|kind| anomalies.get(*kind))
+        .sum();
+    eprintln!("{lost} events lost; anomalies {anomalies:?}");
+    assert!(unseen > 0.0, "missed polls and ends are anomalies: {anomalies:?}");
+    let reasons = health["reasons"].to_string();
+    assert!(
+        reasons.contains("async_pool::Service::handle") && reasons.contains("contradict the life"),
+        "/health names the probe: {reasons}"
+    );
+}

@@ -22,6 +22,9 @@ pub struct OpenFuture {
     /// (`None` after a poll that ended where its caller bound the value): the next poll must
     /// find it so, and so must its drop, or a poll ran unseen.
     pub last_state: Option<u64>,
+    /// Open when the kernel dropped events for want of room: its polls, its drop, or another
+    /// future's at its address may be among them, so how it ends cannot be vouched for.
+    pub open_across_loss: bool,
 }
 
 impl OpenFuture {
@@ -82,7 +85,7 @@ impl Aggregator {
             return;
         };
         let ended_ns = (!unwound).then_some(event.header.ts_ns);
-        self.end_future(event.future, status, ended_ns, event.header.ts_ns);
+        self.end_future(event.future, status, ended_ns, event.header.ts_ns, event.header.probe);
     }
 
     /// A future dropped before the agent saw it ready was cancelled, unless its state says
@@ -107,7 +110,8 @@ impl Aggregator {
         if future.last_state.is_some_and(|state| state != event.state) {
             self.contradiction(Anomaly::PollNotSeen, event.future, probe);
         }
-        self.end_future(event.future, Status::Cancelled, Some(event.header.ts_ns), event.header.ts_ns);
+        let seen_ns = event.header.ts_ns;
+        self.end_future(event.future, Status::Cancelled, Some(seen_ns), seen_ns, probe);
     }
 
     fn first_poll(&mut self, event: &FuturePolled, has_request_id: bool) {
@@ -127,14 +131,26 @@ impl Aggregator {
             first_poll_ns: event.entered_ns,
             polls: Polls::default(),
             last_state: None,
+            open_across_loss: false,
         };
         self.futures.insert(event.future, future);
     }
 
-    fn end_future(&mut self, address: u64, status: Status, ended_ns: Option<u64>, seen_ns: u64) {
+    fn end_future(&mut self, address: u64, status: Status, ended_ns: Option<u64>, seen_ns: u64, probe: u32) {
         let Some(future) = self.futures.remove(&address) else { return };
+        if future.open_across_loss {
+            self.contradiction(Anomaly::OpenAcrossLostEvents, address, probe);
+            return;
+        }
         let record = future.record(Some(status), ended_ns);
         self.end_request(future.request_id, record, seen_ns);
+    }
+
+    /// The kernel dropped events: every future open now may have lost some of its own.
+    pub(super) fn events_were_lost(&mut self) {
+        for future in self.futures.values_mut() {
+            future.open_across_loss = true;
+        }
     }
 
     /// Futures in flight for longer than the expiry: leaked, or their drop is not probed.

@@ -112,7 +112,7 @@ fn dropped(future: u64, state: u64, ts_ns: u64) -> Event {
 }
 
 fn header(kind: EventKind, probe: u32, ts_ns: u64) -> Header {
-    Header { kind: kind as u32, probe, tid: 1, pid: 1, ts_ns }
+    Header { kind: kind as u32, probe, tid: 1, pid: 1, ts_ns, lost_before: 0 }
 }
 
 fn model(name: &str) -> ModelKey {
@@ -547,6 +547,29 @@ fn a_poll_no_probe_saw_shows_in_the_state_the_next_poll_or_the_drop_finds() {
     assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 1 });
     assert_eq!(anomalies(&aggregator), [(Anomaly::PollNotSeen, 2), (Anomaly::FirstPollNotSeen, 1)]);
     assert_eq!(aggregator.by_probe().contradictions[7..=8], [1, 2]);
+}
+
+#[test]
+fn a_future_open_when_the_kernel_lost_events_ends_under_no_status_and_one_first_polled_after_counts() {
+    let after_loss = |event| match event {
+        Event::FuturePolled(polled) => {
+            Event::FuturePolled(FuturePolled { header: Header { lost_before: 3, ..polled.header }, ..polled })
+        }
+        other => other,
+    };
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
+            // Three events lost in between: perhaps this future's drop and another's first
+            // poll at the same address.
+            after_loss(polled(0x70, (SUSPENDED, RETURNED), (4_000, 5_000), 0)),
+            after_loss(polled(0x80, (UNRESUMED, RETURNED), (6_000, 7_000), 0)),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 });
+    assert_eq!(anomalies(&aggregator), [(Anomaly::OpenAcrossLostEvents, 1)]);
 }
 
 #[test]
