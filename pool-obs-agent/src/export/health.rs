@@ -56,15 +56,26 @@ struct Report<'a> {
     processes: &'a [ProcessReport<'a>],
 }
 
-#[derive(Serialize, Clone)]
+/// A process, with each model's verdict: its numbers are in the top-level `models` (with one
+/// process) and in `/metrics`, not twice here.
+#[derive(Serialize)]
 struct ProcessReport<'a> {
     status: Status,
     target: TargetReport<'a>,
     memory: MemoryReport,
-    models: Vec<ModelReport<'a>>,
+    models: Vec<ModelStatus<'a>>,
 }
 
-/// The one process followed, at the top of the report, as before there could be several.
+/// A model's verdict alone.
+#[derive(Serialize)]
+struct ModelStatus<'a> {
+    registry_key: &'a str,
+    status: Status,
+    reasons: &'a [String],
+}
+
+/// The one process followed, at the top of the report with each model's numbers, as before
+/// there could be several.
 #[derive(Serialize)]
 struct OnlyProcess<'a> {
     target: &'a TargetReport<'a>,
@@ -72,14 +83,14 @@ struct OnlyProcess<'a> {
     models: &'a [ModelReport<'a>],
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize)]
 struct TargetReport<'a> {
     pid: u32,
     exe: &'a str,
     up: bool,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize)]
 struct MemoryReport {
     used_mb: f64,
     total_mb: f64,
@@ -87,7 +98,7 @@ struct MemoryReport {
     peak_mb: f64,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize)]
 struct ModelReport<'a> {
     registry_key: &'a str,
     status: Status,
@@ -104,7 +115,7 @@ struct ModelReport<'a> {
     requests: ByStatus<u64>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize)]
 struct Workers {
     total: u64,
     busy: u64,
@@ -188,15 +199,19 @@ pub struct Inputs<'a> {
     pub features_off: &'a [String],
 }
 
-/// A process's report: unhealthy when it is gone, else as its worst model.
-fn process_report<'a>(process: &'a ProcessInputs, thresholds: &Thresholds) -> ProcessReport<'a> {
-    let models: Vec<ModelReport> = process
+/// A process's models, each with its numbers and verdict.
+fn model_reports<'a>(process: &ProcessInputs<'a>, thresholds: &Thresholds) -> Vec<ModelReport<'a>> {
+    process
         .models
         .iter()
         // The catch-all buckets are not models with workers of their own.
         .filter(|model| !model.catch_all)
         .map(|model| model_report(model, thresholds))
-        .collect();
+        .collect()
+}
+
+/// A process's report: unhealthy when it is gone, else as its worst model.
+fn process_report<'a>(process: &'a ProcessInputs, models: &'a [ModelReport<'a>]) -> ProcessReport<'a> {
     let worst_model = models.iter().map(|model| model.status).max().unwrap_or(Status::Healthy);
     const MB: f64 = 1024.0 * 1024.0;
     let memory = &process.memory;
@@ -213,7 +228,14 @@ fn process_report<'a>(process: &'a ProcessInputs, thresholds: &Thresholds) -> Pr
             },
             peak_mb: memory.peak_resident_bytes as f64 / MB,
         },
-        models,
+        models: models
+            .iter()
+            .map(|model| ModelStatus {
+                registry_key: model.registry_key,
+                status: model.status,
+                reasons: &model.reasons,
+            })
+            .collect(),
     }
 }
 
@@ -221,8 +243,14 @@ fn process_report<'a>(process: &'a ProcessInputs, thresholds: &Thresholds) -> Pr
 /// runs, or a running one is; degraded when one is, or the probes read the wrong places. A
 /// process that exited is reported, and counts only when it was the one named by `--pid`.
 pub fn render(inputs: &Inputs) -> RenderedHealth {
-    let processes: Vec<ProcessReport> =
-        inputs.processes.iter().map(|process| process_report(process, inputs.thresholds)).collect();
+    let models: Vec<Vec<ModelReport>> =
+        inputs.processes.iter().map(|process| model_reports(process, inputs.thresholds)).collect();
+    let processes: Vec<ProcessReport> = inputs
+        .processes
+        .iter()
+        .zip(&models)
+        .map(|(process, models)| process_report(process, models))
+        .collect();
     let running = processes.iter().filter(|process| process.target.up);
     let mut reasons = inputs.probe_reasons.to_vec();
     let worst = match running.map(|process| process.status).max() {
@@ -245,8 +273,8 @@ pub fn render(inputs: &Inputs) -> RenderedHealth {
         events_lost: inputs.events_lost,
         anomalies: inputs.anomalies.iter().map(|(kind, count)| (kind.name(), *count)).collect(),
         features_off: inputs.features_off,
-        only: match processes.as_slice() {
-            [only] => Some(OnlyProcess { target: &only.target, memory: &only.memory, models: &only.models }),
+        only: match (processes.as_slice(), models.as_slice()) {
+            ([only], [models]) => Some(OnlyProcess { target: &only.target, memory: &only.memory, models }),
             _ => None,
         },
         processes: &processes,
@@ -291,6 +319,42 @@ mod tests {
         assert_eq!(degraded.code, StatusCode::OK);
         let degraded = text(&degraded);
         assert!(degraded.contains(&format!(r#""status":"degraded","reasons":["{reason}"]"#)), "{degraded}");
+    }
+
+    #[test]
+    fn each_processs_models_carry_their_verdicts_and_the_numbers_are_said_once_at_the_top() {
+        let target = Target::open(std::process::id()).expect("this process");
+        let model = ModelView {
+            label: "m",
+            catch_all: false,
+            workers_seen: true,
+            workers: crate::publish::WorkerCounts::default(),
+            queued: 2,
+            recent: crate::publish::WindowSummary::default(),
+            requests: ByStatus::default(),
+            saturated_refreshes: 0,
+        };
+        let rendered = render(&Inputs {
+            following: "PID 1",
+            processes: vec![ProcessInputs {
+                target: &target,
+                up: true,
+                memory: MemorySample::default(),
+                models: vec![model],
+            }],
+            thresholds: &Thresholds::default(),
+            observing_since: SystemTime::now(),
+            events_lost: 0,
+            anomalies: Vec::new(),
+            probe_reasons: &[],
+            features_off: &[],
+        });
+        let report: serde_json::Value = serde_json::from_slice(&rendered.body).expect("JSON");
+        assert_eq!(report["models"][0]["queue_depth"], 2, "{report}");
+        assert_eq!(
+            report["processes"][0]["models"],
+            serde_json::json!([{"registry_key": "m", "status": "unhealthy", "reasons": ["no workers, 2 queued"]}])
+        );
     }
 
     #[test]
