@@ -29,6 +29,11 @@ impl Requests {
     pub fn total(&self) -> u64 {
         self.ok + self.failed + self.timeout + self.cancelled
     }
+
+    /// Each count by its `status` label.
+    pub fn by_status(&self) -> [(&'static str, u64); 4] {
+        [("ok", self.ok), ("failed", self.failed), ("timeout", self.timeout), ("cancelled", self.cancelled)]
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

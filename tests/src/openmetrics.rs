@@ -36,6 +36,12 @@ impl Exposition {
             .map(|sample| sample.value)
     }
 
+    /// `model`'s sample with this name and these other labels, 0 when it is not exported.
+    pub fn of_model(&self, name: &str, model: &str, labels: &[(&str, &str)]) -> f64 {
+        let labels: Vec<_> = [("model", model)].into_iter().chain(labels.iter().copied()).collect();
+        self.value(name, &labels).unwrap_or(0.0)
+    }
+
     /// The distinct values of `label` among the samples with this name.
     pub fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
         let named = self.samples.iter().filter(|sample| sample.name == name);

@@ -164,17 +164,9 @@ fn polls_and_ends_the_agent_missed_are_anomalies_named_in_health_never_wrong_cou
     let lost = metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
     assert!(lost > 0.0, "the one-page buffer overflowed");
     for (model, truth) in &summary.models {
-        for (status, count) in [
-            ("ok", truth.requests.ok),
-            ("failed", truth.requests.failed),
-            ("timeout", truth.requests.timeout),
-            ("cancelled", truth.requests.cancelled),
-        ] {
-            let counted = metrics.value("pool_requests_total", &[("model", model), ("status", status)]);
-            assert!(
-                counted.unwrap_or(0.0) as u64 <= count,
-                "{model} {status}: {counted:?} counted of {count}"
-            );
+        for (status, count) in truth.requests.by_status() {
+            let counted = metrics.of_model("pool_requests_total", model, &[("status", status)]);
+            assert!(counted as u64 <= count, "{model} {status}: {counted} counted of {count}");
         }
     }
     let anomalies = metrics.nonzero("pool_obs_anomalies_total", "kind");

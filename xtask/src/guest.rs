@@ -120,16 +120,8 @@ fn demo_pool_counted_exactly(_out: &Path) -> String {
     let (summary, metrics) = counted("demo-pool", "demo-pool.toml", load);
     let mut cpu_seconds = 0.0;
     for (model, truth) in &summary.models {
-        let value = |name: &str, extra: &[(&str, &str)]| {
-            let labels: Vec<_> =
-                [("model", model.as_str())].into_iter().chain(extra.iter().copied()).collect();
-            metrics.value(name, &labels).unwrap_or(0.0) as u64
-        };
-        for (status, count) in [
-            ("ok", truth.requests.ok),
-            ("failed", truth.requests.failed),
-            ("timeout", truth.requests.timeout),
-        ] {
+        let value = |name: &str, labels: &[(&str, &str)]| metrics.of_model(name, model, labels) as u64;
+        for (status, count) in truth.requests.by_status() {
             assert_eq!(value("pool_requests_total", &[("status", status)]), count, "{model} {status}");
         }
         assert_eq!(value("pool_worker_spawns_total", &[]), truth.spawns, "{model} spawns");
@@ -150,14 +142,8 @@ fn async_requests_counted(_out: &Path) -> String {
     let load = args(&["--requests", "400", "--clients", "8"]);
     let (summary, metrics) = counted("async-pool", "async-pool.toml", load);
     for (model, truth) in &summary.models {
-        for (status, count) in [
-            ("ok", truth.requests.ok),
-            ("failed", truth.requests.failed),
-            ("timeout", truth.requests.timeout),
-            ("cancelled", truth.requests.cancelled),
-        ] {
-            let counted =
-                metrics.value("pool_requests_total", &[("model", model), ("status", status)]).unwrap_or(0.0);
+        for (status, count) in truth.requests.by_status() {
+            let counted = metrics.of_model("pool_requests_total", model, &[("status", status)]);
             assert_eq!(counted as u64, count, "{model} {status}");
         }
     }
