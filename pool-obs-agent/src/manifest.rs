@@ -12,7 +12,7 @@ use crate::{
     error::Class,
     outcome::{OutcomeRule, Status},
 };
-use raw::RawManifest;
+use raw::{RawManifest, RawProbe};
 use value::StrValue;
 
 /// Each probe takes one kernel table slot, and a return probe may need a second to save its
@@ -147,10 +147,11 @@ pub fn parse(text: &str, path: &str) -> Result<Manifest, ManifestError> {
     if raw.probe.is_empty() {
         return Err(locate(None, Class::ManifestNames, "the manifest has no [[probe]] tables".to_string()));
     }
+    let requests_opened = raw.probe.iter().any(RawProbe::opens_requests);
     let mut probes = Vec::new();
     for raw_probe in raw.probe {
         let compiled = raw_probe
-            .compile()
+            .compile(requests_opened)
             .map_err(|problem| locate(Some(problem.span), problem.class, problem.message))?;
         probes.extend(compiled);
     }
@@ -267,6 +268,15 @@ mod tests {
             error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\n").0,
             "m.toml:2:9: request_ended needs `outcome`"
         );
+        let (unmatched, class) = error_of(
+            "[[probe]]\nevent = \"request_started\"\nfunction = \"s\"\nrequest_id = \"arg1\"\n\
+             [[probe]]\nevent = \"request_ended\"\nfunction = \"stats\"\noutcome = \"ok\"\n",
+        );
+        assert!(
+            unmatched.starts_with("m.toml:6:9: request_ended at a function's entry needs `request_id`"),
+            "{unmatched}"
+        );
+        assert_eq!(class, Class::ManifestNames);
         let (unknown, class) =
             error_of("[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\ncolour = 1\n");
         assert!(unknown.starts_with("m.toml:4:1: unknown field `colour`"), "{unknown}");

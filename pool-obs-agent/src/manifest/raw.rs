@@ -96,8 +96,14 @@ enum RawOutcome {
 }
 
 impl RawProbe {
-    /// One probe per function the table names.
-    pub(super) fn compile(self) -> Located<Vec<Probe>> {
+    /// Whether the table opens requests that a `request_ended` must find again.
+    pub(super) fn opens_requests(&self) -> bool {
+        matches!(self.event.get_ref().as_str(), "request_started" | "request_submitted")
+    }
+
+    /// One probe per function the table names; `requests_opened` says whether another table of
+    /// the manifest opens requests.
+    pub(super) fn compile(self, requests_opened: bool) -> Located<Vec<Probe>> {
         let event = parse_event(&self.event)?;
         let at = match self.at.as_ref().map(|at| (at.span(), at.get_ref().as_str())) {
             None | Some((_, "entry")) => At::Entry,
@@ -107,6 +113,18 @@ impl RawProbe {
             }
         };
         self.check_fields(event)?;
+        // At an entry, an end without the request's id is no call of its own either: it could
+        // only land under no request, with no latency, while the request it ends stays open.
+        if event == EventKind::RequestEnded && at == At::Entry && self.request_id.is_none() && requests_opened
+        {
+            return Err(names(
+                self.event.span(),
+                "request_ended at a function's entry needs `request_id`, the id the request_started or \
+                 request_submitted probe reads, to find the request it ends: add it, or probe the return \
+                 of the function that serves the request (`at = \"return\"`), where the call is the request"
+                    .to_string(),
+            ));
+        }
         if let Some(at) = self.at.as_ref().filter(|_| event == EventKind::FuturePolled) {
             return Err(names(
                 at.span(),
