@@ -61,10 +61,13 @@ pub enum Anomaly {
     /// buffer: its end may be another future's at the same address, so it is counted under no
     /// status (`pool_obs_events_lost_total` says how many were lost).
     OpenAcrossLostEvents,
+    /// A request ended that nothing names a model for: its probe reads no model, no request id
+    /// to find its start by, and no worker. It is counted under `model="__unknown__"`.
+    RequestUnattributed,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 19] = [
+    pub const ALL: [Anomaly; 20] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -84,6 +87,7 @@ impl Anomaly {
         Anomaly::ReadyNotSeen,
         Anomaly::FirstPollNotSeen,
         Anomaly::OpenAcrossLostEvents,
+        Anomaly::RequestUnattributed,
     ];
 
     /// The `kind` label.
@@ -108,6 +112,7 @@ impl Anomaly {
             Anomaly::ReadyNotSeen => "ready_not_seen",
             Anomaly::FirstPollNotSeen => "first_poll_not_seen",
             Anomaly::OpenAcrossLostEvents => "open_across_lost_events",
+            Anomaly::RequestUnattributed => "request_unattributed",
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pool_obs_common::event::{CallEnding, RequestEnded, RequestStarted, RequestSubmitted};
+use pool_obs_common::event::{CallEnding, MODEL_ABSENT, RequestEnded, RequestStarted, RequestSubmitted};
 use tracing::{debug, info};
 
 use super::{Aggregator, ModelId, REQUEST_LOG, RequestRecord};
@@ -142,6 +142,7 @@ impl Aggregator {
             None => Status::Failed,
         };
         let request_id = probe.is_some_and(|probe| probe.has_request_id).then_some(event.request_id);
+        let named_model = probe.is_none_or(|probe| probe.constant_model.is_some());
         let request = request_id.and_then(|id| self.remove_request(id));
         if let Some(id) = request_id.filter(|_| request.is_none() && self.probed.submissions) {
             self.anomaly(Anomaly::RequestEndWithoutStart, id);
@@ -153,6 +154,14 @@ impl Aggregator {
         let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
             request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));
+        let unattributed = request_id.is_none()
+            && fallback.is_none()
+            && event.model.state == MODEL_ABSENT
+            && !named_model;
+        if unattributed {
+            // Nothing names its model: it lands under `__unknown__`, and says so.
+            self.contradiction(Anomaly::RequestUnattributed, event.header.tid.into(), event.header.probe);
+        }
         let model = self.model_of(&event.header, &event.model, fallback);
         let entered = (event.entered_ns != 0).then_some(event.entered_ns);
         let ended_ns = (!unwound).then_some(event.header.ts_ns);

@@ -368,6 +368,17 @@ fn each_inconsistency_is_counted_by_kind_and_leaves_the_gauges_whole() {
 }
 
 #[test]
+fn an_end_that_nothing_names_a_model_for_is_counted_as_unknown_and_says_so() {
+    let mut aggregator = aggregator();
+    // A `request_ended` that reads neither a model nor a request id, nor a worker.
+    aggregator.probes[0].has_request_id = false;
+    feed(&mut aggregator, &[ended(0, 0, 0, 10)]);
+    assert_eq!(state(&aggregator, UNKNOWN_MODEL).requests.ok, 1);
+    assert_eq!(anomalies(&aggregator), [(Anomaly::RequestUnattributed, 1)]);
+    assert_eq!(aggregator.by_probe().contradictions[..2], [1, 0], "probe 0 is named");
+}
+
+#[test]
 fn a_consistent_stream_has_no_anomalies() {
     let mut aggregator = aggregator();
     feed(
