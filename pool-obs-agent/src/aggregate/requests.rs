@@ -154,10 +154,8 @@ impl Aggregator {
         let worker = request.as_ref().and_then(|request| request.worker).or(named_worker);
         let fallback =
             request.as_ref().map(|request| request.model).or(worker.and_then(|id| self.worker_model(id)));
-        let unattributed = request_id.is_none()
-            && fallback.is_none()
-            && event.model.state == MODEL_ABSENT
-            && !named_model;
+        let unattributed =
+            request_id.is_none() && fallback.is_none() && event.model.state == MODEL_ABSENT && !named_model;
         if unattributed {
             // Nothing names its model: it lands under `__unknown__`, and says so.
             self.contradiction(Anomaly::RequestUnattributed, event.header.tid.into(), event.header.probe);
