@@ -35,6 +35,7 @@ pub mod name {
     pub const REQUEST_DURATION_QUANTILE: &str = "pool_request_duration_quantile_seconds";
     pub const REQUEST_POLLS: &str = "pool_request_polls";
     pub const REQUEST_BUSY: &str = "pool_request_busy_seconds";
+    pub const REQUEST_CANCELLED: &str = "pool_request_cancelled_seconds";
     pub const REQUEST_CPU: &str = "pool_request_cpu_seconds";
     pub const MODEL_CPU: &str = "pool_model_cpu_seconds";
     pub const PROCESS_CPU: &str = "pool_process_cpu_seconds";
@@ -151,10 +152,13 @@ impl ModelMetrics {
 
 /// One model's series of async requests, made when its first one ends: a pool without async
 /// requests has none.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct PollMetrics {
     pub polls: Counter,
     pub busy_seconds: Counter<f64, AtomicU64>,
+    /// Time from the first poll to the drop, of the requests cancelled: apart from the
+    /// latencies of those that finished.
+    pub cancelled_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {

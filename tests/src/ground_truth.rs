@@ -124,7 +124,10 @@ impl Tally {
             Outcome::Timeout => self.requests.timeout += 1,
             Outcome::Cancelled => self.requests.cancelled += 1,
         }
-        self.latencies_us.push(latency_us);
+        // Latency quantiles are of the requests that finished, as the agent's are.
+        if outcome != Outcome::Cancelled {
+            self.latencies_us.push(latency_us);
+        }
     }
 
     pub fn summary(&mut self, lifecycle: Lifecycle) -> ModelSummary {

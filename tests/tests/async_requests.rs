@@ -50,6 +50,8 @@ fn assert_counted_exactly(pool_name: &str, options: &[&str]) {
             assert_eq!(value("pool_requests_total", &[("status", status)]) as u64, count, "{model} {status}");
         }
         assert_eq!(value("pool_request_polls_total", &[]) as u64, truth.polls, "{model}: polls");
+        // Cancelled requests' time is apart from the latencies of those that finished.
+        assert!(value("pool_request_cancelled_seconds_total", &[]) > 0.0, "{model}: time to cancellation");
         let busy = value("pool_request_busy_seconds_total", &[]);
         let total = value("pool_request_duration_seconds_sum", &[]);
         assert!(busy > 0.0 && busy < total, "{model}: {busy} s inside polls of {total} s in all");

@@ -214,7 +214,10 @@ impl Aggregator {
         *state.requests.get_mut(status) += 1;
         state.metrics.requests(status).inc();
         let seconds = |duration: Duration| duration.as_secs_f64();
-        if let Some(total) = total {
+        // A cancelled request did not finish: its time is kept apart from the latencies of
+        // those that did (`pool_request_cancelled_seconds`, below).
+        let cancelled = status == Status::Cancelled;
+        if let Some(total) = total.filter(|_| !cancelled) {
             state.metrics.request_duration.observe(seconds(total));
             state.metrics.request_duration_quantiles.observe(seconds(total));
         }
@@ -233,8 +236,12 @@ impl Aggregator {
             let metrics = state.polls.get_or_insert_with(|| self.metrics.polls_for(self.pid, &state.label));
             metrics.polls.inc_by(polls.count);
             metrics.busy_seconds.inc_by(polls.busy_ns as f64 / 1e9);
+            if let Some(total) = total.filter(|_| cancelled) {
+                metrics.cancelled_seconds.inc_by(seconds(total));
+            }
         }
-        state.window.record_request(record.ended_ns.unwrap_or(seen_ns), status, total);
+        let finished = total.filter(|_| !cancelled);
+        state.window.record_request(record.ended_ns.unwrap_or(seen_ns), status, finished);
         state.changed = true;
         let notable = status != Status::Ok || total.is_some_and(|total| total > self.settings.slow_request);
         let logged = !notable || state.log_budget.admit(seen_ns);

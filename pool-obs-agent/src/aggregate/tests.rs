@@ -519,10 +519,15 @@ fn a_future_dropped_before_it_is_ready_is_a_cancelled_request() {
             polled(0x70, (UNRESUMED, RETURNED), (4_000, 5_000), 9),
         ],
     );
+    aggregator.refresh(6_000);
     let model = state(&aggregator, "m");
     assert_eq!(model.requests, ByStatus { ok: 0, failed: 1, timeout: 0, cancelled: 1 });
     let timeline = aggregator.timeline(7, &WallClock::now()).expect("recently completed");
     assert_eq!((timeline.outcome, timeline.polls), (Some("failed"), Some(1)));
+    // The cancelled request's 2 µs are apart from the latencies of the one that finished.
+    let cancelled = aggregator.metrics.polls_for(1, "m").cancelled_seconds.get();
+    assert!((cancelled - 2e-6).abs() < 1e-12, "{cancelled}");
+    assert_eq!(model.recent.p50_ms, 0.001, "only the 1 µs of the finished request");
 }
 
 #[test]

@@ -82,7 +82,7 @@ impl Kind {
 }
 
 /// The per-model families, in the order they are written.
-const FAMILIES: [(&str, Kind, &str); 16] = [
+const FAMILIES: [(&str, Kind, &str); 17] = [
     (name::REQUESTS, Kind::Counter, "Requests the pool finished, by outcome"),
     (name::REQUEST_DURATION, Kind::Histogram, "Request time from submission to end"),
     (name::REQUEST_QUEUE, Kind::Histogram, "Request time from submission to a worker starting it"),
@@ -92,6 +92,12 @@ const FAMILIES: [(&str, Kind, &str); 16] = [
         name::REQUEST_BUSY,
         Kind::Counter,
         "Time inside the polls of async requests that ended: busy on the executor, not waiting",
+    ),
+    (
+        name::REQUEST_CANCELLED,
+        Kind::Counter,
+        "Time async requests ran from their first poll until they were cancelled, apart from the durations \
+         of those that finished",
     ),
     (
         name::MODEL_CPU,
@@ -180,12 +186,9 @@ impl ModelSeries {
         let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = entries.iter().rev().find(|entry| entry.pid == pid && entry.model == model);
         match entry {
-            Some(entry) => entry
-                .polls
-                .get_or_init(|| PollMetrics { polls: Counter::default(), busy_seconds: Counter::default() })
-                .clone(),
+            Some(entry) => entry.polls.get_or_init(PollMetrics::default).clone(),
             // Not a model of ours: its series go nowhere.
-            None => PollMetrics { polls: Counter::default(), busy_seconds: Counter::default() },
+            None => PollMetrics::default(),
         }
     }
 
@@ -237,7 +240,12 @@ impl Entry {
             latencies.values(values);
         }
         match self.polls.get() {
-            Some(polls) => values.extend([1, polls.polls.get(), polls.busy_seconds.get().to_bits()]),
+            Some(polls) => values.extend([
+                1,
+                polls.polls.get(),
+                polls.busy_seconds.get().to_bits(),
+                polls.cancelled_seconds.get().to_bits(),
+            ]),
             None => values.push(0),
         }
         values.push(metrics.cpu.seconds.get().to_bits());
@@ -272,12 +280,13 @@ impl Entry {
                 status.as_str()
             );
         }
-        let (polls, busy) = match self.polls.get() {
+        let (polls, busy, cancelled) = match self.polls.get() {
             Some(polls) => (
                 counter(name::REQUEST_POLLS, polls.polls.get()),
                 seconds(name::REQUEST_BUSY, polls.busy_seconds.get()),
+                seconds(name::REQUEST_CANCELLED, polls.cancelled_seconds.get()),
             ),
-            None => (String::new(), String::new()),
+            None => (String::new(), String::new(), String::new()),
         };
         let workers = format!(
             "{name}{{{labels},state=\"busy\"}} {}\n{name}{{{labels},state=\"idle\"}} {}\n",
@@ -292,6 +301,7 @@ impl Entry {
             histogram(name::REQUEST_SERVICE, labels, &metrics.request_service, bucketed.service),
             polls,
             busy,
+            cancelled,
             seconds(name::MODEL_CPU, metrics.cpu.seconds.get()),
             histogram(name::REQUEST_CPU, labels, &metrics.cpu.per_request, bucketed.cpu),
             summary(labels, &metrics.request_duration_quantiles),
