@@ -194,7 +194,8 @@ fn an_inlined_function_is_named_as_such() {
     let (pool, _start) = idle_pool();
     let path = write_manifest("inlined", &one_probe("demo_pool::pool::Pool::make_room"));
     let message = "`demo_pool::pool::Pool::make_room` was inlined into its callers and has no symbol of its own: \
-                   mark it #[inline(never)] or probe a function that calls it";
+                   name its values by their source paths (`worker_id = \"worker.id\"`), which probes every \
+                   inlined instance, or probe a function that calls it";
     assert_refused(&attach(pool.pid(), &path), 13, message);
 }
 

@@ -157,8 +157,9 @@ impl SymbolTable {
             Err(SymbolError::NotFound { .. }) if let Some(name) = self.inlined(pattern) => Err(Refusal::new(
                 Class::InlinedFunction,
                 format!(
-                    "`{name}` was inlined into its callers and has no symbol of its own: \
-                     mark it #[inline(never)] or probe a function that calls it"
+                    "`{name}` was inlined into its callers and has no symbol of its own: name its \
+                     values by their source paths (`worker_id = \"worker.id\"`), which probes every \
+                     inlined instance, or probe a function that calls it"
                 ),
             )
             .into()),
