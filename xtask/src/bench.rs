@@ -6,6 +6,7 @@ mod agent;
 mod overhead;
 mod probes;
 mod profiles;
+mod scrape;
 
 use std::{path::Path, time::Duration};
 
@@ -15,6 +16,7 @@ use overhead::demo_overhead;
 use pool_obs_tests::processes::{Pool, StartFile, args, binary};
 use probes::{build_patchable_target, probe_costs};
 use profiles::{cpu_costs, stacks_against_perf};
+use scrape::scrapes;
 
 use crate::setup::{ensure_debian_packages, setup, workspace_root};
 
@@ -23,7 +25,8 @@ pub struct Options {
     /// Fewer calls and rounds: done in under three minutes.
     #[arg(long)]
     quick: bool,
-    /// Only these sections (repeatable): probes, agent-cpu, loss, endpoints, overhead, cpu, stacks.
+    /// Only these sections (repeatable): probes, agent-cpu, loss, endpoints, scrapes, overhead,
+    /// cpu, stacks.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -69,11 +72,12 @@ pub fn run(options: &Options) -> Result<()> {
     if options.only.is_empty() || options.only.iter().any(|only| only == "probes") {
         build_patchable_target(&tools)?;
     }
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("probes", probe_costs),
         ("agent-cpu", agent_cpu),
         ("loss", loss),
         ("endpoints", endpoints),
+        ("scrapes", scrapes),
         ("overhead", demo_overhead),
         ("cpu", cpu_costs),
         ("stacks", stacks_against_perf),
