@@ -88,7 +88,7 @@ pub struct Aggregator {
     /// end at entry probes (a CPU sample's thread serves it).
     threads: HashMap<u32, u64>,
     /// Async requests in flight, by their future's address.
-    futures: HashMap<u64, futures::OpenFuture>,
+    futures: futures::Futures,
     recent: RecentRequests,
     workers: HashMap<u64, Worker>,
     departed: Departed,
@@ -126,7 +126,7 @@ impl Aggregator {
             tracked_models: 0,
             requests: HashMap::new(),
             threads: HashMap::new(),
-            futures: HashMap::new(),
+            futures: futures::Futures::default(),
             recent: RecentRequests::new(settings.recent_requests),
             workers: HashMap::new(),
             departed: Departed::default(),
@@ -244,7 +244,8 @@ impl Aggregator {
             };
             return Some(record.timeline(request_id, label(request.model), wall));
         }
-        if let Some(future) = self.futures.values().find(|future| future.request_id == Some(request_id)) {
+        if let Some(future) = self.futures.open.values().find(|future| future.request_id == Some(request_id))
+        {
             return Some(future.record(None, None).timeline(request_id, label(future.model), wall));
         }
         self.recent.get(request_id).map(|record| record.timeline(request_id, label(record.model), wall))

@@ -54,8 +54,9 @@ pub enum Anomaly {
     /// ready: it was not cancelled, and its outcome is unknown, so it is counted under no
     /// status.
     ReadyNotSeen,
-    /// A request future was dropped after polls the agent never saw, not one of them its
-    /// first: polled first before the agent attached, or where no probe is.
+    /// A request future was dropped after polls the agent never saw, perhaps to its end:
+    /// polled first before the agent attached, or where no probe is. Its request is counted
+    /// nowhere.
     FirstPollNotSeen,
     /// A request future was open when the kernel dropped events for want of room in the ring
     /// buffer: its end may be another future's at the same address, so it is counted under no

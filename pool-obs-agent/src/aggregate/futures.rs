@@ -4,6 +4,8 @@
 //! where an inlined poll's caller bound the value; the future's address names the request
 //! while it lives (it is pinned).
 
+use std::collections::HashMap;
+
 use pool_obs_common::event::{CallEnding, FutureDropped, FuturePolled};
 
 use super::{
@@ -11,6 +13,16 @@ use super::{
     recent::{Polls, RequestRecord},
 };
 use crate::{anomaly::Anomaly, outcome::Status};
+
+/// The request futures the agent follows: those open, and those that ended whose drop is still
+/// to come (a future is dropped after its last poll), so that the drop of a `Returned` future
+/// the agent never saw polled is told from the drop of one it counted.
+#[derive(Default)]
+pub struct Futures {
+    pub open: HashMap<u64, OpenFuture>,
+    /// Ended futures' addresses, with when they ended.
+    ended: HashMap<u64, u64>,
+}
 
 /// An async request in flight.
 pub struct OpenFuture {
@@ -54,7 +66,7 @@ impl Aggregator {
             self.first_poll(event, has_request_id);
         }
         // Polled first before the agent attached: not followed.
-        let Some(future) = self.futures.get_mut(&event.future) else { return };
+        let Some(future) = self.futures.open.get_mut(&event.future) else { return };
         let unseen = future.last_state.is_some_and(|state| state != event.state_before);
         let ending = CallEnding::from_u8(event.ending);
         future.last_state = (ending == Some(CallEnding::Returned)).then_some(event.state_after);
@@ -86,6 +98,8 @@ impl Aggregator {
         };
         let ended_ns = (!unwound).then_some(event.header.ts_ns);
         self.end_future(event.future, status, ended_ns, event.header.ts_ns, event.header.probe);
+        // Its drop comes after.
+        self.futures.ended.insert(event.future, event.header.ts_ns);
     }
 
     /// A future dropped before the agent saw it ready was cancelled, unless its state says
@@ -96,15 +110,19 @@ impl Aggregator {
         let Some(states) = self.probes.get(probe as usize).and_then(|probe| probe.future.clone()) else {
             return;
         };
-        let Some(future) = self.futures.get(&event.future) else {
-            if event.state != states.unresumed && event.state != states.returned {
+        if self.futures.ended.remove(&event.future).is_some() {
+            return;
+        }
+        let Some(future) = self.futures.open.get(&event.future) else {
+            // Polled, maybe to its end, and never seen: its request counted nowhere.
+            if event.state != states.unresumed {
                 self.contradiction(Anomaly::FirstPollNotSeen, event.future, probe);
             }
             return;
         };
         if event.state == states.returned {
             self.contradiction(Anomaly::ReadyNotSeen, event.future, probe);
-            self.futures.remove(&event.future);
+            self.futures.open.remove(&event.future);
             return;
         }
         if future.last_state.is_some_and(|state| state != event.state) {
@@ -115,7 +133,9 @@ impl Aggregator {
     }
 
     fn first_poll(&mut self, event: &FuturePolled, has_request_id: bool) {
-        if self.futures.remove(&event.future).is_some() {
+        // An ended future here was dropped unseen (its drop site is not probed): it was counted.
+        self.futures.ended.remove(&event.future);
+        if self.futures.open.remove(&event.future).is_some() {
             // Its drop was not seen, so neither is how it ended (ready or cancelled): the
             // address now holds another future, and the old one is counted under no status.
             self.contradiction(Anomaly::FutureReused, event.future, event.header.probe);
@@ -133,11 +153,11 @@ impl Aggregator {
             last_state: None,
             open_across_loss: false,
         };
-        self.futures.insert(event.future, future);
+        self.futures.open.insert(event.future, future);
     }
 
     fn end_future(&mut self, address: u64, status: Status, ended_ns: Option<u64>, seen_ns: u64, probe: u32) {
-        let Some(future) = self.futures.remove(&address) else { return };
+        let Some(future) = self.futures.open.remove(&address) else { return };
         if future.open_across_loss {
             self.contradiction(Anomaly::OpenAcrossLostEvents, address, probe);
             return;
@@ -148,21 +168,24 @@ impl Aggregator {
 
     /// The kernel dropped events: every future open now may have lost some of its own.
     pub(super) fn events_were_lost(&mut self) {
-        for future in self.futures.values_mut() {
+        for future in self.futures.open.values_mut() {
             future.open_across_loss = true;
         }
     }
 
-    /// Futures in flight for longer than the expiry: leaked, or their drop is not probed.
+    /// Futures in flight for longer than the expiry: leaked, or their drop is not probed. Ended
+    /// ones whose drop has not come by then are forgotten.
     pub(super) fn expire_futures(&mut self, now_ns: u64, expiry: u64) {
+        self.futures.ended.retain(|_, ended_ns| now_ns.saturating_sub(*ended_ns) <= expiry);
         let expired: Vec<u64> = self
             .futures
+            .open
             .iter()
             .filter(|(_, future)| now_ns.saturating_sub(future.first_poll_ns) > expiry)
             .map(|(address, _)| *address)
             .collect();
         for address in expired {
-            if let Some(future) = self.futures.remove(&address) {
+            if let Some(future) = self.futures.open.remove(&address) {
                 self.anomaly(Anomaly::RequestExpired, future.request_id.unwrap_or(address));
             }
         }

@@ -255,7 +255,7 @@ impl Aggregator {
 
     /// Whether `request_id` is followed or can be: past `max_in_flight`, new ones are not.
     pub(super) fn has_room_for(&self, request_id: u64) -> bool {
-        let room = self.requests.len() + self.futures.len() < self.settings.max_in_flight
+        let room = self.requests.len() + self.futures.open.len() < self.settings.max_in_flight
             || self.requests.contains_key(&request_id);
         if !room {
             self.anomaly(Anomaly::RequestUntracked, request_id);

@@ -34,7 +34,7 @@ impl Aggregator {
             });
         }
         let model: Option<ModelId> = match () {
-            _ if sample.future != 0 => self.futures.get(&sample.future).map(|future| future.model),
+            _ if sample.future != 0 => self.futures.open.get(&sample.future).map(|future| future.model),
             _ if probe.has_request_id => self.requests.get(&sample.request_id).map(|request| request.model),
             _ => None,
         };

@@ -589,6 +589,25 @@ fn a_future_open_when_the_kernel_lost_events_ends_under_no_status_and_one_first_
 }
 
 #[test]
+fn futures_polled_to_their_end_where_no_probe_is_show_at_their_drops_not_as_silence() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            // Counted, then dropped: as it should be.
+            polled(0x70, (UNRESUMED, RETURNED), (1_000, 1_500), 0),
+            dropped(0x70, RETURNED, 2_000),
+            // Never seen polled, dropped ready: a request counted nowhere.
+            dropped(0x80, RETURNED, 3_000),
+            dropped(0x90, RETURNED, 4_000),
+        ],
+    );
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 });
+    assert_eq!(anomalies(&aggregator), [(Anomaly::FirstPollNotSeen, 2)]);
+    assert_eq!(aggregator.by_probe().contradictions[8], 2, "the drop probe says so");
+}
+
+#[test]
 fn a_future_polled_and_dropped_where_the_probes_are_has_no_anomaly() {
     let mut aggregator = aggregator();
     feed(
@@ -596,6 +615,7 @@ fn a_future_polled_and_dropped_where_the_probes_are_has_no_anomaly() {
         &[
             polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
             polled(0x70, (SUSPENDED, RETURNED), (2_000, 2_500), 0),
+            dropped(0x70, RETURNED, 2_600),
             polled(0x80, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0),
             dropped(0x80, SUSPENDED, 3_000),
         ],
