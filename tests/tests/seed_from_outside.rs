@@ -104,6 +104,15 @@ fn every_metric_agrees_with_the_pool_and_the_exposition_passes_promtool() {
         );
     }
 
+    // Gzipped to a client that asks, as Prometheus does: the same exposition.
+    let gzipped = http::get_accepting_gzip(agent.address, "/metrics").expect("/metrics");
+    assert!(gzipped.gzipped, "/metrics comes gzipped to a client that asks");
+    let unzipped = pool_obs_tests::openmetrics::Exposition::parse(&gzipped.body);
+    for (model, truth) in &summary.models {
+        let ok = unzipped.value("pool_requests_total", &[("model", model.as_str()), ("status", "ok")]);
+        assert_eq!(ok, Some(truth.requests.ok as f64), "{model:?} ok, gzipped");
+    }
+
     let exposition = agent.get("/metrics").body;
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

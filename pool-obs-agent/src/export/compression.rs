@@ -1,4 +1,5 @@
-//! gzip for `/health`, compressed when the report is rendered rather than when it is served.
+//! gzip for `/health`, compressed when the report is rendered rather than when it is served;
+//! and for `/metrics`, whose every scrape is encoded anew, compressed as it is served.
 //!
 //! At 10,000 models the report is megabytes, and moving them through the socket is most of
 //! what a request costs. Compressing it takes milliseconds, too much for each request and, at

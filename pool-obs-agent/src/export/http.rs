@@ -203,11 +203,19 @@ async fn reject_bodies(request: Request, next: Next) -> Response {
 }
 
 /// OpenMetrics for scrapers that accept it (Prometheus does), the Prometheus text format for
-/// the rest (curl, promtool).
+/// the rest (curl, promtool); gzipped for those that accept it (Prometheus does), at the
+/// fastest level: a tenth of the bytes on the wire, for the agent's CPU.
 async fn metrics(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Response {
     let accept = headers.get(ACCEPT).and_then(|accept| accept.to_str().ok()).unwrap_or_default();
     let format = Format::from_accept(accept);
-    ([(CONTENT_TYPE, format.content_type())], endpoints.metrics.encode(format)).into_response()
+    let text = endpoints.metrics.encode(format);
+    let vary = (VARY, ACCEPT_ENCODING.as_str());
+    if compression::accepts_gzip(&headers) {
+        let gzipped = compression::gzip(text.as_bytes());
+        return ([(CONTENT_TYPE, format.content_type()), vary, (CONTENT_ENCODING, "gzip")], gzipped)
+            .into_response();
+    }
+    ([(CONTENT_TYPE, format.content_type()), vary], text).into_response()
 }
 
 async fn health(State(endpoints): State<Endpoints>, headers: HeaderMap) -> Response {
