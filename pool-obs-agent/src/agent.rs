@@ -28,7 +28,10 @@ use crate::{
         http::{self, RenderedHealth},
     },
     follow::{Executable, Fleet, Selector, targets},
-    kernel::{self, facilities::Serves},
+    kernel::{
+        self,
+        facilities::{Detected, Serves},
+    },
     manifest, privileges, profile,
     publish::Metrics,
     ring::{EventRing, KernelCounters, KernelLogs},
@@ -99,25 +102,10 @@ pub async fn run(options: Options) -> Result<()> {
     let facilities = kernel::require_facilities()?;
     let mut features_off: Vec<String> = Vec::new();
     let mut ebpf = attach::load(&plan, &options.load_settings())?;
-    let cpu = match facilities.has(Serves::CpuTime).then(|| CpuClocks::start(&mut ebpf)) {
-        Some(Ok(cpu)) => Some(cpu),
-        Some(Err(error)) => {
-            warn!("CPU time per model is not available: {error:#}");
-            features_off.push(format!("{}: {error:#}", Serves::CpuTime.feature()));
-            None
-        }
-        None => None,
-    };
-    let mut sampler =
-        match facilities.has(Serves::Profiles).then(|| Sampler::attach(&mut ebpf, profile::SAMPLE_HZ)) {
-            Some(Ok(sampler)) => Some(sampler),
-            Some(Err(error)) => {
-                warn!("CPU profiles are not available: {error:#}");
-                features_off.push(format!("{}: {error:#}", Serves::Profiles.feature()));
-                None
-            }
-            None => None,
-        };
+    let cpu = optional(&facilities, Serves::CpuTime, &mut features_off, || CpuClocks::start(&mut ebpf));
+    let mut sampler = optional(&facilities, Serves::Profiles, &mut features_off, || {
+        Sampler::attach(&mut ebpf, profile::SAMPLE_HZ)
+    });
     features_off.extend(facilities.missing.iter().map(|facility| facility.missing_line()));
     let metrics = Arc::new(Metrics::with_buckets(options.bucketed()));
     let mut fleet = Fleet::new(
@@ -250,6 +238,27 @@ pub async fn run(options: Options) -> Result<()> {
 
 /// The plan of one manifest against one binary: source paths are compiled against its debug
 /// info, and register values checked with it.
+/// Starts what `serves` needs where the kernel has it; where starting fails, the feature is off,
+/// said once in the log and in `/health`.
+fn optional<T>(
+    facilities: &Detected,
+    serves: Serves,
+    features_off: &mut Vec<String>,
+    start: impl FnOnce() -> Result<T>,
+) -> Option<T> {
+    if !facilities.has(serves) {
+        return None;
+    }
+    match start() {
+        Ok(started) => Some(started),
+        Err(error) => {
+            warn!("{} off: {error:#}", serves.feature());
+            features_off.push(format!("{}: {error:#}", serves.feature()));
+            None
+        }
+    }
+}
+
 fn plan_for(manifest: &manifest::Manifest, symbols: &SymbolTable) -> Result<plan::Plan> {
     let source = symbols.read_debug_info().map_err(|error| Refusal::new(Class::Other, error))?;
     plan::plan(manifest, symbols, source.as_ref())
