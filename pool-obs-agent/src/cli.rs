@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     aggregate,
     export::{health::Thresholds, http},
-    kernel::LoadSettings,
+    kernel::{self, LoadSettings},
     publish::Bucketed,
 };
 
@@ -142,7 +142,7 @@ pub struct Options {
     #[arg(long, default_value_t = 10)]
     pub http_timeout_secs: u64,
     /// Ring buffer size in bytes; the kernel rounds it up to a power-of-two number of pages.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = kernel::DEFAULT_RING_BYTES)]
     pub ring_buffer_bytes: u32,
     /// How often to drain the ring buffer when the kernel has not woken us, in milliseconds.
     #[arg(long, default_value_t = 10)]
@@ -214,12 +214,7 @@ pub enum HistogramName {
 
 impl Options {
     pub fn load_settings(&self) -> LoadSettings {
-        LoadSettings {
-            ring_bytes: self.ring_buffer_bytes,
-            // Wake the reader only when a quarter of the buffer waits; the drain timer does the rest.
-            wakeup_bytes: u64::from(self.ring_buffer_bytes / 4),
-            debug_probes: self.debug_probes,
-        }
+        LoadSettings::new(self.ring_buffer_bytes, self.debug_probes)
     }
 
     pub fn aggregation_settings(&self) -> aggregate::Settings {

@@ -24,10 +24,13 @@ pub struct LoadSettings {
     pub debug_probes: bool,
 }
 
-impl Default for LoadSettings {
-    /// As the agent's flags default.
-    fn default() -> Self {
-        Self { ring_bytes: 4 << 20, wakeup_bytes: 1 << 20, debug_probes: false }
+/// `--ring-buffer-bytes`' default.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+impl LoadSettings {
+    pub fn new(ring_bytes: u32, debug_probes: bool) -> Self {
+        // Wake the reader only when a quarter of the buffer waits; the drain timer does the rest.
+        Self { ring_bytes, wakeup_bytes: u64::from(ring_bytes / 4), debug_probes }
     }
 }
 
@@ -131,6 +134,7 @@ pub fn check() -> Result<()> {
     if !blocking.is_empty() {
         return Err(Refusal::new(Class::UnsupportedKernel, blocking.join("; ")).into());
     }
+    off.sort_unstable();
     off.dedup();
     if off.is_empty() {
         println!("ok: this kernel runs every pool-obs program");
@@ -143,7 +147,7 @@ pub fn check() -> Result<()> {
 /// Loads every program of the object into the kernel, each beside its stack, then drops them.
 fn load_every_program() -> Result<Vec<Loaded>> {
     let stacks = stack::program_stacks(KERNEL_OBJECT).context("reading the kernel object")?;
-    let mut ebpf = open(&LoadSettings::default())?;
+    let mut ebpf = open(&LoadSettings::new(DEFAULT_RING_BYTES, false))?;
     let mut loaded = Vec::new();
     for stack in stacks {
         let program = ebpf

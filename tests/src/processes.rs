@@ -245,7 +245,13 @@ impl Agent {
     /// The metrics once the agent has counted `requests` finished requests, and refreshed its
     /// window statistics since.
     pub fn metrics_after(&self, requests: u64) -> Exposition {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.metrics_after_within(requests, Duration::from_secs(10))
+    }
+
+    /// [`Agent::metrics_after`], waiting up to `within` for the count (an emulated machine
+    /// needs longer).
+    pub fn metrics_after_within(&self, requests: u64, within: Duration) -> Exposition {
+        let deadline = Instant::now() + within;
         while (self.metrics().sum("pool_requests_total") as u64) < requests && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }

@@ -9,7 +9,6 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     process::Command,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -86,16 +85,6 @@ fn every_program_loads(out: &Path) -> String {
         .join("; ")
 }
 
-/// Polls until the agent has counted `requests`, for up to a minute.
-fn metrics_after(agent: &Agent, requests: u64) -> Exposition {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (agent.metrics().sum("pool_requests_total") as u64) < requests && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(200));
-    }
-    thread::sleep(Duration::from_secs(1));
-    agent.metrics()
-}
-
 /// Runs `pool` to the end of its load with the agent attached; the pool's own count and the
 /// agent's, which is stopped after, leaving nothing in the kernel.
 fn counted(pool: &str, manifest_name: &str, load: Vec<String>) -> (Summary, Exposition) {
@@ -107,7 +96,7 @@ fn counted(pool: &str, manifest_name: &str, load: Vec<String>) -> (Summary, Expo
     let summary = pool.summary();
     pool.wait_for_exit();
     let requests = summary.models.values().map(|model| model.requests.total()).sum();
-    let metrics = metrics_after(&agent, requests);
+    let metrics = agent.metrics_after_within(requests, Duration::from_secs(60));
     let status = stop(&mut agent.child, libc::SIGTERM);
     assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}");
     let left = bpf::still_listed(&held);
