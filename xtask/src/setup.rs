@@ -110,11 +110,10 @@ fn nightly() -> Result<Nightly> {
             .map(str::trim)
             .with_context(|| format!("`rustc +{EBPF_TOOLCHAIN} -vV` has no `{name}` line"))
     };
-    let commit = field("commit-hash:")?.chars().take(12).collect();
+    let commit: String = field("commit-hash:")?.chars().take(12).collect();
     let release = field("release:")?;
     let date = field("commit-date:")?;
-    let short: String = field("commit-hash:")?.chars().take(9).collect();
-    let named = format!("{release} ({short} {date})");
+    let named = format!("{release} ({} {date})", &commit[..9]);
     let llvm_major = field("LLVM version:")?.split('.').next().unwrap_or_default().to_string();
     let sysroot = output(Command::new("rustc").args([&format!("+{EBPF_TOOLCHAIN}"), "--print", "sysroot"]))?;
     Ok(Nightly { commit, named, llvm_major, sysroot_lib: Path::new(sysroot.trim()).join("lib") })

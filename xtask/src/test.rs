@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use crate::{
-    setup::{Tools, run, setup},
+    setup::{run, setup},
     vm,
 };
 
@@ -32,22 +32,13 @@ pub fn run_suite() -> Result<()> {
     // The end-to-end tests attach to real processes and load the machine: one at a time.
     run(tools.cargo(None).args(["test", "--release", "--", "--test-threads=1"]))?;
     // The same build on the other kernels users run.
-    vm::run_matrix(&vm_tools).map(drop)
+    vm::run_matrix(&vm_tools)
 }
 
 /// `cargo xtask vms`: the kernel matrix alone, on a fresh build.
 pub fn run_vms() -> Result<()> {
-    let tools: Tools = setup()?;
+    let tools = setup()?;
     let vm_tools = vm::ensure_tools()?;
     tools.build_release()?;
-    for outcome in vm::run_matrix(&vm_tools)? {
-        println!(
-            "{} ({}), {:.0} s:\n{}",
-            outcome.label,
-            outcome.package,
-            outcome.seconds,
-            outcome.results.trim_end()
-        );
-    }
-    Ok(())
+    vm::run_matrix(&vm_tools)
 }

@@ -150,19 +150,10 @@ fn newest_of_series(kernel: &Kernel) -> Result<String> {
     }
 }
 
-/// What one kernel's VM said.
-pub struct Outcome {
-    pub label: &'static str,
-    pub package: String,
-    pub seconds: f64,
-    pub results: String,
-}
-
 /// Boots every kernel of the matrix in turn and runs the guest smoke in it; fails when a check
-/// failed, or the guest never said it was done.
-pub fn run_matrix(tools: &VmTools) -> Result<Vec<Outcome>> {
+/// failed, or the guest never said it was done. Each VM's results are printed as it ends.
+pub fn run_matrix(tools: &VmTools) -> Result<()> {
     let xtask = std::env::current_exe().context("the xtask binary's path")?;
-    let mut outcomes = Vec::new();
     let mut failed = Vec::new();
     for (kernel, unpacked) in &tools.kernels {
         let out = workspace_root().join("target/vm").join(&unpacked.package);
@@ -210,10 +201,9 @@ pub fn run_matrix(tools: &VmTools) -> Result<Vec<Outcome>> {
                 .filter(|line| line.starts_with("fail "))
                 .map(|line| format!("{}: {line}", kernel.label)),
         );
-        outcomes.push(Outcome { label: kernel.label, package: unpacked.package.clone(), seconds, results });
     }
     if !failed.is_empty() {
         bail!("the kernel matrix failed:\n{}", failed.join("\n"));
     }
-    Ok(outcomes)
+    Ok(())
 }
