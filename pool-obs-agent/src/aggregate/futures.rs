@@ -22,7 +22,16 @@ pub struct Futures {
     pub open: HashMap<u64, OpenFuture>,
     /// Ended futures' addresses, with when they ended.
     ended: HashMap<u64, u64>,
+    /// Futures dropped `Returned` whose last poll's end is still to come: a caller that drops
+    /// the future as soon as it is ready (axum's handlers) does so before the place where it
+    /// binds the value, so the poll's end comes after the drop, and says how it ended. By
+    /// address: when it was dropped, and by which probe.
+    dropped_in_poll: HashMap<u64, (u64, u32)>,
 }
+
+/// How long after a future's drop the end of the poll it was dropped in may come; past it, the
+/// poll's end was not seen.
+const DROP_IN_POLL_GRACE_NS: u64 = 1_000_000_000;
 
 /// An async request in flight.
 pub struct OpenFuture {
@@ -62,6 +71,17 @@ impl Aggregator {
         let Some(states) = probe.future.clone() else { return };
         let rule = probe.outcome.clone();
         let has_request_id = probe.has_request_id;
+        // Dropped during this poll, once it had left the future `Returned`.
+        let dropped_in_poll = self
+            .futures
+            .dropped_in_poll
+            .get(&event.future)
+            .is_some_and(|(dropped_ns, _)| (event.entered_ns..=event.header.ts_ns).contains(dropped_ns));
+        let dropped = dropped_in_poll.then(|| self.futures.dropped_in_poll.remove(&event.future)).flatten();
+        if !dropped_in_poll && self.futures.dropped_in_poll.contains_key(&event.future) {
+            // Dropped before this poll began: the end of the poll it was dropped in never came.
+            self.unended_drop(event.future);
+        }
         if event.state_before == states.unresumed {
             self.first_poll(event, has_request_id);
         }
@@ -94,12 +114,19 @@ impl Aggregator {
         } else if event.state_after == states.returned {
             classified()
         } else {
+            if let Some((_, drop_probe)) = dropped {
+                // Dropped `Returned` in a poll that left it in another state: polled unseen.
+                self.contradiction(Anomaly::ReadyNotSeen, event.future, drop_probe);
+                self.futures.open.remove(&event.future);
+            }
             return;
         };
         let ended_ns = (!unwound).then_some(event.header.ts_ns);
         self.end_future(event.future, status, ended_ns, event.header.ts_ns, event.header.probe);
-        // Its drop comes after.
-        self.futures.ended.insert(event.future, event.header.ts_ns);
+        if dropped.is_none() {
+            // Its drop comes after.
+            self.futures.ended.insert(event.future, event.header.ts_ns);
+        }
     }
 
     /// A future dropped before the agent saw it ready was cancelled, unless its state says
@@ -113,6 +140,11 @@ impl Aggregator {
         if self.futures.ended.remove(&event.future).is_some() {
             return;
         }
+        if event.state == states.returned {
+            // The end of the poll it was dropped in, still to come, says whether it was seen.
+            self.futures.dropped_in_poll.insert(event.future, (event.header.ts_ns, probe));
+            return;
+        }
         let Some(future) = self.futures.open.get(&event.future) else {
             // Polled, maybe to its end, and never seen: its request counted nowhere.
             if event.state != states.unresumed {
@@ -120,16 +152,22 @@ impl Aggregator {
             }
             return;
         };
-        if event.state == states.returned {
-            self.contradiction(Anomaly::ReadyNotSeen, event.future, probe);
-            self.futures.open.remove(&event.future);
-            return;
-        }
         if future.last_state.is_some_and(|state| state != event.state) {
             self.contradiction(Anomaly::PollNotSeen, event.future, probe);
         }
         let seen_ns = event.header.ts_ns;
         self.end_future(event.future, Status::Cancelled, Some(seen_ns), seen_ns, probe);
+    }
+
+    /// A future dropped `Returned` whose poll's end never came: ready unseen if it was open;
+    /// else polled, maybe to its end, and never seen.
+    fn unended_drop(&mut self, address: u64) {
+        let Some((_, probe)) = self.futures.dropped_in_poll.remove(&address) else { return };
+        let anomaly = match self.futures.open.remove(&address) {
+            Some(_) => Anomaly::ReadyNotSeen,
+            None => Anomaly::FirstPollNotSeen,
+        };
+        self.contradiction(anomaly, address, probe);
     }
 
     fn first_poll(&mut self, event: &FuturePolled, has_request_id: bool) {
@@ -177,6 +215,16 @@ impl Aggregator {
     /// ones whose drop has not come by then are forgotten.
     pub(super) fn expire_futures(&mut self, now_ns: u64, expiry: u64) {
         self.futures.ended.retain(|_, ended_ns| now_ns.saturating_sub(*ended_ns) <= expiry);
+        let unended: Vec<u64> = self
+            .futures
+            .dropped_in_poll
+            .iter()
+            .filter(|(_, (dropped_ns, _))| now_ns.saturating_sub(*dropped_ns) > DROP_IN_POLL_GRACE_NS)
+            .map(|(address, _)| *address)
+            .collect();
+        for address in unended {
+            self.unended_drop(address);
+        }
         let expired: Vec<u64> = self
             .futures
             .open

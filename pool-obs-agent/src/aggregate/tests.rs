@@ -531,12 +531,34 @@ fn a_future_dropped_before_it_is_ready_is_a_cancelled_request() {
 }
 
 #[test]
+fn a_future_its_caller_drops_as_soon_as_it_is_ready_is_counted_by_the_end_of_that_poll() {
+    // axum's handler future: ready in its first or a later poll, dropped `Returned` by its
+    // caller during that poll, before the place where the caller binds the value.
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            dropped(0x70, RETURNED, 1_400),
+            polled(0x70, (UNRESUMED, RETURNED), (1_000, 1_500), 0),
+            polled(0x80, (UNRESUMED, SUSPENDED), (2_000, 2_500), 0),
+            dropped(0x80, RETURNED, 3_400),
+            polled(0x80, (SUSPENDED, RETURNED), (3_000, 3_500), 9),
+        ],
+    );
+    aggregator.refresh(3_000 + 1_000_000_001);
+    assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 1, timeout: 0, cancelled: 0 });
+    assert_eq!(anomalies(&aggregator), []);
+}
+
+#[test]
 fn a_future_dropped_returned_whose_ready_poll_no_probe_saw_counts_under_no_status_but_as_an_anomaly() {
     let mut aggregator = aggregator();
     feed(
         &mut aggregator,
         &[polled(0x70, (UNRESUMED, SUSPENDED), (1_000, 1_500), 0), dropped(0x70, RETURNED, 3_000)],
     );
+    // The end of a poll it was dropped in may still come; a second later, it has not.
+    aggregator.refresh(3_000 + 1_000_000_001);
     assert_eq!(state(&aggregator, "m").requests, ByStatus::default());
     assert_eq!(anomalies(&aggregator), [(Anomaly::ReadyNotSeen, 1)]);
     assert_eq!(aggregator.by_probe().contradictions[8], 1, "the drop probe showed it");
@@ -602,6 +624,8 @@ fn futures_polled_to_their_end_where_no_probe_is_show_at_their_drops_not_as_sile
             dropped(0x90, RETURNED, 4_000),
         ],
     );
+    // Once the ends of the polls they might have been dropped in are overdue.
+    aggregator.refresh(4_000 + 1_000_000_001);
     assert_eq!(state(&aggregator, "m").requests, ByStatus { ok: 1, failed: 0, timeout: 0, cancelled: 0 });
     assert_eq!(anomalies(&aggregator), [(Anomaly::FirstPollNotSeen, 2)]);
     assert_eq!(aggregator.by_probe().contradictions[8], 2, "the drop probe says so");

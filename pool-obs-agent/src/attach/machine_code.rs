@@ -268,6 +268,61 @@ impl FunctionCode {
             .collect()
     }
 
+    /// Where the code goes after each store of the constant `value` (`size` bytes) at
+    /// `[base + displacement]` outside `ranges`: the first instruction inside `ranges` on the
+    /// straight line from the store, through unconditional jumps. A caller that has just made
+    /// an inlined future `Unresumed` enters its poll there, past the poll's read of that tag.
+    pub fn after_stores(
+        &self,
+        value: u64,
+        size: usize,
+        at: (Register, i64),
+        ranges: &[(u64, u64)],
+    ) -> Vec<u64> {
+        const AT_MOST: usize = 32;
+        let inside = |offset: u64| ranges.iter().any(|(start, end)| (*start..*end).contains(&offset));
+        let index_of = |offset: u64| self.ops.iter().position(|op| op.offset == offset);
+        let mut entries = Vec::new();
+        for (store, op) in self.ops.iter().enumerate() {
+            let instruction = &op.instruction;
+            let stores_value = instruction.mnemonic() == Mnemonic::Mov
+                && instruction.op0_kind() == OpKind::Memory
+                && instruction.memory_index() == Register::None
+                && (instruction.memory_base(), instruction.memory_displacement64() as i64) == at
+                && instruction.memory_size().size() == size
+                && matches!(
+                    instruction.op1_kind(),
+                    OpKind::Immediate8 | OpKind::Immediate16 | OpKind::Immediate32
+                )
+                && instruction.immediate(1) == value;
+            if !stores_value || inside(op.offset) {
+                continue;
+            }
+            let mut index = store + 1;
+            for _ in 0..AT_MOST {
+                let Some(next) = self.ops.get(index) else { break };
+                if inside(next.offset) {
+                    entries.push(next.offset);
+                    break;
+                }
+                match next.instruction.flow_control() {
+                    FlowControl::Next => index += 1,
+                    FlowControl::UnconditionalBranch
+                        if self.contains(next.instruction.near_branch_target()) =>
+                    {
+                        let target = next.instruction.near_branch_target() - self.ops[0].instruction.ip();
+                        let Some(jumped) = index_of(target) else { break };
+                        index = jumped;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        entries.sort_unstable();
+        entries.dedup();
+        entries
+    }
+
     pub fn entry_site(&self, reads: &[Register]) -> Result<Site, Unprobeable> {
         let first = self.ops.first().ok_or(Unprobeable::Undecodable)?;
         let site = |op: &Op, sp_offset: i32| Site {

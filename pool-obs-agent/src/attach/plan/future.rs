@@ -215,7 +215,7 @@ pub(super) struct PollSpec {
 /// The spec of a poll at a site whose scope is `scope`: the future, its state, and the values
 /// read from its arguments at its first poll.
 pub(super) fn poll_spec(probe: &Probe, scope: Scope, coroutine: &Coroutine) -> Result<PollSpec, String> {
-    let (scope, future) = scope.of_future(&coroutine.arguments)?;
+    let (scope, future) = scope.of_future(coroutine.arguments.iter().chain(&coroutine.bindings))?;
     let mut spec = ProbeSpec {
         kind: EventKind::FuturePolled as u32,
         state_offset: coroutine.tag.offset as u32,

@@ -58,8 +58,8 @@ impl InlinedPoll<'_> {
         let call = self.poll.inlined.as_ref().map_or("?", |inlined| inlined.call.as_str());
         let mut choices =
             vec![self.choice(Program::Poll, at.clone(), format!("the poll, inlined at {call}"))?];
-        for entry in self.other_entries(&at, &compiled.spec)? {
-            let reason = format!("the poll, inlined at {call}, where it reads its state");
+        for (entry, how) in self.other_entries(&at, &compiled.spec)? {
+            let reason = format!("the poll, inlined at {call}, {how}");
             choices.push(self.choice(Program::Poll, entry, reason)?);
         }
         let source = self.source;
@@ -89,9 +89,11 @@ impl InlinedPoll<'_> {
     }
 
     /// The places past the first where the caller enters the poll: each read of the future's
-    /// state tag in the instance. One spec serves them all, so the values must be where they
-    /// are at the first.
-    fn other_entries(&self, first: &Site, spec: &ProbeSpec) -> Result<Vec<Site>, Problem> {
+    /// state tag in the instance, and where the caller goes into the instance right after
+    /// making the future `Unresumed` (a caller that knows the state jumps past its read on
+    /// the first poll). One spec serves them all, so the values must be where they are at the
+    /// first.
+    fn other_entries(&self, first: &Site, spec: &ProbeSpec) -> Result<Vec<(Site, &'static str)>, Problem> {
         let (symbol, code) = (self.symbol, self.code);
         let ranges: Vec<(u64, u64)> = self
             .source
@@ -99,49 +101,75 @@ impl InlinedPoll<'_> {
             .into_iter()
             .map(|(begin, end)| (begin.saturating_sub(symbol.address), end.saturating_sub(symbol.address)))
             .collect();
-        let values = |spec: &ProbeSpec| (spec.future, spec.model_ptr, spec.model_len, spec.request_id);
+        let tag_size = usize::from(self.coroutine.tag_size);
+        let unresumed = self.coroutine.state("Unresumed").map_err(|problem| (Class::SourceValue, problem))?;
         let mut entries = Vec::new();
-        for (load, base, displacement) in code.memory_reads(&ranges, usize::from(self.coroutine.tag_size)) {
-            let places = code.inlined_entries(load);
-            if places.iter().any(|place| place.offset == first.offset) {
-                continue;
-            }
+        for (load, base, displacement) in code.memory_reads(&ranges, tag_size) {
             // A read of the tag is one whose base is the future's register, where the debug
             // info locates the future (at the read or on the straight line after it).
-            for place in places {
-                if matches!(place.handling, Handling::Refused(_)) {
-                    continue;
-                }
-                let moved = self.poll.at(symbol.address + place.offset);
-                let Ok(compiled) = Scope::new(self.source, &moved, Side::Entry)
-                    .and_then(|scope| poll_spec(self.probe, scope, self.coroutine))
-                else {
-                    continue;
-                };
-                let future = compiled.spec.future;
-                let reads_tag = future.base() == Some(Base::Register)
+            let reads_tag = |future: &pool_obs_common::probe::Scalar| {
+                future.base() == Some(Base::Register)
                     && future.derefs == 0
                     && Register::from_u8(future.reg).map(decoder_register) == Some(base)
-                    && future.addend + self.coroutine.tag.offset as i64 == displacement;
-                if !reads_tag {
-                    continue;
+                    && future.addend + self.coroutine.tag.offset as i64 == displacement
+            };
+            if let Some(entry) = self.entry_near(load, first, spec, reads_tag)? {
+                entries.push((entry, "where it reads its state"));
+            }
+            for into in code.after_stores(unresumed, tag_size, (base, displacement), &ranges) {
+                if let Some(entry) = self.entry_near(into, first, spec, |_| true)? {
+                    entries.push((entry, "where the caller enters it once it made the future `Unresumed`"));
                 }
-                if values(&compiled.spec) != values(spec) {
-                    return Err((
-                        Class::SourceValue,
-                        format!(
-                            "{} enters the poll at {:#x} and at {:#x}, with its values in other places",
-                            symbol.name,
-                            symbol.address + first.offset,
-                            symbol.address + place.offset
-                        ),
-                    ));
-                }
-                entries.push(place);
-                break;
             }
         }
+        entries.sort_by_key(|(entry, _)| entry.offset);
+        entries.dedup_by_key(|(entry, _)| entry.offset);
         Ok(entries)
+    }
+
+    /// The first place on the straight line from `offset` where the kernel accepts a probe and
+    /// the values compile to `spec`'s, if `accept` takes the future there; `None` if the line
+    /// passes `first` or no place fits. Values located elsewhere than at `first` are refused.
+    fn entry_near(
+        &self,
+        offset: u64,
+        first: &Site,
+        spec: &ProbeSpec,
+        accept: impl Fn(&pool_obs_common::probe::Scalar) -> bool,
+    ) -> Result<Option<Site>, Problem> {
+        let symbol = self.symbol;
+        let values = |spec: &ProbeSpec| (spec.future, spec.model_ptr, spec.model_len, spec.request_id);
+        let places = self.code.inlined_entries(offset);
+        if places.iter().any(|place| place.offset == first.offset) {
+            return Ok(None);
+        }
+        for place in places {
+            if matches!(place.handling, Handling::Refused(_)) {
+                continue;
+            }
+            let moved = self.poll.at(symbol.address + place.offset);
+            let Ok(compiled) = Scope::new(self.source, &moved, Side::Entry)
+                .and_then(|scope| poll_spec(self.probe, scope, self.coroutine))
+            else {
+                continue;
+            };
+            if !accept(&compiled.spec.future) {
+                continue;
+            }
+            if values(&compiled.spec) != values(spec) {
+                return Err((
+                    Class::SourceValue,
+                    format!(
+                        "{} enters the poll at {:#x} and at {:#x}, with its values in other places",
+                        symbol.name,
+                        symbol.address + first.offset,
+                        symbol.address + place.offset
+                    ),
+                ));
+            }
+            return Ok(Some(place));
+        }
+        Ok(None)
     }
 
     /// Where the caller binds the future's `Ready` value: a `probe_ready` there ends the poll,

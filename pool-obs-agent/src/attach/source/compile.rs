@@ -81,7 +81,10 @@ impl<'a> Scope<'a> {
     /// async fn's arguments, which the future's state holds while it is unresumed, and the
     /// future is the poll's first parameter (a `Pin<&mut>` to the state), whose location this
     /// returns.
-    pub fn of_future(mut self, arguments: &[Member]) -> Result<(Self, Location), String> {
+    pub fn of_future<'m>(
+        mut self,
+        arguments: impl IntoIterator<Item = &'m Member>,
+    ) -> Result<(Self, Location), String> {
         let pinned = self.parameters.first().ok_or("the poll takes no future")?;
         let future = pinned
             .location

@@ -28,6 +28,8 @@ pub struct Coroutine {
     pub states: Vec<(String, u64)>,
     /// The fn's arguments (or the block's captures), where the unresumed state holds them.
     pub arguments: Vec<Member>,
+    /// What the fn's patterns bind (`Path(model)`: `model`), where the unresumed state holds it.
+    pub bindings: Vec<Member>,
     /// What a poll returns: `Poll<Output>`.
     pub poll_type: Option<TypeId>,
 }
@@ -89,6 +91,7 @@ impl SourceInfo {
             }
             states.push((data.name, tag));
         }
+        let bindings = self.pattern_bindings(poll, &arguments);
         Ok(Coroutine {
             key: key.to_string(),
             function: poll.function.clone(),
@@ -97,6 +100,7 @@ impl SourceInfo {
             tag_size: tag_size as u8,
             states,
             arguments,
+            bindings,
             poll_type: self.return_type(poll),
             polls,
         })

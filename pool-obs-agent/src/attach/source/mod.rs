@@ -5,6 +5,7 @@
 //! the sites and their parameters.
 
 pub mod abi;
+mod bindings;
 pub mod compile;
 pub mod coroutine;
 pub mod location;

@@ -57,6 +57,15 @@ impl SourceInfo {
             units
                 .variables_of_type(caller.unit, root, path[depth + 1], &output_name, &mut bindings)
                 .map_err(|error| error.to_string())?;
+            if bindings.is_empty() {
+                // No variable holds it: a call inlined beside the poll may take it as its first
+                // argument (`handler(args).await.into_response()`), from its first instruction.
+                let mut tree = unit.entries_tree(Some(path[depth])).map_err(|error| error.to_string())?;
+                let root = tree.root().map_err(|error| error.to_string())?;
+                units
+                    .consumers_of_type(caller.unit, root, path[depth + 1], &output_name, &mut bindings)
+                    .map_err(|error| error.to_string())?;
+            }
             match bindings.len() {
                 0 => continue,
                 1 => return Ok(bindings.remove(0)),
@@ -160,6 +169,52 @@ impl DebugUnits {
         Ok(())
     }
 
+    /// The inlined calls in `node` and its lexical blocks (leaving out the child `skip`) whose
+    /// first parameter is of type `output` and located where the call starts: the binding is
+    /// that parameter, from the call's first instruction.
+    fn consumers_of_type(
+        &self,
+        unit: usize,
+        node: EntriesTreeNode<R>,
+        skip: UnitOffset,
+        output: &str,
+        found: &mut Vec<Binding>,
+    ) -> gimli::Result<()> {
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry().clone();
+            if entry.offset() == skip {
+                continue;
+            }
+            match entry.tag() {
+                constants::DW_TAG_lexical_block => {
+                    self.consumers_of_type(unit, child, skip, output, found)?
+                }
+                constants::DW_TAG_inlined_subroutine => {
+                    let Some(start) = self.entry_address(&self.units[unit], &entry)? else { continue };
+                    let mut parameters = child.children();
+                    let Some(first) = parameters.next()? else { continue };
+                    let parameter = first.entry();
+                    if parameter.tag() != constants::DW_TAG_formal_parameter
+                        || parameter.attr_value(constants::DW_AT_location)?.is_none()
+                    {
+                        continue;
+                    }
+                    let ty = self.inherited_type(unit, parameter);
+                    if ty.and_then(|ty| self.type_of(ty).ok()).is_none_or(|ty| ty.name != output) {
+                        continue;
+                    }
+                    let function = self.name_of(unit, &entry).map(|name| short_function(&name));
+                    let parameter_name = self.name_of(unit, parameter).unwrap_or_else(|| "_".to_string());
+                    let name = format!("{parameter_name}` of `{}", function.unwrap_or_default());
+                    found.push(Binding { name, unit, entry: parameter.offset(), starts: vec![start] });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Where a variable's location list entries start, lowest first.
     fn location_starts(
         &self,
@@ -185,4 +240,23 @@ impl DebugUnits {
         starts.dedup();
         Ok(starts)
     }
+}
+
+/// A function's name for people: its last path segment, without generic arguments
+/// (`<Result<T,E> as IntoResponse>::into_response<Json<Reply>, AppError>`: `into_response`).
+fn short_function(name: &str) -> String {
+    let demangled = format!("{:#}", rustc_demangle::demangle(name));
+    let mut depth = 0usize;
+    let mut last = 0;
+    let bytes = demangled.as_bytes();
+    for (index, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(index + 1) == Some(&b':') => last = index + 2,
+            _ => {}
+        }
+    }
+    let segment = &demangled[last.min(demangled.len())..];
+    segment.split('<').next().filter(|plain| !plain.is_empty()).unwrap_or(segment).to_string()
 }
