@@ -1,6 +1,7 @@
 //! `symbols`, `check` and `init`: looking at a pool's binary before attaching to it.
 
 mod init;
+mod init_future;
 
 pub use init::init;
 

@@ -26,11 +26,17 @@ pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Res
     };
     let mut manifest = String::from(
         "# A pool-obs manifest written by `pool-obs-agent init` from the binary's debug info: one probe\n\
-         # per function, each `request_ended` with outcome \"ok\" until you choose. Set each probe's event\n\
-         # (worker_spawned, worker_evicted, worker_crashed, request_submitted, request_started,\n\
-         # request_ended), keep the values it takes, and run `pool-obs-agent check` on the result.\n",
+         # per function, each `request_ended` with outcome \"ok\" until you choose (an `async fn`: an\n\
+         # `async_request`). Set each probe's event (worker_spawned, worker_evicted, worker_crashed,\n\
+         # request_submitted, request_started, request_ended), keep the values it takes, and run\n\
+         # `pool-obs-agent check` on the result.\n",
     );
     for pattern in patterns {
+        // An `async fn`: its requests are its futures.
+        if let Ok(coroutine) = source.coroutine(pattern) {
+            manifest += &super::init_future::probe(&source, &table, pattern, &coroutine);
+            continue;
+        }
         let sites =
             source.sites(pattern).map_err(|problem| Refusal::new(problem.class(), problem.to_string()))?;
         manifest += &probe(&source, &sites).map_err(|problem| Refusal::new(Class::SourceValue, problem))?;
@@ -126,10 +132,12 @@ fn suggestions(
         }
     }
     let mut values = Vec::new();
-    if let Some(model) = paths.iter().find(|path| {
-        let last = path.rsplit('.').next().unwrap_or(path);
-        (!path.contains('.') || ["model", "name", "key"].contains(&last)) && scope.string(path).is_ok()
-    }) {
+    // A string named for a model first (`handle.name` before `reason`), then any string
+    // parameter.
+    let last = |path: &String| path.rsplit('.').next().unwrap_or(path).to_lowercase();
+    let named = paths.iter().filter(|path| ["model", "name", "key"].contains(&last(path).as_str()));
+    let top_level = paths.iter().filter(|path| !path.contains('.'));
+    if let Some(model) = named.chain(top_level).find(|path| scope.string(path).is_ok()) {
         values.push(("model", model.clone(), true));
     }
     for path in paths.iter().filter(|path| scope.integer(path).is_ok()) {

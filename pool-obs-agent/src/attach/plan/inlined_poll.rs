@@ -8,7 +8,8 @@
 //! value and goes on: the poll ends, ready, where it binds it (`probe_ready`, found by
 //! [`source::ready`]), and a `Pending` poll at the caller's return.
 
-use pool_obs_common::probe::{Base, ProbeSpec, Register};
+use iced_x86::FlowControl;
+use pool_obs_common::probe::{Base, ProbeSpec, Register, Register as PRegister};
 
 use super::{
     Choice, Program,
@@ -22,6 +23,7 @@ use crate::{
             self, SourceInfo,
             compile::{Scope, Side},
             coroutine::Coroutine,
+            location::{Location, Origin},
         },
         symbols::{Symbol, SymbolTable},
     },
@@ -176,9 +178,10 @@ impl InlinedPoll<'_> {
     /// and the outcome is read there.
     fn ready_place(&self, compiled: &mut PollSpec) -> Result<(Choice, OutcomeRule), Problem> {
         let source = self.source;
-        let binding = source
-            .ready_binding(self.caller, self.poll, self.coroutine.poll_type)
-            .map_err(|problem| (Class::SourceValue, problem))?;
+        let binding = match source.ready_binding(self.caller, self.poll, self.coroutine.poll_type) {
+            Ok(binding) => binding,
+            Err(problem) => return self.ready_call(compiled).map_err(|_| (Class::SourceValue, problem)),
+        };
         let mut first_problem = None;
         for start in &binding.starts {
             let placed = first_inlined_place(&self.caller.at(*start), self.symbol, self.code, |moved| {
@@ -203,5 +206,57 @@ impl InlinedPoll<'_> {
             }
         }
         Err(first_problem.unwrap_or((Class::SourceValue, format!("`{}` is never located", binding.name))))
+    }
+
+    /// Where the caller hands the `Ready` value straight to a function it calls
+    /// (`.into_response()` out of line): the call instruction, with the value where the
+    /// callee's debug info puts its first parameter at its entry (the registers are the same
+    /// at the call). Only a call to the one function in the caller that takes the future's
+    /// output type is taken, and only a value in memory at a register other than rsp.
+    fn ready_call(&self, compiled: &mut PollSpec) -> Result<(Choice, OutcomeRule), String> {
+        let source = self.source;
+        let output = source.output_type_name(self.coroutine.poll_type).ok_or("no `Ready` value type")?;
+        let mut calls = Vec::new();
+        for op in &self.code.ops {
+            if op.instruction.flow_control() != FlowControl::Call {
+                continue;
+            }
+            let Some(callee) = source.function_site(op.instruction.near_branch_target()) else { continue };
+            let Some(first) =
+                source.parameters(&callee).ok().and_then(|parameters| parameters.into_iter().next())
+            else {
+                continue;
+            };
+            if source.type_name(first.ty) == output {
+                calls.push((op, callee, first));
+            }
+        }
+        let [(op, callee, parameter)] = calls.as_slice() else {
+            return Err(format!(
+                "{} calls into {} functions that take `{output}`",
+                self.symbol.name,
+                calls.len()
+            ));
+        };
+        let in_memory_off_stack = matches!(
+            &parameter.location,
+            Ok(Location::Memory(address)) if !matches!(address.origin, Origin::General(PRegister::Rsp))
+        );
+        if !in_memory_off_stack {
+            return Err(format!("{} takes it in {:?}", callee.function, parameter.location));
+        }
+        let at = Site { offset: op.offset, sp_offset: 0, handling: op.handling(), instruction: op.text() };
+        let moved = self.caller.at(self.symbol.address + op.offset);
+        let mut trial = PollSpec { spec: compiled.spec, shown: Vec::new() };
+        let scope = Scope::of_ready(source, &moved, parameter.clone());
+        let rule = outcome(self.probe, &scope, "return", &mut trial)?;
+        compiled.spec = trial.spec;
+        compiled.shown.extend(trial.shown);
+        let reason = format!(
+            "where {} calls {} with the poll's `Ready` value (`{}`)",
+            self.caller.function, callee.function, parameter.name
+        );
+        let choice = self.choice(Program::Ready, at, reason).map_err(|problem| problem.1)?;
+        Ok((choice, rule))
     }
 }

@@ -93,6 +93,11 @@ impl SourceInfo {
         self.units.located(site, &entry, binding.name.clone()).map_err(|error| error.to_string())
     }
 
+    /// The name of the `T` of a `Poll<T>`: the type of a future's `Ready` value.
+    pub fn output_type_name(&self, poll_type: Option<TypeId>) -> Option<String> {
+        self.output_of(poll_type).map(|output| self.type_name(Some(output)))
+    }
+
     /// The `T` of a `Poll<T>`.
     fn output_of(&self, poll_type: Option<TypeId>) -> Option<TypeId> {
         let poll = self.units.type_of(poll_type?).ok()?;
