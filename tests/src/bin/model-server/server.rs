@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
     routing::post,
 };
 use pool_obs_tests::ground_truth::{Outcome, thread_cpu};
@@ -36,7 +39,10 @@ pub struct Reply {
 }
 
 pub fn routes(app: Arc<App>) -> Router {
-    Router::new().route("/v1/models/{model}/infer", post(infer)).with_state(app)
+    Router::new()
+        .route("/v1/models/{model}/infer", post(infer))
+        .route_layer(middleware::from_fn_with_state(app.clone(), measured))
+        .with_state(app)
 }
 
 pub async fn infer(
@@ -44,14 +50,21 @@ pub async fn infer(
     Path(model): Path<String>,
     Json(req): Json<InferRequest>,
 ) -> Result<Json<Reply>, AppError> {
+    run(&app, &model, req).await
+}
+
+/// The service's own measure of each request, as a middleware takes it: its outcome by the
+/// answer's status, from the request to the answer, or cancelled when the client went away.
+async fn measured(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let model = request.uri().path().split('/').nth(3).unwrap_or_default().to_string();
     let mut serving = app.truth.serving(&model);
-    let result = run(&app, &model, req).await;
-    serving.finish(match &result {
-        Ok(_) => Outcome::Ok,
-        Err(AppError::Timeout) => Outcome::Timeout,
-        Err(_) => Outcome::Failed,
+    let response = next.run(request).await;
+    serving.finish(match response.status() {
+        StatusCode::OK => Outcome::Ok,
+        StatusCode::GATEWAY_TIMEOUT => Outcome::Timeout,
+        _ => Outcome::Failed,
     });
-    result
+    response
 }
 
 async fn run(app: &Arc<App>, model: &str, req: InferRequest) -> Result<Json<Reply>, AppError> {

@@ -4,15 +4,24 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Mutex,
+    sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use pool_obs_tests::ground_truth::{Lifecycle, ModelSummary, Outcome, Summary, Tally};
 
-#[derive(Default)]
+/// What happened, sent as it happens and counted at the end: a send takes no lock, so that
+/// the count does not lengthen the requests it measures when the threads contend.
+enum Record {
+    Served { model: String, outcome: Outcome, latency: Duration },
+    Loaded(String),
+    Unloaded(String),
+    Inferred(String, Duration),
+}
+
 pub struct Truth {
-    models: Mutex<BTreeMap<String, Counts>>,
+    records: mpsc::Sender<Record>,
+    received: Mutex<mpsc::Receiver<Record>>,
 }
 
 #[derive(Default)]
@@ -22,29 +31,42 @@ struct Counts {
     cpu: Duration,
 }
 
+impl Default for Truth {
+    fn default() -> Self {
+        let (records, received) = mpsc::channel();
+        Truth { records, received: Mutex::new(received) }
+    }
+}
+
 impl Truth {
     pub fn serving(&self, model: &str) -> Serving<'_> {
         Serving { truth: self, model: model.to_string(), started: Instant::now(), outcome: None }
     }
 
     pub fn loaded(&self, model: &str) {
-        self.with(model, |counts| counts.lifecycle.spawns += 1);
+        let _ = self.records.send(Record::Loaded(model.to_string()));
     }
 
     pub fn unloaded(&self, model: &str) {
-        self.with(model, |counts| counts.lifecycle.evictions += 1);
+        let _ = self.records.send(Record::Unloaded(model.to_string()));
     }
 
     pub fn inferred(&self, model: &str, cpu: Duration) {
-        self.with(model, |counts| counts.cpu += cpu);
-    }
-
-    fn with(&self, model: &str, change: impl FnOnce(&mut Counts)) {
-        change(self.models.lock().unwrap().entry(model.to_string()).or_default());
+        let _ = self.records.send(Record::Inferred(model.to_string(), cpu));
     }
 
     pub fn print(&self) {
-        let mut models = self.models.lock().unwrap();
+        let mut models: BTreeMap<String, Counts> = BTreeMap::new();
+        for record in self.received.lock().unwrap().try_iter() {
+            match record {
+                Record::Served { model, outcome, latency } => {
+                    models.entry(model).or_default().tally.record(outcome, latency.as_micros() as u64)
+                }
+                Record::Loaded(model) => models.entry(model).or_default().lifecycle.spawns += 1,
+                Record::Unloaded(model) => models.entry(model).or_default().lifecycle.evictions += 1,
+                Record::Inferred(model, cpu) => models.entry(model).or_default().cpu += cpu,
+            }
+        }
         let summaries = models.iter_mut().map(|(model, counts)| {
             let mut summary: ModelSummary = counts.tally.summary(counts.lifecycle);
             summary.cpu_seconds = counts.cpu.as_secs_f64();
@@ -70,8 +92,9 @@ impl Serving<'_> {
 
 impl Drop for Serving<'_> {
     fn drop(&mut self) {
-        let latency = self.started.elapsed().as_micros() as u64;
+        let latency = self.started.elapsed();
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        self.truth.with(&self.model, |counts| counts.tally.record(outcome, latency));
+        let model = std::mem::take(&mut self.model);
+        let _ = self.truth.records.send(Record::Served { model, outcome, latency });
     }
 }
