@@ -31,17 +31,8 @@ fn manifest_for(pool_name: &str) -> std::path::PathBuf {
     path
 }
 
-/// Every model's outcomes and unloads exactly as the service counted them, p99 within 1%, no
-/// anomaly, and `/health` 200 throughout, while the registry unloads models that go idle.
-fn assert_counted_exactly(pool_name: &str) {
-    // One service at a time on the machine's two cores: p99 is measured to 1%.
-    let _alone = ALONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let start = StartFile::new(pool_name);
-    let mut pool = Pool::start_named(
-        pool_name,
-        &[args(&["--requests", "12000", "--clients", "6"]), start.arg().to_vec()].concat(),
-    );
-    let agent = Agent::attach(pool.pid(), &manifest_for(pool_name), free_address(), &[]);
+/// What `/health` answered, every 100 ms, while `run` ran; and what `run` returned.
+fn health_while<T>(agent: &Agent, run: impl FnOnce() -> T) -> (T, Vec<(u16, String)>) {
     let done = Arc::new(AtomicBool::new(false));
     let watcher = std::thread::spawn({
         let (address, done) = (agent.address, done.clone());
@@ -55,10 +46,24 @@ fn assert_counted_exactly(pool_name: &str) {
             seen
         }
     });
-    start.start();
-    let summary = pool.summary();
+    let result = run();
     done.store(true, Ordering::Relaxed);
-    let health = watcher.join().expect("the health watcher");
+    (result, watcher.join().expect("the health watcher"))
+}
+
+/// Every model's outcomes and unloads exactly as the service counted them, p99 within 1%, no
+/// anomaly, and `/health` 200 throughout, while the registry unloads models that go idle.
+fn assert_counted_exactly(pool_name: &str) {
+    // One service at a time on the machine's two cores: p99 is measured to 1%.
+    let _alone = ALONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let start = StartFile::new(pool_name);
+    let mut pool = Pool::start_named(
+        pool_name,
+        &[args(&["--requests", "12000", "--clients", "6"]), start.arg().to_vec()].concat(),
+    );
+    let agent = Agent::attach(pool.pid(), &manifest_for(pool_name), free_address(), &[]);
+    start.start();
+    let (summary, health) = health_while(&agent, || pool.summary());
     pool.wait_for_exit();
     let requests = summary.models.values().map(|model| model.requests.total()).sum();
     let metrics = agent.metrics_after(requests);
@@ -121,4 +126,88 @@ fn check_names_the_binding_of_a_path_extractor_and_the_call_that_takes_the_ready
     assert!(inlined || called, "{text}");
     // The first poll, which axum enters past the future's read of its state.
     assert!(text.contains("where the caller enters it once it made the future `Unresumed`"), "{text}");
+}
+
+#[test]
+fn init_writes_the_async_handler_and_the_unload_as_check_accepts_them() {
+    let functions = ["model_server::server::infer", "model_server::registry::Registry::unload"];
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["init", "--binary"])
+        .arg(binary("model-server"))
+        .args(functions)
+        .output()
+        .expect("run pool-obs-agent init");
+    let written = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{written}{}", String::from_utf8_lossy(&output.stderr));
+    // The handler is an async request whose values are its patterns' bindings; the unload is a
+    // worker's, its model the handle's name rather than the `reason` string.
+    for line in [
+        "event = \"async_request\"",
+        "model = \"model\"",
+        "request_id = \"req.id\"",
+        "outcome = { \"Ok\" = \"ok\", \"Err(AppError::Timeout)\" = \"timeout\", \"Err\" = \"failed\" }",
+        "event = \"worker_evicted\"",
+        "model = \"handle.name\"",
+        "worker_id = \"handle.id\"",
+    ] {
+        assert!(written.lines().any(|written| written == line), "`{line}` in:\n{written}");
+    }
+    let path = std::env::temp_dir().join(format!("pool-obs-init-axum-{}.toml", std::process::id()));
+    std::fs::write(&path, &written).expect("write the manifest");
+    let checked = Command::new(binary("pool-obs-agent"))
+        .args(["check", "--binary", binary("model-server").to_str().unwrap(), "--manifest"])
+        .arg(&path)
+        .output()
+        .expect("run pool-obs-agent check");
+    let printed = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(0), "{printed}{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(printed.contains("ok: 2 probes check out"), "{printed}");
+}
+
+/// A ring buffer of one page under the service's load: the kernel drops events for want of
+/// room, so the agent misses first polls, ends and drops for real. No status is ever counted
+/// above the service's own count; what it missed shows as anomalies and in `/health`, naming
+/// the handler. (The drop of a ready future waits a second for the end of its poll.)
+#[test]
+fn ends_the_agent_missed_on_an_axum_service_are_anomalies_named_in_health() {
+    let _alone = ALONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let start = StartFile::new("model-server-lossy");
+    let load = args(&["--requests", "12000", "--clients", "36"]);
+    let mut pool = Pool::start_named("model-server", &[load, start.arg().to_vec()].concat());
+    let lossy = ["--ring-buffer-bytes", "4096", "--drain-interval-ms", "1000"];
+    let agent = Agent::attach(pool.pid(), &manifest("model-server.toml"), free_address(), &lossy);
+    start.start();
+    let (summary, health) = health_while(&agent, || pool.summary());
+    // Past the second a dropped-ready future waits for its poll's end.
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = agent.metrics();
+    pool.wait_for_exit();
+
+    let lost = metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
+    assert!(lost > 0.0, "the one-page buffer overflowed");
+    for (model, truth) in &summary.models {
+        for (status, count) in truth.requests.by_status() {
+            let counted = metrics.of_model("pool_requests_total", model, &[("status", status)]);
+            assert!(counted as u64 <= count, "{model} {status}: {counted} counted of {count}");
+        }
+    }
+    let anomalies = metrics.nonzero("pool_obs_anomalies_total", "kind");
+    eprintln!("{lost} events lost; anomalies {anomalies:?}");
+    let unseen: f64 = [
+        "poll_not_seen",
+        "ready_not_seen",
+        "first_poll_not_seen",
+        "future_reused",
+        "open_across_lost_events",
+    ]
+    .iter()
+    .filter_map(|kind| anomalies.get(*kind))
+    .sum();
+    assert!(unseen > 0.0, "missed polls and ends are anomalies: {anomalies:?}");
+    // While the service ran, `/health` said which probe's requests it could not vouch for.
+    assert!(
+        health.iter().any(|(_, body)| body.contains("\"status\":\"degraded\"")
+            && body.contains("model_server::server::infer")),
+        "/health names the handler: {health:?}"
+    );
 }

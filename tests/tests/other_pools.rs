@@ -264,7 +264,10 @@ fn init_writes_from_the_signatures_a_manifest_that_check_accepts() {
         "worker_id = \"worker_id\"",
         "# at = \"return\"",
         "# outcome = { Ok = \"ok\", Err = \"failed\" }",
-        "# memory_bytes = \"memory_bytes\"",
+        "event = \"request_ended\"",
+        // Named for spawning: a worker's spawn, with its memory.
+        "event = \"worker_spawned\"",
+        "memory_bytes = \"memory_bytes\"",
     ] {
         assert!(written.lines().any(|written| written == line), "`{line}` in:\n{written}");
     }

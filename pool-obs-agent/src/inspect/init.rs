@@ -26,10 +26,10 @@ pub fn init(binary: &Binary, debug_file: &DebugFile, patterns: &[String]) -> Res
     };
     let mut manifest = String::from(
         "# A pool-obs manifest written by `pool-obs-agent init` from the binary's debug info: one probe\n\
-         # per function, each `request_ended` with outcome \"ok\" until you choose (an `async fn`: an\n\
-         # `async_request`). Set each probe's event (worker_spawned, worker_evicted, worker_crashed,\n\
-         # request_submitted, request_started, request_ended), keep the values it takes, and run\n\
-         # `pool-obs-agent check` on the result.\n",
+         # per function, its event guessed from its name (`request_ended` with outcome \"ok\" unless it\n\
+         # loads or unloads; an `async fn`: an `async_request`). Set each probe's event (worker_spawned,\n\
+         # worker_evicted, worker_crashed, request_submitted, request_started, request_ended), keep the\n\
+         # values it takes, and run `pool-obs-agent check` on the result.\n",
     );
     for pattern in patterns {
         // An `async fn`: its requests are its futures.
@@ -70,9 +70,19 @@ fn probe(source: &SourceInfo, sites: &[Site]) -> Result<String, String> {
             text += &format!("#   `{}` is {why} at {:#x}\n", parameter.name, site.address);
         }
     }
-    text += &format!("[[probe]]\nevent = \"request_ended\"\nfunction = \"{name}\"\noutcome = \"ok\"\n");
+    let event = event_named_for(name);
+    text += &format!("[[probe]]\nevent = \"{event}\"\nfunction = \"{name}\"\n");
+    if event == "request_ended" {
+        text += "outcome = \"ok\"\n";
+    }
     let mut written: Vec<&str> = Vec::new();
     for (key, path, confident) in suggestions(&scope, &parameters) {
+        // A worker's event takes its id as the worker's, not a request's.
+        let (key, confident) = match key {
+            "request_id" if event != "request_ended" => ("worker_id", true),
+            "memory_bytes" => (key, event == "worker_spawned"),
+            other => (other, confident),
+        };
         // A key once: a second guess for it stays a comment.
         let comment = if confident && !written.contains(&key) { "" } else { "# " };
         if comment.is_empty() {
@@ -96,6 +106,18 @@ fn probe(source: &SourceInfo, sites: &[Site]) -> Result<String, String> {
         }
     }
     Ok(text)
+}
+
+/// The event a function's name suggests: a worker's loading or unloading, else a request's end.
+fn event_named_for(function: &str) -> &'static str {
+    let last = function.rsplit("::").next().unwrap_or(function).to_lowercase();
+    if ["unload", "evict", "retire", "shutdown"].iter().any(|word| last.contains(word)) {
+        "worker_evicted"
+    } else if ["load", "spawn"].iter().any(|word| last.contains(word)) {
+        "worker_spawned"
+    } else {
+        "request_ended"
+    }
 }
 
 /// An arm per variant: `Ok` is ok, a variant named like a timeout is one, the rest failed.
@@ -129,6 +151,13 @@ fn suggestions(
         paths.push(parameter.name.clone());
         for field in scope.field_names(&parameter.name) {
             paths.push(format!("{}.{field}", parameter.name));
+        }
+        // Behind an `Arc` or `Box` the fields are not listed, but a path reads through it.
+        for field in ["model", "name", "key", "id", "worker_id", "request_id"] {
+            let path = format!("{}.{field}", parameter.name);
+            if !paths.contains(&path) && scope.value_type(&path).is_some() {
+                paths.push(path);
+            }
         }
     }
     let mut values = Vec::new();
