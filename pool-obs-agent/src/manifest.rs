@@ -83,6 +83,8 @@ pub enum ProbeOutcome {
     Rule { value: Scalar, rule: OutcomeRule },
     /// By the variant of the enum at a source path (`return`, `result`).
     Variants { path: String, arms: Vec<VariantArm> },
+    /// By comparing the integer at a source path (an HTTP status: `return.head.status`).
+    Compared { path: String, rule: OutcomeRule },
 }
 
 /// One arm of an outcome by variant names: `"Err(JobError::Timeout)" = "timeout"` is variant
@@ -104,7 +106,7 @@ impl Probe {
             || path(&self.worker_id)
             || path(&self.request_id)
             || matches!(&self.memory_bytes, Some(Scaled { value: Value::Path(_), .. }))
-            || matches!(self.outcome, Some(ProbeOutcome::Variants { .. }))
+            || matches!(self.outcome, Some(ProbeOutcome::Variants { .. } | ProbeOutcome::Compared { .. }))
     }
 }
 

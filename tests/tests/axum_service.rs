@@ -211,3 +211,34 @@ fn ends_the_agent_missed_on_an_axum_service_are_anomalies_named_in_health() {
         "/health names the handler: {health:?}"
     );
 }
+
+#[test]
+fn a_middleware_counts_requests_by_the_http_status_it_answers() {
+    let _alone = ALONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let start = StartFile::new("model-server-status");
+    let load = args(&["--requests", "6000", "--clients", "6"]);
+    let mut pool = Pool::start_named("model-server", &[load, start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), &manifest("model-server-status.toml"), free_address(), &[]);
+    start.start();
+    let summary = pool.summary();
+    pool.wait_for_exit();
+    let requests: u64 = summary.models.values().map(|model| model.requests.total()).sum();
+    let metrics = agent.metrics_after(requests);
+    // Every answer's status, 200, 500, 503 or 504, or no answer at all, as the service counted it.
+    for status in ["ok", "failed", "timeout", "cancelled"] {
+        let truth: u64 = summary
+            .models
+            .values()
+            .flat_map(|model| model.requests.by_status())
+            .filter(|(name, _)| *name == status)
+            .map(|(_, count)| count)
+            .sum();
+        assert!(truth > 0, "the load has {status} requests");
+        assert_eq!(
+            metrics.of_model("pool_requests_total", "all", &[("status", status)]) as u64,
+            truth,
+            "{status}"
+        );
+    }
+    assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");
+}

@@ -184,7 +184,7 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
         let rule = match &probe.outcome {
             Some(ProbeOutcome::Constant(status)) => Some(OutcomeRule::constant(*status)),
             Some(ProbeOutcome::Rule { rule, .. }) => Some(rule.clone()),
-            Some(ProbeOutcome::Variants { .. }) | None => None,
+            Some(ProbeOutcome::Variants { .. } | ProbeOutcome::Compared { .. }) | None => None,
         };
         let cookie = plan.push(register_spec(probe), info_of(probe, &copies[0].name, rule));
         for symbol in copies {

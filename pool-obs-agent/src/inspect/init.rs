@@ -169,18 +169,31 @@ fn suggestions(
     if let Some(model) = named.chain(top_level).find(|path| scope.string(path).is_ok()) {
         values.push(("model", model.clone(), true));
     }
-    for path in paths.iter().filter(|path| scope.integer(path).is_ok()) {
-        let last = path.rsplit('.').next().unwrap_or(path).to_lowercase();
+    // Integers by how sure their names make the guess: named for a request, a worker or memory,
+    // then `id`, then any other `…_id` (an `AtomicU64` counter such as `next_id` comes last).
+    let integers: Vec<(&String, String)> = paths
+        .iter()
+        .filter(|path| scope.integer(path).is_ok())
+        .map(|path| (path, path.rsplit('.').next().unwrap_or(path).to_lowercase()))
+        .collect();
+    for (path, last) in &integers {
         if last.contains("request") {
-            values.push(("request_id", path.clone(), true));
+            values.push(("request_id", (*path).clone(), true));
         } else if last.contains("worker") {
-            values.push(("worker_id", path.clone(), true));
-        } else if last == "id" || last.ends_with("_id") {
-            values.push(("request_id", path.clone(), false));
+            values.push(("worker_id", (*path).clone(), true));
         } else if last.contains("mem") {
-            // Only `worker_spawned` takes it: a comment until the event is chosen.
-            values.push(("memory_bytes", path.clone(), false));
+            // Only `worker_spawned` takes it.
+            values.push(("memory_bytes", (*path).clone(), false));
         }
+    }
+    for (path, _) in integers.iter().filter(|(_, last)| last == "id") {
+        values.push(("request_id", (*path).clone(), false));
+    }
+    let other_id = |last: &str| {
+        last != "id" && last.ends_with("_id") && !last.contains("request") && !last.contains("worker")
+    };
+    for (path, _) in integers.iter().filter(|(_, last)| other_id(last)) {
+        values.push(("request_id", (*path).clone(), false));
     }
     values
 }

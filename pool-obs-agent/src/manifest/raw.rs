@@ -296,15 +296,17 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
         RawOutcome::Table(table) => table,
     };
     let value = table.get("value").map(String::as_str);
-    if let Some(value) = value.filter(|value| !is_source_path(value)) {
-        // A rule on a register-syntax value: every other key is a status.
+    // A rule compares a value: on a register-syntax one, or on an integer named in source terms
+    // when the table has the rule's `otherwise` (a variant's name is never lowercase).
+    let compares = value.is_some_and(|value| !is_source_path(value)) || table.contains_key("otherwise");
+    if compares {
+        // Every other key is a status.
         if let Some(key) = table.keys().find(|key| !RULE_KEYS.contains(&key.as_str())) {
             return Err(names(
                 span,
                 format!("unknown key `{key}` in an outcome rule: expected {}", RULE_KEYS.join(", ")),
             ));
         }
-        let value = parse_scalar_at(value, span.clone(), at)?;
         let arms = [(Status::Ok, "ok"), (Status::Timeout, "timeout"), (Status::Failed, "failed")]
             .into_iter()
             .filter_map(|(status, key)| table.get(key).map(|condition| (status, condition)))
@@ -316,7 +318,15 @@ fn compile_outcome(outcome: &Spanned<RawOutcome>, at: At) -> Located<ProbeOutcom
         let otherwise = table
             .get("otherwise")
             .ok_or_else(|| names(span.clone(), "an outcome rule needs `otherwise`".to_string()))?;
-        return Ok(ProbeOutcome::Rule { value, rule: OutcomeRule { arms, otherwise: status(otherwise)? } });
+        let rule = OutcomeRule { arms, otherwise: status(otherwise)? };
+        return match value {
+            Some(value) if !is_source_path(value) => {
+                Ok(ProbeOutcome::Rule { value: parse_scalar_at(value, span.clone(), at)?, rule })
+            }
+            Some(path) => Ok(ProbeOutcome::Compared { path: path.trim().to_string(), rule }),
+            None if at == At::Return => Ok(ProbeOutcome::Compared { path: "return".to_string(), rule }),
+            None => Err(names(span, "an outcome rule needs `value`, what it compares".to_string())),
+        };
     }
     let path = match (value, at) {
         (Some(path), _) => path.trim().to_string(),
@@ -367,6 +377,24 @@ fn parse_variant_pattern(key: &str) -> Option<(String, Option<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_rule_on_a_source_path_compares_the_integer_there() {
+        let manifest = crate::manifest::parse(
+            "[[probe]]\nevent = \"request_ended\"\nfunction = \"f\"\nat = \"return\"\nmodel = { constant = \"m\" }\n\
+             outcome = { value = \"return.status\", ok = \"< 400\", timeout = \"== 504\", otherwise = \"failed\" }",
+            "test",
+        )
+        .expect("a manifest");
+        let Some(ProbeOutcome::Compared { path, rule }) = &manifest.probes[0].outcome else {
+            panic!("{:?}", manifest.probes[0].outcome)
+        };
+        assert_eq!(path, "return.status");
+        assert_eq!(
+            [200, 404, 500, 504].map(|status| rule.classify(status, 0)),
+            [Status::Ok, Status::Failed, Status::Failed, Status::Timeout]
+        );
+    }
 
     #[test]
     fn variant_patterns() {

@@ -250,14 +250,23 @@ pub(super) fn outcome(
         None => return Ok(OutcomeRule::constant(crate::outcome::Status::Ok)),
         Some(ProbeOutcome::Constant(status)) => return Ok(OutcomeRule::constant(*status)),
         Some(ProbeOutcome::Rule { .. }) => {
-            return Err("an async request's outcome is by the variants of what it returns".to_string());
+            return Err(
+                "an async request's outcome is by what it returns, in source terms (`return`)".to_string()
+            );
+        }
+        Some(ProbeOutcome::Compared { path, rule }) => {
+            let rest = returned_part(path)?;
+            compiled.spec.outcome = scope.integer(&format!("{output}{rest}"))?;
+            compiled.shown.push((
+                "outcome",
+                path.clone(),
+                format!("compared: {}", show(&compiled.spec.outcome)),
+            ));
+            return Ok(rule.clone());
         }
         Some(ProbeOutcome::Variants { path, arms }) => (path, arms),
     };
-    let rest =
-        path.strip_prefix("return").filter(|rest| rest.is_empty() || rest.starts_with('.')).ok_or_else(
-            || format!("`{path}`: an async request's outcome is read from what it returns, `return`"),
-        )?;
+    let rest = returned_part(path)?;
     let (value, detail, rule) = scope.variants(&format!("{output}{rest}"), arms)?;
     compiled.spec.outcome = value;
     let mut expression = format!("variant of {}", show(&value));
@@ -267,4 +276,12 @@ pub(super) fn outcome(
     }
     compiled.shown.push(("outcome", path.clone(), expression));
     Ok(rule)
+}
+
+/// What follows `return` in an async request's outcome path: the outcome is read from what the
+/// future returns.
+fn returned_part(path: &str) -> Result<&str, String> {
+    path.strip_prefix("return")
+        .filter(|rest| rest.is_empty() || rest.starts_with('.'))
+        .ok_or_else(|| format!("`{path}`: an async request's outcome is read from what it returns, `return`"))
 }

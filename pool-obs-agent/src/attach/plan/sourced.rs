@@ -186,6 +186,11 @@ fn source_spec(probe: &Probe, scope: &Scope) -> Result<SiteSpec, String> {
     let rule = match &probe.outcome {
         Some(ProbeOutcome::Constant(status)) => Some(OutcomeRule::constant(*status)),
         Some(ProbeOutcome::Rule { rule, .. }) => Some(rule.clone()),
+        Some(ProbeOutcome::Compared { path, rule }) => {
+            spec.outcome = scope.integer(path)?;
+            shown.push(("outcome", path.clone(), format!("compared: {}", show(&spec.outcome))));
+            Some(rule.clone())
+        }
         Some(ProbeOutcome::Variants { path, arms }) => {
             let (value, detail, rule) = scope.variants(path, arms)?;
             spec.outcome = value;

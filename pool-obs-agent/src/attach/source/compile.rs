@@ -105,9 +105,15 @@ impl<'a> Scope<'a> {
         Ok((self, future))
     }
 
-    /// An integer of any width up to 8 bytes.
+    /// An integer of any width up to 8 bytes, or a struct that wraps one (`StatusCode`, whose
+    /// one field is a `NonZero<u16>`, whose one field is the `u16`).
     pub fn integer(&self, path: &str) -> Result<Scalar, String> {
-        let found = self.value(path)?;
+        let mut found = self.value(path)?;
+        for _ in 0..MAX_HOPS {
+            let Shape::Struct { members, variants: None } = &found.ty.shape else { break };
+            let [member] = members.as_slice() else { break };
+            found = self.member(&found, &member.clone(), path)?;
+        }
         match found.ty.shape {
             Shape::Integer | Shape::Enumeration(_) if (1..=8).contains(&found.ty.size) => {
                 read(&found.location, found.ty.size as u8, path)
