@@ -12,6 +12,20 @@ use std::{
 
 use crate::{ground_truth::Summary, http, openmetrics::Exposition};
 
+/// `pool-obs-agent init` on the functions of the release binary `pool`: its exit code and the
+/// manifest it wrote (with anything it said on stderr after it).
+pub fn agent_init(pool: &str, functions: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["init", "--binary"])
+        .arg(binary(pool))
+        .args(functions)
+        .output()
+        .expect("run pool-obs-agent init");
+    let written =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), written)
+}
+
 /// A release binary of this workspace, as `cargo xtask build` leaves it.
 pub fn binary(name: &str) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

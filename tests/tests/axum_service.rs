@@ -17,7 +17,7 @@ use std::{
 
 use pool_obs_tests::{
     http,
-    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+    processes::{Agent, Pool, StartFile, agent_init, args, binary, free_address, manifest},
 };
 
 static ALONE: Mutex<()> = Mutex::new(());
@@ -131,14 +131,8 @@ fn check_names_the_binding_of_a_path_extractor_and_the_call_that_takes_the_ready
 #[test]
 fn init_writes_the_async_handler_and_the_unload_as_check_accepts_them() {
     let functions = ["model_server::server::infer", "model_server::registry::Registry::unload"];
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["init", "--binary"])
-        .arg(binary("model-server"))
-        .args(functions)
-        .output()
-        .expect("run pool-obs-agent init");
-    let written = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{written}{}", String::from_utf8_lossy(&output.stderr));
+    let (code, written) = agent_init("model-server", &functions);
+    assert_eq!(code, Some(0), "{written}");
     // The handler is an async request whose values are its patterns' bindings; the unload is a
     // worker's, its model the handle's name rather than the `reason` string.
     for line in [

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 use pool_obs_tests::{
     ground_truth::Summary,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+    processes::{Agent, Pool, StartFile, agent_init, args, binary, free_address, manifest},
 };
 
 /// Runs `pool` under load with the agent attached by PID and its manifest in source terms;
@@ -246,14 +246,8 @@ fn debug_info_shipped_apart_from_the_binary_is_found_as_gdb_finds_it() {
 #[test]
 fn init_writes_from_the_signatures_a_manifest_that_check_accepts() {
     let functions = ["demo_pool::pool::Pool::serve", "demo_pool::pool::Pool::spawn_worker"];
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["init", "--binary"])
-        .arg(binary("demo-pool"))
-        .args(functions)
-        .output()
-        .expect("run pool-obs-agent init");
-    let written = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{written}{}", String::from_utf8_lossy(&output.stderr));
+    let (code, written) = agent_init("demo-pool", &functions);
+    assert_eq!(code, Some(0), "{written}");
     // In the pool's own terms, from the debug info: each value compiled before it is suggested.
     for line in [
         "# fn demo_pool::pool::Pool::serve(self: &demo_pool::pool::Pool, model: &[u8], request_id: u64, \

@@ -12,6 +12,13 @@ use gimli::{AttributeValue, EntriesTreeNode, UnitOffset, constants};
 
 use super::{DebugUnits, Parameter, R, Site, SourceInfo, types::Shape, types::TypeId};
 
+/// What may hold a `Ready` value in a scope: variables, and calls inlined beside the poll.
+#[derive(Default)]
+struct Holders {
+    variables: Vec<Binding>,
+    consumers: Vec<Binding>,
+}
+
 /// The variable a caller binds an inlined poll's `Ready` value to.
 #[derive(Clone, Debug)]
 pub struct Binding {
@@ -52,20 +59,15 @@ impl SourceInfo {
         // other inlined calls.
         for depth in (0..path.len() - 1).rev() {
             let mut tree = unit.entries_tree(Some(path[depth])).map_err(|error| error.to_string())?;
-            let mut bindings = Vec::new();
+            let mut holders = Holders::default();
             let root = tree.root().map_err(|error| error.to_string())?;
             units
-                .variables_of_type(caller.unit, root, path[depth + 1], &output_name, &mut bindings)
+                .holders_of_type(caller.unit, root, path[depth + 1], &output_name, &mut holders)
                 .map_err(|error| error.to_string())?;
-            if bindings.is_empty() {
-                // No variable holds it: a call inlined beside the poll may take it as its first
-                // argument (`handler(args).await.into_response()`), from its first instruction.
-                let mut tree = unit.entries_tree(Some(path[depth])).map_err(|error| error.to_string())?;
-                let root = tree.root().map_err(|error| error.to_string())?;
-                units
-                    .consumers_of_type(caller.unit, root, path[depth + 1], &output_name, &mut bindings)
-                    .map_err(|error| error.to_string())?;
-            }
+            // No variable holds it: a call inlined beside the poll may take it as its first
+            // argument (`handler(args).await.into_response()`), from its first instruction.
+            let mut bindings =
+                if holders.variables.is_empty() { holders.consumers } else { holders.variables };
             match bindings.len() {
                 0 => continue,
                 1 => return Ok(bindings.remove(0)),
@@ -136,55 +138,22 @@ impl DebugUnits {
         Ok(false)
     }
 
-    /// The located variables of type `output` in `node` and its lexical blocks, leaving out
-    /// the child `skip` and inlined calls.
-    fn variables_of_type(
+    /// What in `node` and its lexical blocks (leaving out the child `skip`) may hold a value of
+    /// type `output`: located variables of that type, and inlined calls whose first parameter
+    /// is of that type and located (the value is that parameter, from the call's first
+    /// instruction).
+    fn holders_of_type(
         &self,
         unit: usize,
         node: EntriesTreeNode<R>,
         skip: UnitOffset,
         output: &str,
-        found: &mut Vec<Binding>,
+        found: &mut Holders,
     ) -> gimli::Result<()> {
-        let mut children = node.children();
-        while let Some(child) = children.next()? {
-            let entry = child.entry();
-            if entry.offset() == skip {
-                continue;
-            }
-            match entry.tag() {
-                constants::DW_TAG_lexical_block => {
-                    self.variables_of_type(unit, child, skip, output, found)?
-                }
-                constants::DW_TAG_variable => {
-                    let ty = self.inherited_type(unit, entry);
-                    if ty.and_then(|ty| self.type_of(ty).ok()).is_none_or(|ty| ty.name != output) {
-                        continue;
-                    }
-                    let starts = self.location_starts(unit, entry)?;
-                    if starts.is_empty() {
-                        continue;
-                    }
-                    let name = self.name_of(unit, entry).unwrap_or_else(|| "_".to_string());
-                    found.push(Binding { name, unit, entry: entry.offset(), starts });
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// The inlined calls in `node` and its lexical blocks (leaving out the child `skip`) whose
-    /// first parameter is of type `output` and located where the call starts: the binding is
-    /// that parameter, from the call's first instruction.
-    fn consumers_of_type(
-        &self,
-        unit: usize,
-        node: EntriesTreeNode<R>,
-        skip: UnitOffset,
-        output: &str,
-        found: &mut Vec<Binding>,
-    ) -> gimli::Result<()> {
+        let of_output = |entry: &gimli::DebuggingInformationEntry<R>| {
+            let ty = self.inherited_type(unit, entry);
+            ty.and_then(|ty| self.type_of(ty).ok()).is_some_and(|ty| ty.name == output)
+        };
         let mut children = node.children();
         while let Some(child) = children.next()? {
             let entry = child.entry().clone();
@@ -192,8 +161,13 @@ impl DebugUnits {
                 continue;
             }
             match entry.tag() {
-                constants::DW_TAG_lexical_block => {
-                    self.consumers_of_type(unit, child, skip, output, found)?
+                constants::DW_TAG_lexical_block => self.holders_of_type(unit, child, skip, output, found)?,
+                constants::DW_TAG_variable if of_output(&entry) => {
+                    let starts = self.location_starts(unit, &entry)?;
+                    if !starts.is_empty() {
+                        let name = self.name_of(unit, &entry).unwrap_or_else(|| "_".to_string());
+                        found.variables.push(Binding { name, unit, entry: entry.offset(), starts });
+                    }
                 }
                 constants::DW_TAG_inlined_subroutine => {
                     let Some(start) = self.entry_address(&self.units[unit], &entry)? else { continue };
@@ -202,17 +176,19 @@ impl DebugUnits {
                     let parameter = first.entry();
                     if parameter.tag() != constants::DW_TAG_formal_parameter
                         || parameter.attr_value(constants::DW_AT_location)?.is_none()
+                        || !of_output(parameter)
                     {
-                        continue;
-                    }
-                    let ty = self.inherited_type(unit, parameter);
-                    if ty.and_then(|ty| self.type_of(ty).ok()).is_none_or(|ty| ty.name != output) {
                         continue;
                     }
                     let function = self.name_of(unit, &entry).map(|name| short_function(&name));
                     let parameter_name = self.name_of(unit, parameter).unwrap_or_else(|| "_".to_string());
                     let name = format!("{parameter_name}` of `{}", function.unwrap_or_default());
-                    found.push(Binding { name, unit, entry: parameter.offset(), starts: vec![start] });
+                    found.consumers.push(Binding {
+                        name,
+                        unit,
+                        entry: parameter.offset(),
+                        starts: vec![start],
+                    });
                 }
                 _ => {}
             }
