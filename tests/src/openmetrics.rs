@@ -13,7 +13,34 @@ pub struct Exposition {
     pub samples: Vec<Sample>,
 }
 
+/// The anomalies that say a future's life was not all seen: a poll, its end, its first poll, its
+/// drop before its address was reused, or events lost while it was open.
+pub const UNSEEN_FUTURE_KINDS: [&str; 5] =
+    ["poll_not_seen", "ready_not_seen", "first_poll_not_seen", "future_reused", "open_across_lost_events"];
+
 impl Exposition {
+    /// After a run whose events the kernel lost for want of room: no model's count under any
+    /// status is above the pool's own, and the anomalies that say why some are below. Returns
+    /// the events lost and the anomalies by kind.
+    pub fn assert_lossy_never_above(
+        &self,
+        summary: &crate::ground_truth::Summary,
+    ) -> (f64, BTreeMap<String, f64>) {
+        let lost = self.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
+        assert!(lost > 0.0, "the buffer overflowed");
+        for (model, truth) in &summary.models {
+            for (status, count) in truth.requests.by_status() {
+                let counted = self.of_model("pool_requests_total", model, &[("status", status)]);
+                assert!(counted as u64 <= count, "{model} {status}: {counted} counted of {count}");
+            }
+        }
+        let anomalies = self.nonzero("pool_obs_anomalies_total", "kind");
+        let unseen: f64 = UNSEEN_FUTURE_KINDS.iter().filter_map(|kind| anomalies.get(*kind)).sum();
+        eprintln!("{lost} events lost; anomalies {anomalies:?}");
+        assert!(unseen > 0.0, "missed polls and ends are anomalies: {anomalies:?}");
+        (lost, anomalies)
+    }
+
     pub fn parse(text: &str) -> Self {
         let samples = text
             .lines()

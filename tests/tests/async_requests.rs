@@ -163,21 +163,7 @@ fn polls_and_ends_the_agent_missed_are_anomalies_named_in_health_never_wrong_cou
     let (_, health) = agent.health();
     pool.wait_for_exit();
 
-    let lost = metrics.value("pool_obs_events_lost_total", &[]).unwrap_or(0.0);
-    assert!(lost > 0.0, "the one-page buffer overflowed");
-    for (model, truth) in &summary.models {
-        for (status, count) in truth.requests.by_status() {
-            let counted = metrics.of_model("pool_requests_total", model, &[("status", status)]);
-            assert!(counted as u64 <= count, "{model} {status}: {counted} counted of {count}");
-        }
-    }
-    let anomalies = metrics.nonzero("pool_obs_anomalies_total", "kind");
-    let unseen: f64 = ["poll_not_seen", "ready_not_seen", "first_poll_not_seen", "future_reused"]
-        .iter()
-        .filter_map(|kind| anomalies.get(*kind))
-        .sum();
-    eprintln!("{lost} events lost; anomalies {anomalies:?}");
-    assert!(unseen > 0.0, "missed polls and ends are anomalies: {anomalies:?}");
+    metrics.assert_lossy_never_above(&summary);
     let reasons = health["reasons"].to_string();
     assert!(
         reasons.contains("async_pool::Service::handle") && reasons.contains("contradict the life"),
