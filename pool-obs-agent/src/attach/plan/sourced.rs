@@ -126,27 +126,35 @@ impl Plan {
 
 /// Where a probe on an inlined instance sits, and what `compile` made of the site there: the
 /// first place of [`FunctionCode::inlined_entries`] that the kernel accepts and where
-/// `compile` succeeds. The refusal is that of the first place.
+/// `compile` succeeds. The refusal is the first place's that the kernel accepts, else the
+/// kernel's own.
 pub(super) fn first_inlined_place<T>(
     site: &source::Site,
     symbol: &Symbol,
     code: &FunctionCode,
     compile: impl Fn(&source::Site) -> Result<T, String>,
 ) -> Result<(Site, T), (Class, String)> {
-    let mut first_problem = None;
+    // The instruction the kernel refuses (a LOCK prefix) is passed over; if no place fits, what
+    // the values lack says more than that refusal, which no change to the manifest can help.
+    let (mut refused, mut lacking) = (None, None);
     for at in code.inlined_entries(site.address - symbol.address) {
-        let problem = match at.handling {
+        match at.handling {
             Handling::Refused(why) => {
-                (Class::Unprobeable, format!("the kernel refuses `{}` ({why})", at.instruction))
+                refused.get_or_insert((
+                    Class::Unprobeable,
+                    format!("the kernel refuses `{}` ({why})", at.instruction),
+                ));
             }
             _ => match compile(&site.at(symbol.address + at.offset)) {
                 Ok(compiled) => return Ok((at, compiled)),
-                Err(problem) => (Class::SourceValue, problem),
+                Err(problem) => {
+                    lacking.get_or_insert((Class::SourceValue, problem));
+                }
             },
-        };
-        first_problem.get_or_insert(problem);
+        }
     }
-    Err(first_problem
+    Err(lacking
+        .or(refused)
         .unwrap_or((Class::SourceValue, format!("no instruction starts at {:#x}", site.address))))
 }
 
