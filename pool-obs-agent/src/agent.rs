@@ -335,7 +335,11 @@ impl Observer {
             events,
             contradictions,
             read_failures: self.read_failures_by_probe.clone(),
-            anomalies: anomalies.iter().map(|(_, count)| count).sum(),
+            anomalies: anomalies
+                .iter()
+                .filter(|(kind, _)| kind.doubts_the_values())
+                .map(|(_, count)| count)
+                .sum(),
         };
         let probe_reasons = self.probes.observe(Instant::now(), totals);
         let processes = fleet

@@ -91,6 +91,13 @@ impl Anomaly {
         Anomaly::RequestUnattributed,
     ];
 
+    /// Whether it casts doubt on what the probes read, for `/health`'s rate of anomalies. A call
+    /// a panic unwound through does not: the pool panicked, and the agent counted the request
+    /// as failed, or the worker as crashed.
+    pub fn doubts_the_values(self) -> bool {
+        !matches!(self, Anomaly::Unwound)
+    }
+
     /// The `kind` label.
     pub fn name(self) -> &'static str {
         match self {

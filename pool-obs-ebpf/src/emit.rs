@@ -268,28 +268,37 @@ fn ended<C: EbpfContext>(
     reader.report_failure();
 }
 
-/// The end of a call a panic unwound through, for a `request_ended` return probe: the request
-/// failed. Other events did not happen, and are only counted (`CallsUnwound`).
+/// The end of a call a panic unwound through. For a `request_ended` return probe (or a poll),
+/// the request failed; for a `worker_evicted` one, the worker did not leave: it crashed. Other
+/// events did not happen, and are only counted (`CallsUnwound`).
 pub fn unwound(spec: &ProbeSpec, call: &OpenCall, now: u64) {
+    let hit = Hit { probe: call.return_probe, now };
     if spec.kind == EventKind::RequestEnded as u32 || spec.kind == EventKind::FuturePolled as u32 {
-        write(spec, &Hit { probe: call.return_probe, now }, &Unwound(call));
+        write(spec, &hit, &Unwound(call));
+    } else if spec.kind == EventKind::WorkerEvicted as u32 {
+        write_as(EventKind::WorkerCrashed, &hit, &Unwound(call));
+    }
+}
+
+#[inline(always)]
+fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
+    if let Some(kind) = EventKind::from_u32(spec.kind) {
+        write_as(kind, hit, source);
     }
 }
 
 /// Inlined with the sources' methods: a model key returned through a call is copied byte by
 /// byte, and the verifier walks every byte on every path. Each event is written in place in the
 /// ring buffer, field by field: built first, it would take up to 200 bytes of the BPF stack.
+/// Writes an event of `kind` (the spec's own, but at a worker's crash).
 #[inline(always)]
-fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
-    let Some(kind) = EventKind::from_u32(spec.kind) else {
-        return;
-    };
+fn write_as<S: Source>(kind: EventKind, hit: &Hit, source: &S) {
     // Written in place too, field by field, in each event.
     let header = |into: *mut Header| {
         let (pid, tid) = current_ids();
         // SAFETY: `into` is a reserved event's header, valid for writes.
         unsafe {
-            (*into).kind = spec.kind;
+            (*into).kind = kind as u32;
             (*into).probe = hit.probe;
             (*into).tid = tid;
             (*into).pid = pid;

@@ -274,6 +274,18 @@ impl Agent {
     }
 
     /// The metrics once every one of `events` (one per request) is counted or counted as lost.
+    /// The metrics once `ready` holds of them, or after 20 s.
+    pub fn metrics_once(&self, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics();
+            if ready(&metrics) || Instant::now() > deadline {
+                return metrics;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn metrics_accounting_for(&self, events: u64) -> Exposition {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -285,6 +297,27 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// What `/health` answered, every 100 ms, while `run` ran (status and body); and what
+    /// `run` returned.
+    pub fn health_while<T>(&self, run: impl FnOnce() -> T) -> (T, Vec<(u16, String)>) {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = thread::spawn({
+            let (address, done) = (self.address, done.clone());
+            move || {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = http::get(address, "/health").expect("GET /health");
+                    seen.push((response.status, response.body));
+                    thread::sleep(Duration::from_millis(100));
+                }
+                seen
+            }
+        });
+        let result = run();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (result, watcher.join().expect("the health watcher"))
     }
 
     pub fn health(&self) -> (u16, serde_json::Value) {

@@ -5,20 +5,9 @@
 //! builds that differ by one handler never called (`model-server-more`). The manifest names the
 //! handler, `infer`, and its values by the names its patterns bind (`Path(model)`).
 
-use std::{
-    collections::BTreeMap,
-    process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, process::Command, sync::Mutex, time::Duration};
 
-use pool_obs_tests::{
-    http,
-    processes::{Agent, Pool, StartFile, agent_init, args, binary, free_address, manifest},
-};
+use pool_obs_tests::processes::{Agent, Pool, StartFile, agent_init, args, binary, free_address, manifest};
 
 static ALONE: Mutex<()> = Mutex::new(());
 
@@ -29,26 +18,6 @@ fn manifest_for(pool_name: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("pool-obs-{pool_name}-{}.toml", std::process::id()));
     std::fs::write(&path, text.replace("model_server::", &format!("{crate_name}::"))).expect("write it");
     path
-}
-
-/// What `/health` answered, every 100 ms, while `run` ran; and what `run` returned.
-fn health_while<T>(agent: &Agent, run: impl FnOnce() -> T) -> (T, Vec<(u16, String)>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = std::thread::spawn({
-        let (address, done) = (agent.address, done.clone());
-        move || {
-            let mut seen = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                let response = http::get(address, "/health").expect("GET /health");
-                seen.push((response.status, response.body));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            seen
-        }
-    });
-    let result = run();
-    done.store(true, Ordering::Relaxed);
-    (result, watcher.join().expect("the health watcher"))
 }
 
 /// Every model's outcomes and unloads exactly as the service counted them, p99 within 1%, no
@@ -63,7 +32,7 @@ fn assert_counted_exactly(pool_name: &str) {
     );
     let agent = Agent::attach(pool.pid(), &manifest_for(pool_name), free_address(), &[]);
     start.start();
-    let (summary, health) = health_while(&agent, || pool.summary());
+    let (summary, health) = agent.health_while(|| pool.summary());
     pool.wait_for_exit();
     let requests = summary.models.values().map(|model| model.requests.total()).sum();
     let metrics = agent.metrics_after(requests);
@@ -171,7 +140,7 @@ fn ends_the_agent_missed_on_an_axum_service_are_anomalies_named_in_health() {
     let lossy = ["--ring-buffer-bytes", "4096", "--drain-interval-ms", "1000"];
     let agent = Agent::attach(pool.pid(), &manifest("model-server.toml"), free_address(), &lossy);
     start.start();
-    let (summary, health) = health_while(&agent, || pool.summary());
+    let (summary, health) = agent.health_while(|| pool.summary());
     // Past the second a dropped-ready future waits for its poll's end.
     std::thread::sleep(Duration::from_secs(2));
     let metrics = agent.metrics();

@@ -1,0 +1,42 @@
+//! A synchronous model pool as its users write one (`registry-pool`): a registry that loads
+//! models on first use and unloads the least recently used, two worker threads per model, and
+//! workers that crash now and then — a panic leaves `Worker::run`, the thread catches it and
+//! starts a new worker. The manifest probes `Worker::run` alone, at entry and at return: a
+//! worker whose `run` a panic ends crashed; one whose `run` returns was unloaded.
+
+use pool_obs_tests::processes::{Agent, Pool, StartFile, args, free_address, manifest};
+
+#[test]
+fn a_worker_a_panic_takes_out_of_its_run_counts_as_a_crash_and_an_unload_as_an_eviction() {
+    let start = StartFile::new("registry-pool");
+    let mut pool =
+        Pool::start_named("registry-pool", &[args(&["--requests", "20000"]), start.arg().to_vec()].concat());
+    let agent = Agent::attach(pool.pid(), &manifest("registry-pool.toml"), free_address(), &[]);
+    start.start();
+    let (summary, health) = agent.health_while(|| pool.summary());
+    pool.wait_for_exit();
+    let crashes: u64 = summary.models.values().map(|model| model.crashes).sum();
+    let lives: u64 = summary.models.values().map(|model| model.evictions + model.crashes).sum();
+    let metrics = agent.metrics_once(|metrics| {
+        metrics.sum("pool_worker_evictions_total") + metrics.sum("pool_worker_crashes_total") >= lives as f64
+    });
+
+    assert!(crashes > 5, "the load crashes workers: {summary:?}");
+    for (model, truth) in &summary.models {
+        assert!(truth.evictions > 0, "{model}: the registry unloads it: {truth:?}");
+        for (name, count) in [
+            ("pool_worker_spawns_total", truth.spawns),
+            ("pool_worker_evictions_total", truth.evictions),
+            ("pool_worker_crashes_total", truth.crashes),
+        ] {
+            assert_eq!(metrics.of_model(name, model, &[]) as u64, count, "{model} {name}");
+        }
+    }
+    // A crash is a panic the agent saw unwind through `run` (`unwound`, counted as the kernel
+    // reports it), and nothing else is amiss.
+    let anomalies = metrics.nonzero("pool_obs_anomalies_total", "kind");
+    assert!(anomalies.keys().all(|kind| kind == "unwound"), "{anomalies:?}");
+    // Unloads and crashes are the pool's normal running: `/health` stays 200.
+    assert!(health.len() >= 3, "/health was asked while the pool ran: {health:?}");
+    assert!(health.iter().all(|(status, _)| *status == 200), "/health 200 throughout: {health:?}");
+}
