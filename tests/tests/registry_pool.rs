@@ -4,7 +4,7 @@
 //! starts a new worker. The manifest probes `Worker::run` alone, at entry and at return: a
 //! worker whose `run` a panic ends crashed; one whose `run` returns was unloaded.
 
-use pool_obs_tests::processes::{Agent, Pool, StartFile, args, free_address, manifest};
+use pool_obs_tests::processes::{Agent, Pool, StartFile, args, binary, free_address, manifest};
 
 #[test]
 fn a_worker_a_panic_takes_out_of_its_run_counts_as_a_crash_and_an_unload_as_an_eviction() {
@@ -39,4 +39,43 @@ fn a_worker_a_panic_takes_out_of_its_run_counts_as_a_crash_and_an_unload_as_an_e
     // Unloads and crashes are the pool's normal running: `/health` stays 200.
     assert!(health.len() >= 3, "/health was asked while the pool ran: {health:?}");
     assert!(health.iter().all(|(status, _)| *status == 200), "/health 200 throughout: {health:?}");
+}
+
+/// `check` on registry-pool with a one-probe manifest naming `function`: its exit code and what
+/// it printed.
+fn check_function(function: &str) -> (Option<i32>, String) {
+    let text =
+        format!("[[probe]]\nevent = \"worker_spawned\"\nfunction = \"{function}\"\nmodel = \"model\"\n");
+    let path =
+        std::env::temp_dir().join(format!("pool-obs-generic-{}-{}.toml", std::process::id(), text.len()));
+    std::fs::write(&path, text).expect("write the manifest");
+    let output = std::process::Command::new(binary("pool-obs-agent"))
+        .args(["check", "--binary", binary("registry-pool").to_str().unwrap(), "--manifest"])
+        .arg(&path)
+        .output()
+        .expect("run pool-obs-agent check");
+    let _ = std::fs::remove_file(&path);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn one_instance_of_a_generic_function_is_named_by_its_generic_arguments_not_a_hash() {
+    // `lifecycle(truth, model, change: impl FnOnce(&mut Lifecycle))`: one instance a closure.
+    let (code, text) = check_function("registry_pool::lifecycle");
+    assert_eq!(code, Some(19), "{text}");
+    let instance =
+        "registry_pool::lifecycle<registry_pool::{impl#1}::load::{closure#0}::{closure#0}::{closure_env#2}>";
+    assert!(
+        text.contains("name one by its generic arguments") && text.contains(&format!("`{instance}`")),
+        "{text}"
+    );
+    let (code, text) = check_function(instance);
+    assert_eq!(code, Some(0), "{text}");
+    // A mangled name from another build: its hash is no function's, but its name is.
+    let (code, text) = check_function("_ZN13registry_pool9lifecycle17h0123456789abcdefE");
+    assert_eq!(code, Some(19), "{text}");
+    assert!(text.contains("was the binary rebuilt?") && text.contains(&format!("`{instance}`")), "{text}");
 }

@@ -59,6 +59,8 @@ struct Name {
     function: String,
     key: String,
     mangled: String,
+    /// With its generic arguments, for an instance of a generic function.
+    generic: Option<String>,
 }
 
 /// Where a function runs, compactly: a binary has tens of thousands of these.
@@ -89,8 +91,18 @@ pub struct Inlined {
 pub enum SiteError {
     #[error("the debug info has no function matching `{pattern}`")]
     NotFound { pattern: String },
-    #[error("`{pattern}` matches {} functions, name one by its mangled name: {}", .matches.len(), .matches.join(", "))]
-    Ambiguous { pattern: String, matches: Vec<String> },
+    #[error(
+        "`{pattern}` matches {} functions, name one by {}: {}",
+        .matches.len(),
+        if *.generic { "its generic arguments or its mangled name" } else { "its mangled name" },
+        .matches.join(", ")
+    )]
+    Ambiguous { pattern: String, matches: Vec<String>, generic: bool },
+    #[error(
+        "no function is `{pattern}` (was the binary rebuilt? the hash changes): `{function}` is {}",
+        .instances.iter().map(|instance| format!("`{instance}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Rebuilt { pattern: String, function: String, instances: Vec<String> },
     #[error(
         "{function} is neither an `async fn` nor a function whose body is one async block: name the \
          async fn the request runs in"
@@ -101,7 +113,7 @@ pub enum SiteError {
 impl SiteError {
     pub fn class(&self) -> Class {
         match self {
-            SiteError::NotFound { .. } => Class::FunctionNotFound,
+            SiteError::NotFound { .. } | SiteError::Rebuilt { .. } => Class::FunctionNotFound,
             SiteError::Ambiguous { .. } => Class::AmbiguousFunction,
             SiteError::NotAsync { .. } => Class::SourceValue,
         }
@@ -204,10 +216,11 @@ impl SourceInfo {
                 name.mangled == pattern
                     || glob_match(pattern, &name.function)
                     || glob_match(pattern, &name.key)
+                    || name.generic.as_deref().is_some_and(|generic| glob_match(pattern, generic))
             })
             .collect();
         match matching.as_slice() {
-            [] => Err(SiteError::NotFound { pattern: pattern.to_string() }),
+            [] => Err(self.nearest(pattern)),
             [name] => {
                 let mut sites: Vec<Site> = self
                     .placements
@@ -223,12 +236,38 @@ impl SourceInfo {
                 let mut matches: Vec<String> = matching
                     .iter()
                     .map(|index| &self.names[*index as usize])
-                    .map(|name| format!("{} (mangled {})", name.key, name.mangled))
+                    .map(|name| match &name.generic {
+                        Some(generic) => format!("`{generic}` (mangled {})", name.mangled),
+                        None => format!("{} (mangled {})", name.key, name.mangled),
+                    })
                     .collect();
                 matches.sort();
-                Err(SiteError::Ambiguous { pattern: pattern.to_string(), matches })
+                let generic = matching.iter().any(|index| self.names[*index as usize].generic.is_some());
+                Err(SiteError::Ambiguous { pattern: pattern.to_string(), matches, generic })
             }
         }
+    }
+
+    /// Why nothing matches `pattern`: a mangled name whose hash no function has (the binary
+    /// was rebuilt) names the functions that share its demangled name.
+    fn nearest(&self, pattern: &str) -> SiteError {
+        let demangled = rustc_demangle::try_demangle(pattern).map(|name| format!("{name:#}"));
+        if let Ok(function) = demangled
+            && function != pattern
+        {
+            let mut instances: Vec<String> = self
+                .names
+                .iter()
+                .filter(|name| name.function == function)
+                .map(|name| name.generic.clone().unwrap_or_else(|| name.mangled.clone()))
+                .collect();
+            instances.sort();
+            instances.dedup();
+            if !instances.is_empty() {
+                return SiteError::Rebuilt { pattern: pattern.to_string(), function, instances };
+            }
+        }
+        SiteError::NotFound { pattern: pattern.to_string() }
     }
 
     /// Every site of every function whose demangled name is `function`.

@@ -80,9 +80,17 @@ impl DebugUnits {
                         }
                         _ => function.clone(),
                     };
+                    // One instance of a generic function, by its generic arguments as DWARF
+                    // names them (`lifecycle<…::load::{closure#0}::{closure_env#2}>`): a name
+                    // that survives a rebuild, where the mangled name's hash does not.
+                    let generic =
+                        self.name_of(index, entry).filter(|name| name.contains('<')).and_then(|name| {
+                            let (path, last) = function.rsplit_once("::")?;
+                            name.starts_with(&format!("{last}<")).then(|| format!("{path}::{name}"))
+                        });
                     let next = names.len() as u32;
                     by_mangled.insert(mangled.clone(), next);
-                    names.push(Name { function, key, mangled });
+                    names.push(Name { function, key, mangled, generic });
                     Some(next)
                 });
                 let Some(name) = name else { continue };
