@@ -9,7 +9,7 @@
 //! [`source::ready`]), and a `Pending` poll at the caller's return.
 
 use iced_x86::FlowControl;
-use pool_obs_common::probe::{Base, ProbeSpec, Register, Register as PRegister};
+use pool_obs_common::probe::{Base, ProbeSpec, Register};
 
 use super::{
     Choice, Program,
@@ -240,7 +240,7 @@ impl InlinedPoll<'_> {
         };
         let in_memory_off_stack = matches!(
             &parameter.location,
-            Ok(Location::Memory(address)) if !matches!(address.origin, Origin::General(PRegister::Rsp))
+            Ok(Location::Memory(address)) if !matches!(address.origin, Origin::General(Register::Rsp))
         );
         if !in_memory_off_stack {
             return Err(format!("{} takes it in {:?}", callee.function, parameter.location));
