@@ -71,17 +71,19 @@ impl Aggregator {
         let Some(states) = probe.future.clone() else { return };
         let rule = probe.outcome.clone();
         let has_request_id = probe.has_request_id;
-        // Dropped during this poll, once it had left the future `Returned`.
-        let dropped_in_poll = self
-            .futures
-            .dropped_in_poll
-            .get(&event.future)
-            .is_some_and(|(dropped_ns, _)| (event.entered_ns..=event.header.ts_ns).contains(dropped_ns));
-        let dropped = dropped_in_poll.then(|| self.futures.dropped_in_poll.remove(&event.future)).flatten();
-        if !dropped_in_poll && self.futures.dropped_in_poll.contains_key(&event.future) {
+        // The probe that saw it dropped during this poll, once the poll had left it `Returned`.
+        let dropped = match self.futures.dropped_in_poll.get(&event.future) {
+            Some(&(dropped_ns, probe)) if (event.entered_ns..=event.header.ts_ns).contains(&dropped_ns) => {
+                self.futures.dropped_in_poll.remove(&event.future);
+                Some(probe)
+            }
             // Dropped before this poll began: the end of the poll it was dropped in never came.
-            self.unended_drop(event.future);
-        }
+            Some(_) => {
+                self.unended_drop(event.future);
+                None
+            }
+            None => None,
+        };
         if event.state_before == states.unresumed {
             self.first_poll(event, has_request_id);
         }
@@ -114,7 +116,7 @@ impl Aggregator {
         } else if event.state_after == states.returned {
             classified()
         } else {
-            if let Some((_, drop_probe)) = dropped {
+            if let Some(drop_probe) = dropped {
                 // Dropped `Returned` in a poll that left it in another state: polled unseen.
                 self.contradiction(Anomaly::ReadyNotSeen, event.future, drop_probe);
                 self.futures.open.remove(&event.future);

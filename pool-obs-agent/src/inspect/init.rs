@@ -122,21 +122,24 @@ fn event_named_for(function: &str) -> &'static str {
 
 /// An arm per variant: `Ok` is ok, a variant named like a timeout is one, the rest failed.
 fn arms(variants: &[String]) -> String {
-    let status = |variant: &str| {
-        let lower = variant.to_lowercase();
-        if lower == "ok" || lower == "some" || lower == "served" {
-            "ok"
-        } else if lower.contains("timeout") || lower.contains("expired") {
-            "timeout"
-        } else {
-            "failed"
-        }
-    };
     variants
         .iter()
-        .map(|variant| format!("{variant} = \"{}\"", status(variant)))
+        .map(|variant| format!("{variant} = \"{}\"", status_named_for(variant)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The status a variant's name suggests: `Ok` is ok, a variant named like a timeout is one,
+/// the rest failed.
+pub(super) fn status_named_for(variant: &str) -> &'static str {
+    let lower = variant.to_lowercase();
+    if lower == "ok" || lower == "some" || lower == "served" {
+        "ok"
+    } else if lower.contains("timeout") || lower.contains("expired") {
+        "timeout"
+    } else {
+        "failed"
+    }
 }
 
 /// The values a probe could read, guessed from names and types and compiled to be sure they

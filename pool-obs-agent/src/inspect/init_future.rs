@@ -3,6 +3,7 @@
 //! returns. Each value is suggested only once the plan `check` runs accepts it, so what `init`
 //! writes checks out; a value it cannot vouch for stays a comment, with the reason.
 
+use super::init::status_named_for;
 use crate::{
     attach::{
         plan,
@@ -31,8 +32,8 @@ pub fn probe(source: &SourceInfo, table: &SymbolTable, function: &str, coroutine
         "\n# async fn {function}, taking {}\n# A request is its future: from its first poll to the poll that is `Ready`, or to its drop (cancelled).\n",
         shown.join(", ")
     );
-    text += &format!("[[probe]]\nevent = \"async_request\"\nfunction = \"{function}\"\n");
     let base = format!("[[probe]]\nevent = \"async_request\"\nfunction = \"{function}\"\n");
+    text += &base;
     // Each value is tried alone, with a constant model when it is not the model.
     let accepts = |line: &str| -> Result<(), String> {
         let model = if line.starts_with("model") { "" } else { "model = { constant = \"m\" }\n" };
@@ -102,13 +103,11 @@ fn outcome_arms(source: &SourceInfo, coroutine: &Coroutine) -> Option<String> {
         let inner =
             data.map(|data| (source.type_name(Some(data)), variants(source, data))).unwrap_or_default();
         let short = inner.0.rsplit("::").next().unwrap_or(&inner.0).to_string();
-        for (name, _) in &inner.1 {
-            if name.to_lowercase().contains("timeout") || name.to_lowercase().contains("expired") {
-                arms.push(format!("\"{variant}({short}::{name})\" = \"timeout\""));
-            }
+        // An arm for an inner variant only where it says more than its outer one.
+        for (name, _) in inner.1.iter().filter(|(name, _)| status_named_for(name) == "timeout") {
+            arms.push(format!("\"{variant}({short}::{name})\" = \"timeout\""));
         }
-        let status = if variant == "Ok" || variant == "Some" { "ok" } else { "failed" };
-        arms.push(format!("\"{variant}\" = \"{status}\""));
+        arms.push(format!("\"{variant}\" = \"{}\"", status_named_for(variant)));
     }
     Some(arms.join(", "))
 }

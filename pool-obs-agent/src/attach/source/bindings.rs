@@ -10,6 +10,7 @@ use gimli::{EntriesTreeNode, constants};
 use super::{DebugUnits, R, Site, SourceInfo, types::Member, types::Shape, types::TypeId};
 
 /// A variable of a resume function's body: its name, the line it is declared on, its type.
+#[derive(Clone)]
 struct Declared {
     name: String,
     line: Option<u64>,
@@ -130,11 +131,7 @@ impl DebugUnits {
                 .flatten()
                 .filter(|variable| variable.line.is_some() && variable.line == argument.line)
                 .filter(|variable| !variable.name.starts_with("__"))
-                .map(|variable| Declared {
-                    name: variable.name.clone(),
-                    line: variable.line,
-                    ty: variable.ty,
-                })
+                .cloned()
                 .collect();
             pairs.push((argument, bound));
         }

@@ -134,12 +134,12 @@ impl<'a> Scope<'a> {
         })
     }
 
-    /// The fields of the struct at `path` (through pointers), for `init`'s suggestions.
     /// The name of the type `path` names, if it names a value here.
     pub fn value_type(&self, path: &str) -> Option<String> {
         self.value(path).ok().map(|found| found.ty.name)
     }
 
+    /// The fields of the struct at `path` (through pointers), for `init`'s suggestions.
     pub fn field_names(&self, path: &str) -> Vec<String> {
         let Ok(found) = self.value(path) else { return Vec::new() };
         match &found.ty.shape {
