@@ -26,6 +26,21 @@ pub fn agent_init(pool: &str, functions: &[&str]) -> (Option<i32>, String) {
     (output.status.code(), written)
 }
 
+/// `pool-obs-agent check` of the manifest file at `manifest` against the release binary `pool`:
+/// its exit code and what it printed (stdout, then stderr).
+pub fn agent_check(pool: &str, manifest: &Path) -> (Option<i32>, String) {
+    let output = Command::new(binary("pool-obs-agent"))
+        .args(["check", "--binary"])
+        .arg(binary(pool))
+        .arg("--manifest")
+        .arg(manifest)
+        .output()
+        .expect("run pool-obs-agent check");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
 /// A release binary of this workspace, as `cargo xtask build` leaves it.
 pub fn binary(name: &str) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

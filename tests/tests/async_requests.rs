@@ -6,13 +6,13 @@
 //! into `Timeout`'s, which goes on after it. `async-pool-boxed` is the same service with `handle`
 //! returning a `Pin<Box<dyn Future>>`, polled and dropped through the box's vtable.
 
-use std::{collections::BTreeMap, process::Command};
+use std::collections::BTreeMap;
 
 use pool_obs_tests::{
     dashboard,
     ground_truth::Summary,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+    processes::{Agent, Pool, StartFile, agent_check, args, free_address, manifest},
 };
 
 /// Runs `pool_name` to its end with the agent attached; what each side counted, and the agent.
@@ -109,15 +109,9 @@ fn a_boxed_future_as_async_trait_makes_them_is_counted_exactly_by_model_and_outc
 fn check(name: &str, manifest: &str) -> (i32, String) {
     let path = std::env::temp_dir().join(format!("pool-obs-async-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, manifest).expect("write the manifest");
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary", binary("async-pool").to_str().unwrap(), "--manifest"])
-        .arg(&path)
-        .output()
-        .expect("run pool-obs-agent check");
+    let (code, text) = agent_check("async-pool", &path);
     let _ = std::fs::remove_file(&path);
-    let text =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
+    (code.unwrap_or(-1), text)
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! builds that differ by one handler never called (`model-server-more`). The manifest names the
 //! handler, `infer`, and its values by the names its patterns bind (`Path(model)`).
 
-use std::{collections::BTreeMap, process::Command, sync::Mutex, time::Duration};
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
-use pool_obs_tests::processes::{Agent, Pool, StartFile, agent_init, args, binary, free_address, manifest};
+use pool_obs_tests::processes::{
+    Agent, Pool, StartFile, agent_check, agent_init, args, free_address, manifest,
+};
 
 static ALONE: Mutex<()> = Mutex::new(());
 
@@ -77,14 +79,8 @@ fn one_more_handler_in_the_build_changes_nothing_that_is_counted() {
 
 #[test]
 fn check_names_the_binding_of_a_path_extractor_and_the_call_that_takes_the_ready_value() {
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary", binary("model-server").to_str().unwrap(), "--manifest"])
-        .arg(manifest("model-server.toml"))
-        .output()
-        .expect("run pool-obs-agent check");
-    let text =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{text}");
+    let (code, text) = agent_check("model-server", &manifest("model-server.toml"));
+    assert_eq!(code, Some(0), "{text}");
     // `Path(model)` is `__arg1.0` in the future's unresumed state; `req` is `__arg2.0`.
     assert!(text.contains("✓ model = \"model\": str("), "{text}");
     assert!(text.contains("✓ request_id = \"req.id\": *("), "{text}");
@@ -117,13 +113,8 @@ fn init_writes_the_async_handler_and_the_unload_as_check_accepts_them() {
     }
     let path = std::env::temp_dir().join(format!("pool-obs-init-axum-{}.toml", std::process::id()));
     std::fs::write(&path, &written).expect("write the manifest");
-    let checked = Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary", binary("model-server").to_str().unwrap(), "--manifest"])
-        .arg(&path)
-        .output()
-        .expect("run pool-obs-agent check");
-    let printed = String::from_utf8_lossy(&checked.stdout);
-    assert_eq!(checked.status.code(), Some(0), "{printed}{}", String::from_utf8_lossy(&checked.stderr));
+    let (code, printed) = agent_check("model-server", &path);
+    assert_eq!(code, Some(0), "{printed}");
     assert!(printed.contains("ok: 2 probes check out"), "{printed}");
 }
 

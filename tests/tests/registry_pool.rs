@@ -4,7 +4,7 @@
 //! starts a new worker. The manifest probes `Worker::run` alone, at entry and at return: a
 //! worker whose `run` a panic ends crashed; one whose `run` returns was unloaded.
 
-use pool_obs_tests::processes::{Agent, Pool, StartFile, args, binary, free_address, manifest};
+use pool_obs_tests::processes::{Agent, Pool, StartFile, agent_check, args, free_address, manifest};
 
 #[test]
 fn a_worker_a_panic_takes_out_of_its_run_counts_as_a_crash_and_an_unload_as_an_eviction() {
@@ -49,16 +49,9 @@ fn check_function(function: &str) -> (Option<i32>, String) {
     let path =
         std::env::temp_dir().join(format!("pool-obs-generic-{}-{}.toml", std::process::id(), text.len()));
     std::fs::write(&path, text).expect("write the manifest");
-    let output = std::process::Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary", binary("registry-pool").to_str().unwrap(), "--manifest"])
-        .arg(&path)
-        .output()
-        .expect("run pool-obs-agent check");
+    let checked = agent_check("registry-pool", &path);
     let _ = std::fs::remove_file(&path);
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
-    )
+    checked
 }
 
 #[test]

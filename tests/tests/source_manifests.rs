@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, process::Command};
 use pool_obs_tests::{
     ground_truth::Summary,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+    processes::{Agent, Pool, StartFile, agent_check, args, binary, free_address, manifest},
 };
 
 /// The functions `job-pool.toml` probes.
@@ -116,15 +116,8 @@ fn one_probe(probe: &str) -> std::path::PathBuf {
 
 /// `check` on job-pool with one probe: its exit code and what it printed.
 fn check(probe: &str) -> (i32, String) {
-    let path = one_probe(probe);
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary", binary("job-pool").to_str().unwrap(), "--manifest"])
-        .arg(&path)
-        .output()
-        .expect("run pool-obs-agent check");
-    let text =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
+    let (code, text) = agent_check("job-pool", &one_probe(probe));
+    (code.unwrap_or(-1), text)
 }
 
 #[test]

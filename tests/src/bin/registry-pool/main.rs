@@ -195,12 +195,12 @@ fn main() {
         registry.queue_for(&model).send(job).expect("a loaded model's queue");
         pending.insert(id, (model, started, outcome));
         if pending.len() >= 8 {
-            let (id, (model, started, outcome)) = pending.pop_first().expect("a pending request");
-            settle(&truth, id, &model, started, &outcome);
+            let (_, (model, started, outcome)) = pending.pop_first().expect("a pending request");
+            settle(&truth, &model, started, &outcome);
         }
     }
-    for (id, (model, started, outcome)) in pending {
-        settle(&truth, id, &model, started, &outcome);
+    for (model, started, outcome) in pending.into_values() {
+        settle(&truth, &model, started, &outcome);
     }
     for (_, (loaded, _)) in std::mem::take(&mut registry.loaded) {
         unload(loaded);
@@ -218,7 +218,7 @@ fn main() {
 }
 
 /// A request's answer: its outcome, or failed when its worker crashed serving it.
-fn settle(truth: &Shared, _id: u64, model: &str, started: Instant, outcome: &mpsc::Receiver<Outcome>) {
+fn settle(truth: &Shared, model: &str, started: Instant, outcome: &mpsc::Receiver<Outcome>) {
     let outcome = outcome.recv_timeout(Duration::from_secs(10)).unwrap_or(Outcome::Failed);
     let latency = started.elapsed().as_micros() as u64;
     truth.lock().unwrap().tallies.entry(model.to_string()).or_default().record(outcome, latency);
