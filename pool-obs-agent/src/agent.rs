@@ -384,6 +384,7 @@ impl Observer {
                 Counter::CallsTooDeep => metrics.anomalies.add(Anomaly::CallTooDeep, grown),
                 Counter::PollsMerged => metrics.anomalies.add(Anomaly::PollsMerged, grown),
                 Counter::SamplesDropped => _ = metrics.samples_dropped.inc_by(grown),
+                Counter::HandoffsLost => metrics.anomalies.add(Anomaly::HandoffLost, grown),
             }
         }
     }

@@ -5,6 +5,7 @@
 mod cpu;
 mod departed;
 mod futures;
+mod handoffs;
 mod models;
 mod recent;
 mod request_log;
@@ -174,6 +175,7 @@ impl Aggregator {
             Event::RequestEnded(event) => self.on_request_ended(event),
             Event::FuturePolled(event) => self.on_future_polled(event),
             Event::FutureDropped(event) => self.on_future_dropped(event),
+            Event::HandoffRan(event) => self.on_handoff_ran(event),
             // A sample is labelled, not counted: see `label_sample`.
             Event::CpuSampled(_) => {}
         }

@@ -65,10 +65,13 @@ pub enum Anomaly {
     /// A request ended that nothing names a model for: its probe reads no model, no request id
     /// to find its start by, and no worker. It is counted under `model="__unknown__"`.
     RequestUnattributed,
+    /// Work a request handed to another thread could not be remembered in the kernel (its map
+    /// was full): its run's CPU counts for no model.
+    HandoffLost,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 20] = [
+    pub const ALL: [Anomaly; 21] = [
         Anomaly::RequestEndWithoutStart,
         Anomaly::RequestStartWithoutSubmit,
         Anomaly::RequestIdReused,
@@ -89,13 +92,15 @@ impl Anomaly {
         Anomaly::FirstPollNotSeen,
         Anomaly::OpenAcrossLostEvents,
         Anomaly::RequestUnattributed,
+        Anomaly::HandoffLost,
     ];
 
     /// Whether it casts doubt on what the probes read, for `/health`'s rate of anomalies. A call
     /// a panic unwound through does not: the pool panicked, and the agent counted the request
-    /// as failed, or the worker as crashed.
+    /// as failed, or the worker as crashed. Nor does a hand-off lost: only CPU time goes
+    /// unattributed, and `mode="other"` shows it.
     pub fn doubts_the_values(self) -> bool {
-        !matches!(self, Anomaly::Unwound)
+        !matches!(self, Anomaly::Unwound | Anomaly::HandoffLost)
     }
 
     /// The `kind` label.
@@ -121,6 +126,7 @@ impl Anomaly {
             Anomaly::FirstPollNotSeen => "first_poll_not_seen",
             Anomaly::OpenAcrossLostEvents => "open_across_lost_events",
             Anomaly::RequestUnattributed => "request_unattributed",
+            Anomaly::HandoffLost => "handoff_lost",
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::{fmt, mem::size_of, ptr};
 
 use pool_obs_common::event::{
-    CallEnding, CpuSampled, EventKind, FutureDropped, FuturePolled, Header, RequestEnded, RequestStarted,
-    RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+    CallEnding, CpuSampled, EventKind, FutureDropped, FuturePolled, HandoffRan, Header, RequestEnded,
+    RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +19,7 @@ pub enum Event {
     FutureDropped(FutureDropped),
     /// A CPU sample: its stack is in the record, after it ([`sample_stack`]).
     CpuSampled(CpuSampled),
+    HandoffRan(HandoffRan),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -58,6 +59,11 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             Event::FuturePolled(polled)
         }
         EventKind::FutureDropped => Event::FutureDropped(read(record)?),
+        EventKind::HandoffRan => {
+            let ran: HandoffRan = read(record)?;
+            CallEnding::from_u8(ran.ending).ok_or(DecodeError::UnknownEnding(ran.ending))?;
+            Event::HandoffRan(ran)
+        }
         EventKind::CpuSampled => {
             let sample: CpuSampled = read(record)?;
             let stack_end = size_of::<CpuSampled>().saturating_add(sample.stack_len as usize);
@@ -98,6 +104,7 @@ impl Event {
             Event::FuturePolled(event) => &event.header,
             Event::FutureDropped(event) => &event.header,
             Event::CpuSampled(event) => &event.header,
+            Event::HandoffRan(event) => &event.header,
         }
     }
 
@@ -112,6 +119,7 @@ impl Event {
             Event::FuturePolled(_) => EventKind::FuturePolled,
             Event::FutureDropped(_) => EventKind::FutureDropped,
             Event::CpuSampled(_) => EventKind::CpuSampled,
+            Event::HandoffRan(_) => EventKind::HandoffRan,
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod name {
     pub const REQUEST_CANCELLED: &str = "pool_request_cancelled_seconds";
     pub const REQUEST_CPU: &str = "pool_request_cpu_seconds";
     pub const MODEL_CPU: &str = "pool_model_cpu_seconds";
+    pub const MODEL_HANDOFF_CPU: &str = "pool_model_handoff_cpu_seconds";
     pub const PROCESS_CPU: &str = "pool_process_cpu_seconds";
     pub const QUEUE_DEPTH: &str = "pool_queue_depth";
     pub const QUEUE_DEPTH_MAX: &str = "pool_queue_depth_max";

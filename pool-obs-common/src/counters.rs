@@ -25,10 +25,13 @@ pub enum Counter {
     /// A CPU sample of a followed thread not taken: the ring buffer was half full (the pool's
     /// events come first), or the thread's user registers could not be read.
     SamplesDropped = 7,
+    /// Work a request handed off could not be remembered (no room in the kernel's map): its run
+    /// counts for no model.
+    HandoffsLost = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::EventsLost,
         Counter::ReadFailures,
         Counter::ReturnsWithoutEntry,
@@ -37,6 +40,7 @@ impl Counter {
         Counter::CallsTooDeep,
         Counter::PollsMerged,
         Counter::SamplesDropped,
+        Counter::HandoffsLost,
     ];
 
     /// The size of the `COUNTERS` array.

@@ -22,10 +22,13 @@ pub enum EventKind {
     /// A thread of a followed process on the CPU, sampled while a profile is taken: its
     /// registers, the top of its user stack, and the call it was in.
     CpuSampled = 9,
+    /// Work a request handed to another thread (a `spawn_blocking` closure, a rayon job) ran
+    /// there: the agent's own probes, no manifest line.
+    HandoffRan = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::WorkerSpawned,
         EventKind::WorkerEvicted,
         EventKind::WorkerCrashed,
@@ -35,12 +38,13 @@ impl EventKind {
         EventKind::FuturePolled,
         EventKind::FutureDropped,
         EventKind::CpuSampled,
+        EventKind::HandoffRan,
     ];
 
-    /// The events a manifest can name: a future's drop comes with its `async_request`, and
-    /// samples with a profile.
+    /// The events a manifest can name: a future's drop comes with its `async_request`,
+    /// samples with a profile, and hand-offs with the runtimes the agent knows.
     pub fn in_manifests(self) -> bool {
-        !matches!(self, EventKind::FutureDropped | EventKind::CpuSampled)
+        !matches!(self, EventKind::FutureDropped | EventKind::CpuSampled | EventKind::HandoffRan)
     }
 
     pub fn from_u32(raw: u32) -> Option<Self> {
@@ -59,6 +63,7 @@ impl EventKind {
             EventKind::FuturePolled => "async_request",
             EventKind::FutureDropped => "future_dropped",
             EventKind::CpuSampled => "cpu_sample",
+            EventKind::HandoffRan => "handoff_ran",
         }
     }
 }
@@ -214,6 +219,28 @@ pub struct FutureDropped {
     pub header: Header,
     pub future: u64,
     pub state: u64,
+}
+
+/// A run of work handed off by a request, on the thread that ran it: from the start of the run
+/// to its end (or to the unwinding that ended it). Its header's `probe` is the run site's spec;
+/// the request is named as the thread that made the work named its own innermost call then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HandoffRan {
+    pub header: Header,
+    /// The spec of the call the work was made in: how `request_id` and `future` read.
+    pub request_probe: u32,
+    /// A [`CallEnding`] as `u8`.
+    pub ending: u8,
+    pub _reserved: [u8; 3],
+    pub model: ModelKey,
+    pub request_id: u64,
+    pub future: u64,
+    pub entered_ns: u64,
+    /// The running thread's CPU clock when the run started, and when it ended, less the runs
+    /// of other hand-offs nested in it.
+    pub entered_cpu_ns: u64,
+    pub cpu_ns: u64,
 }
 
 /// How many bytes of the user stack a sample copies, from its stack pointer up: as

@@ -197,7 +197,10 @@ pub struct ProbeSpec {
     /// caller's, opened at its entry): the future's values are read at the inlined poll's own
     /// site, not at the call's entry.
     pub poll_inlined: u8,
-    pub _reserved: [u8; 2],
+    /// For a hand-off's probes: the [`Register`] that holds the hand-off's key (the task's or
+    /// job's address) at the site.
+    pub handoff_key: u8,
+    pub _reserved: u8,
     /// The state tag of a future not yet polled: only then are its arguments read.
     pub unresumed: u32,
     /// The model key: a (pointer, length) pair, as a `&str` or `String` is laid out.

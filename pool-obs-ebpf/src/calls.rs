@@ -27,7 +27,9 @@ pub struct OpenCall {
     pub entered_cpu_ns: u64,
     /// Index of the return probe's spec.
     pub return_probe: u32,
-    pub _reserved: u32,
+    /// Index of the spec of the call whose request this is: the return probe's own, but for a
+    /// hand-off's run, which serves the request of the call it was made in.
+    pub request_probe: u32,
     /// The general registers at entry, in DWARF's order.
     pub registers: [u64; Register::COUNT],
     /// The return probe's model and ids, read at entry from the arguments, while what they
@@ -112,6 +114,7 @@ pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce
             let slot = unsafe { &mut (*calls).calls[index] };
             slot.sp = sp;
             slot.return_probe = return_probe;
+            slot.request_probe = return_probe;
             fill(slot);
             unsafe { (*calls).depth = index as u64 + 1 };
             return;
@@ -137,13 +140,14 @@ pub fn innermost(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*m
     None
 }
 
-/// The innermost open call, whatever it is: what a CPU sample names the thread's work by.
-pub fn innermost_open(calls: *mut OpenCalls) -> Option<*const OpenCall> {
+/// The innermost open call, whatever it is: what a CPU sample names the thread's work by, and
+/// what work handed off from the thread is made in.
+pub fn innermost_open(calls: *mut OpenCalls) -> Option<*mut OpenCall> {
     // SAFETY: as above.
     let depth = unsafe { (*calls).depth };
     for index in 0..MAX_OPEN_CALLS {
         if index as u64 + 1 == depth {
-            return Some(unsafe { &(*calls).calls[index] });
+            return Some(unsafe { &mut (*calls).calls[index] });
         }
     }
     None
@@ -165,4 +169,14 @@ pub fn take(calls: *mut OpenCalls, sp: u64, return_probe: u32) -> Option<*const 
         }
     }
     None
+}
+
+/// The innermost open call's CPU time leaves out `cpu_ns`: the run of a hand-off nested in it
+/// (a rayon worker waiting in a `join` runs other jobs meanwhile), which counts for its own
+/// request.
+pub fn lend_cpu(calls: *mut OpenCalls, cpu_ns: u64) {
+    if let Some(call) = innermost_open(calls) {
+        // SAFETY: as above.
+        unsafe { (*call).entered_cpu_ns += cpu_ns };
+    }
 }

@@ -5,8 +5,8 @@ use aya_ebpf::EbpfContext;
 use pool_obs_common::{
     counters::Counter,
     event::{
-        CallEnding, EventKind, FutureDropped, FuturePolled, Header, MODEL_ABSENT, ModelKey, RequestEnded,
-        RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
+        CallEnding, EventKind, FutureDropped, FuturePolled, HandoffRan, Header, MODEL_ABSENT, ModelKey,
+        RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed, WorkerEvicted, WorkerSpawned,
     },
     probe::ProbeSpec,
 };
@@ -277,6 +277,45 @@ pub fn unwound(spec: &ProbeSpec, call: &OpenCall, now: u64) {
         write(spec, &hit, &Unwound(call));
     } else if spec.kind == EventKind::WorkerEvicted as u32 {
         write_as(EventKind::WorkerCrashed, &hit, &Unwound(call));
+    } else if spec.kind == EventKind::HandoffRan as u32 {
+        handoff_ran(call, &hit, CallEnding::Unwound);
+    }
+}
+
+/// The end of a hand-off's run, `call`: its event, with the request it was made in. Returns the
+/// CPU time of the run.
+pub fn handoff_ran(call: &OpenCall, hit: &Hit, ending: CallEnding) -> u64 {
+    let clock = cpu::thread_clock(hit.now);
+    // SAFETY: `submit` hands a reserved event, valid for writes; every field is written.
+    submit(|event: *mut HandoffRan| unsafe {
+        fill_header(&raw mut (*event).header, EventKind::HandoffRan, hit);
+        (*event).request_probe = call.request_probe;
+        (*event).ending = ending as u8;
+        (*event)._reserved = [0; 3];
+        (*event).model = call.model;
+        (*event).request_id = call.request_id;
+        (*event).future = call.future;
+        (*event).entered_ns = call.entered_ns;
+        (*event).entered_cpu_ns = call.entered_cpu_ns;
+        (*event).cpu_ns = clock;
+    });
+    clock.saturating_sub(call.entered_cpu_ns)
+}
+
+/// Writes an event's header in place.
+///
+/// # Safety
+/// `into` is a reserved event's header, valid for writes.
+#[inline(always)]
+unsafe fn fill_header(into: *mut Header, kind: EventKind, hit: &Hit) {
+    let (pid, tid) = current_ids();
+    unsafe {
+        (*into).kind = kind as u32;
+        (*into).probe = hit.probe;
+        (*into).tid = tid;
+        (*into).pid = pid;
+        (*into).ts_ns = hit.now;
+        (*into).lost_before = events_lost_so_far();
     }
 }
 
@@ -294,18 +333,8 @@ fn write<S: Source>(spec: &ProbeSpec, hit: &Hit, source: &S) {
 #[inline(always)]
 fn write_as<S: Source>(kind: EventKind, hit: &Hit, source: &S) {
     // Written in place too, field by field, in each event.
-    let header = |into: *mut Header| {
-        let (pid, tid) = current_ids();
-        // SAFETY: `into` is a reserved event's header, valid for writes.
-        unsafe {
-            (*into).kind = kind as u32;
-            (*into).probe = hit.probe;
-            (*into).tid = tid;
-            (*into).pid = pid;
-            (*into).ts_ns = hit.now;
-            (*into).lost_before = events_lost_so_far();
-        }
-    };
+    // SAFETY: `into` is a reserved event's header, valid for writes.
+    let header = |into: *mut Header| unsafe { fill_header(into, kind, hit) };
     // SAFETY (every arm): `submit` hands each a reserved event, valid for writes; each writes
     // every field of it.
     match kind {
@@ -380,8 +409,8 @@ fn write_as<S: Source>(kind: EventKind, hit: &Hit, source: &S) {
                 (*event).state = source.state_before(future);
             })
         }
-        // Written by `cpu_sample`, never by a probe.
-        EventKind::CpuSampled => {}
+        // Written by `cpu_sample` and `handoff_ran`, never by a manifest's probe.
+        EventKind::CpuSampled | EventKind::HandoffRan => {}
     }
 }
 

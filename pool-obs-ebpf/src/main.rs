@@ -2,7 +2,8 @@
 //! attach cookie indexes `PROBES`, whose spec says which event to write and where its values
 //! live. Flow: probe fires → [`registers`] captured → [`read`] evaluates the spec → [`emit`]
 //! writes the typed event into `EVENTS`. Calls with return probes are followed by
-//! [`calls`], which also notices the calls a panic unwound through. Beside the probes,
+//! [`calls`], which also notices the calls a panic unwound through; [`handoff`] follows the work
+//! a request hands to another thread. Beside the probes,
 //! [`cpu`] keeps each followed thread's CPU clock at every context switch, and [`sample`]
 //! takes the CPU samples of a profile.
 #![no_std]
@@ -11,6 +12,7 @@
 mod calls;
 mod cpu;
 mod emit;
+mod handoff;
 mod read;
 mod registers;
 mod sample;
@@ -199,7 +201,7 @@ fn cookie<C: EbpfContext>(ctx: &C) -> Cookie {
     Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
 }
 
-fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(Cookie, &'static ProbeSpec)> {
+pub(crate) fn probe_spec<C: EbpfContext>(ctx: &C) -> Option<(Cookie, &'static ProbeSpec)> {
     let cookie = cookie(ctx);
     match PROBES.get(cookie.probe) {
         Some(spec) if spec.kind != 0 => Some((cookie, spec)),

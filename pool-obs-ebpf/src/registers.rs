@@ -89,3 +89,16 @@ pub unsafe fn copy(regs: *const pt_regs, into: &mut General) {
 pub unsafe fn stack_pointer(regs: *const pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
+
+/// One of `general`, by its number in DWARF's order ([`Register`]); `None` for a number that
+/// names none. Indexed by a loop's counter: an index computed from `register` would be scaled
+/// before its bounds check, which the verifier refuses.
+#[inline(always)]
+pub fn one(general: &General, register: u8) -> Option<u64> {
+    for (index, value) in general.iter().enumerate() {
+        if index == register as usize {
+            return Some(*value);
+        }
+    }
+    None
+}

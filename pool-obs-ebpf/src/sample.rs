@@ -62,7 +62,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         let sample = addr_of_mut!((*record).sample);
         let (mut probe, mut model, mut request_id, mut future) = (NOT_IN_CALL, ModelKey::ABSENT, 0, 0);
         if let Some(call) = calls::of_current_thread(false).and_then(calls::innermost_open) {
-            probe = (*call).return_probe;
+            probe = (*call).request_probe;
             model = (*call).model;
             request_id = (*call).request_id;
             future = (*call).future;

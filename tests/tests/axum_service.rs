@@ -22,8 +22,9 @@ fn manifest_for(pool_name: &str) -> std::path::PathBuf {
     path
 }
 
-/// Every model's outcomes and unloads exactly as the service counted them, p99 within 1%, no
-/// anomaly, and `/health` 200 throughout, while the registry unloads models that go idle.
+/// Every model's outcomes and unloads exactly as the service counted them, p99 within 1%, the
+/// CPU of its inference on `spawn_blocking` within 5%, no anomaly, and `/health` 200
+/// throughout, while the registry unloads models that go idle.
 fn assert_counted_exactly(pool_name: &str) {
     // One service at a time on the machine's two cores: p99 is measured to 1%.
     let _alone = ALONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -60,6 +61,19 @@ fn assert_counted_exactly(pool_name: &str) {
             "{model}: p99 {p99} ms, the service's {}",
             truth.p99_ms
         );
+        // The inference runs on tokio's blocking pool, handed off by the handler's poll.
+        let handed_off =
+            metrics.of_model("pool_model_handoff_cpu_seconds_total", model, &[("via", "spawn_blocking")]);
+        eprintln!(
+            "{pool_name} {model}: CPU handed off {handed_off:.3} s, inference {:.3} s",
+            truth.cpu_seconds
+        );
+        assert!(
+            (handed_off - truth.cpu_seconds).abs() <= 0.05 * truth.cpu_seconds,
+            "{model}: CPU handed off to spawn_blocking {handed_off} s, the service's inference {} s",
+            truth.cpu_seconds
+        );
+        assert!(metrics.of_model("pool_model_cpu_seconds_total", model, &[]) > handed_off);
     }
     assert_eq!(metrics.value("pool_obs_events_lost_total", &[]), Some(0.0));
     assert_eq!(metrics.nonzero("pool_obs_anomalies_total", "kind"), BTreeMap::new(), "no anomalies");

@@ -27,11 +27,25 @@ pub struct Futures {
     /// binds the value, so the poll's end comes after the drop, and says how it ended. By
     /// address: when it was dropped, and by which probe.
     dropped_in_poll: HashMap<u64, (u64, u32)>,
+    /// The last future that ended at each address, for the work it handed off whose run ends
+    /// after it: its model, request id and when it ended.
+    pub just_ended: HashMap<u64, JustEnded>,
+}
+
+/// A future that ended, as work it handed off finds it.
+#[derive(Clone, Copy)]
+pub struct JustEnded {
+    pub model: ModelId,
+    pub request_id: Option<u64>,
+    pub ended_ns: u64,
 }
 
 /// How long after a future's drop the end of the poll it was dropped in may come; past it, the
 /// poll's end was not seen.
 const DROP_IN_POLL_GRACE_NS: u64 = 1_000_000_000;
+
+/// How long after a future ended the runs of work it handed off may still end and count for it.
+const HANDOFF_GRACE_NS: u64 = 1_000_000_000;
 
 /// An async request in flight.
 pub struct OpenFuture {
@@ -39,6 +53,8 @@ pub struct OpenFuture {
     pub request_id: Option<u64>,
     pub first_poll_ns: u64,
     pub polls: Polls,
+    /// CPU time of the work it handed to other threads, whose runs ended while it was open.
+    pub handoff_cpu_ns: u64,
     /// Its state when the last poll the agent saw returned, when that poll's end says it
     /// (`None` after a poll that ended where its caller bound the value): the next poll must
     /// find it so, and so must its drop, or a poll ran unseen.
@@ -60,7 +76,7 @@ impl OpenFuture {
             started_ns: Some(self.first_poll_ns),
             ended_ns,
             polls: Some(self.polls),
-            cpu_ns: Some(self.polls.cpu_ns),
+            cpu_ns: Some(self.polls.cpu_ns + self.handoff_cpu_ns),
         }
     }
 }
@@ -190,6 +206,7 @@ impl Aggregator {
             request_id,
             first_poll_ns: event.entered_ns,
             polls: Polls::default(),
+            handoff_cpu_ns: 0,
             last_state: None,
             open_across_loss: false,
         };
@@ -198,6 +215,8 @@ impl Aggregator {
 
     fn end_future(&mut self, address: u64, status: Status, ended_ns: Option<u64>, seen_ns: u64, probe: u32) {
         let Some(future) = self.futures.open.remove(&address) else { return };
+        let ended = JustEnded { model: future.model, request_id: future.request_id, ended_ns: seen_ns };
+        self.futures.just_ended.insert(address, ended);
         if future.open_across_loss {
             self.contradiction(Anomaly::OpenAcrossLostEvents, address, probe);
             return;
@@ -217,6 +236,7 @@ impl Aggregator {
     /// ones whose drop has not come by then are forgotten.
     pub(super) fn expire_futures(&mut self, now_ns: u64, expiry: u64) {
         self.futures.ended.retain(|_, ended_ns| now_ns.saturating_sub(*ended_ns) <= expiry);
+        self.futures.just_ended.retain(|_, ended| now_ns.saturating_sub(ended.ended_ns) <= HANDOFF_GRACE_NS);
         let unended: Vec<u64> = self
             .futures
             .dropped_in_poll

@@ -114,4 +114,11 @@ impl RecentRequests {
     pub fn get(&self, request_id: u64) -> Option<&RequestRecord> {
         self.by_id.get(&request_id)
     }
+
+    /// Adds the CPU time of work the request handed off whose run ended after it did.
+    pub fn add_cpu(&mut self, request_id: u64, cpu_ns: u64) {
+        if let Some(cpu) = self.by_id.get_mut(&request_id).and_then(|record| record.cpu_ns.as_mut()) {
+            *cpu += cpu_ns;
+        }
+    }
 }

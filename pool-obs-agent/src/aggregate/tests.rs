@@ -28,6 +28,7 @@ fn aggregator() -> Aggregator {
         constant_model: None,
         memory_scale: 1.0,
         future: None,
+        handoff: None,
     };
     let by_rule = OutcomeRule {
         arms: vec![Arm::on_value(Status::Ok, Condition::parse("== 0").unwrap())],

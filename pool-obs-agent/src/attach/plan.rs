@@ -9,6 +9,7 @@ use pool_obs_common::{
 };
 
 mod future;
+mod handoff;
 mod inlined_poll;
 mod sourced;
 
@@ -19,6 +20,7 @@ use super::{
     verdicts,
 };
 pub use future::FutureStates;
+pub use handoff::Via;
 pub use sourced::Compiled;
 
 use crate::{
@@ -58,6 +60,8 @@ pub struct ProbeInfo {
     pub memory_scale: f64,
     /// For a request future's polls and drop: the states that tell them apart.
     pub future: Option<FutureStates>,
+    /// For the agent's own probes of a runtime's hand-offs: which runtime.
+    pub handoff: Option<Via>,
 }
 
 /// The kernel program a site runs.
@@ -79,10 +83,16 @@ pub enum Program {
     /// `probe_ready`: a uprobe where the caller of an inlined poll binds the future's `Ready`
     /// value, when that caller's return is not the poll's.
     Ready,
+    /// `handoff_made`: where a runtime makes work a request hands to another thread.
+    HandoffMade,
+    /// `handoff_ran`: where a runtime starts to run such work.
+    HandoffRan,
+    /// `handoff_returned`: a uretprobe where the run ends.
+    HandoffReturned,
 }
 
 impl Program {
-    pub const ALL: [Program; 7] = [
+    pub const ALL: [Program; 10] = [
         Program::Entry,
         Program::Call,
         Program::Return,
@@ -90,6 +100,9 @@ impl Program {
         Program::UnwindCaught,
         Program::Poll,
         Program::Ready,
+        Program::HandoffMade,
+        Program::HandoffRan,
+        Program::HandoffReturned,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -101,6 +114,9 @@ impl Program {
             Program::UnwindCaught => "probe_unwind_caught",
             Program::Poll => "probe_poll",
             Program::Ready => "probe_ready",
+            Program::HandoffMade => "handoff_made",
+            Program::HandoffRan => "handoff_ran",
+            Program::HandoffReturned => "handoff_returned",
         }
     }
 }
@@ -199,6 +215,13 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
     }
     if plan.attachments.iter().any(|attachment| attachment.program == Program::Exit) {
         plan.attach_panic_catch(symbols);
+    }
+    // Work is handed off from inside an open call: a request's, a poll's, a worker's run.
+    let opens_calls = |probe: &ProbeInfo| {
+        matches!(probe.event, EventKind::RequestEnded | EventKind::FuturePolled | EventKind::WorkerEvicted)
+    };
+    if plan.probes.iter().any(opens_calls) {
+        plan.attach_handoffs(symbols);
     }
     Ok(plan)
 }
@@ -393,5 +416,6 @@ fn info_of(probe: &Probe, function: &str, outcome: Option<OutcomeRule>) -> Probe
         },
         memory_scale: probe.memory_bytes.as_ref().map_or(1.0, |memory| memory.scale),
         future: None,
+        handoff: None,
     }
 }

@@ -23,7 +23,7 @@ fn fields_of(event: EventKind) -> &'static [&'static str] {
         EventKind::RequestStarted => &["request_id", "model", "worker_id"],
         EventKind::RequestEnded => &["outcome", "request_id", "model", "worker_id"],
         EventKind::FuturePolled => &["model", "request_id", "outcome"],
-        EventKind::FutureDropped | EventKind::CpuSampled => &[],
+        EventKind::FutureDropped | EventKind::CpuSampled | EventKind::HandoffRan => &[],
     }
 }
 

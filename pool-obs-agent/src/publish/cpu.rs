@@ -12,6 +12,7 @@ use prometheus_client::{
 };
 
 use super::{Latencies, name};
+use crate::attach::plan::Via;
 
 type Seconds = Counter<f64, AtomicU64>;
 
@@ -39,6 +40,26 @@ pub struct ModelCpu {
     pub seconds: Seconds,
     /// Each request's CPU time.
     pub per_request: Arc<Latencies>,
+    /// Of `seconds`, the time of work the model's requests handed to other threads.
+    pub handed_off: HandedOff,
+}
+
+/// CPU time of work handed off, by the runtime it went through.
+#[derive(Clone, Default)]
+pub struct HandedOff {
+    spawn_blocking: Seconds,
+    rayon: Seconds,
+}
+
+impl HandedOff {
+    pub const VIAS: [Via; 2] = [Via::spawn_blocking, Via::rayon];
+
+    pub fn via(&self, via: Via) -> &Seconds {
+        match via {
+            Via::spawn_blocking => &self.spawn_blocking,
+            Via::rayon => &self.rayon,
+        }
+    }
 }
 
 /// One process's CPU, serving a request or not.

@@ -14,7 +14,7 @@ use std::{
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use super::{
-    DurationSummary, Format, LATENCY_BUCKETS, ModelCpu, ModelMetrics, PollMetrics, QUANTILES,
+    DurationSummary, Format, LATENCY_BUCKETS, ModelCpu, ModelMetrics, PollMetrics, QUANTILES, cpu::HandedOff,
     escape_label_value, name,
 };
 use crate::outcome::{ByStatus, Status};
@@ -82,7 +82,7 @@ impl Kind {
 }
 
 /// The per-model families, in the order they are written.
-const FAMILIES: [(&str, Kind, &str); 17] = [
+const FAMILIES: [(&str, Kind, &str); 18] = [
     (name::REQUESTS, Kind::Counter, "Requests the pool finished, by outcome"),
     (name::REQUEST_DURATION, Kind::Histogram, "Request time from submission to end"),
     (name::REQUEST_QUEUE, Kind::Histogram, "Request time from submission to a worker starting it"),
@@ -103,6 +103,12 @@ const FAMILIES: [(&str, Kind, &str); 17] = [
         name::MODEL_CPU,
         Kind::Counter,
         "CPU time of the pool's threads while they serve a request of the model, exact to the context switch",
+    ),
+    (
+        name::MODEL_HANDOFF_CPU,
+        Kind::Counter,
+        "Of the model's CPU time, the time of work its requests handed to other threads, by the runtime it went \
+         through",
     ),
     (name::REQUEST_CPU, Kind::Histogram, "CPU time of each request, on the threads that served it"),
     (
@@ -166,7 +172,11 @@ impl ModelSeries {
             worker_evictions: Counter::default(),
             worker_crashes: Counter::default(),
             worker_memory: Gauge::default(),
-            cpu: ModelCpu { seconds: Counter::default(), per_request: Arc::default() },
+            cpu: ModelCpu {
+                seconds: Counter::default(),
+                per_request: Arc::default(),
+                handed_off: HandedOff::default(),
+            },
         };
         let labels = format!("model=\"{}\",pid=\"{pid}\"", escape_label_value(model));
         let entry = Entry {
@@ -249,6 +259,7 @@ impl Entry {
             None => values.push(0),
         }
         values.push(metrics.cpu.seconds.get().to_bits());
+        values.extend(HandedOff::VIAS.map(|via| metrics.cpu.handed_off.via(via).get().to_bits()));
         metrics.cpu.per_request.values(values);
         metrics.request_duration_quantiles.values(values);
         let gauges = [
@@ -303,6 +314,7 @@ impl Entry {
             busy,
             cancelled,
             seconds(name::MODEL_CPU, metrics.cpu.seconds.get()),
+            handed_off(labels, &metrics.cpu.handed_off),
             histogram(name::REQUEST_CPU, labels, &metrics.cpu.per_request, bucketed.cpu),
             summary(labels, &metrics.request_duration_quantiles),
             gauge(name::QUEUE_DEPTH, &metrics.queue_depth),
@@ -314,6 +326,18 @@ impl Entry {
             gauge(name::WORKER_MEMORY, &metrics.worker_memory),
         ]
     }
+}
+
+/// A line for each runtime that work was handed off through: none for a model that hands none off.
+fn handed_off(labels: &str, handed_off: &HandedOff) -> String {
+    let mut text = String::new();
+    for via in HandedOff::VIAS {
+        let seconds = handed_off.via(via).get();
+        if seconds > 0.0 {
+            let _ = writeln!(text, "{}_total{{{labels},via=\"{via:?}\"}} {seconds}", name::MODEL_HANDOFF_CPU);
+        }
+    }
+    text
 }
 
 /// A histogram's lines: every bucket if `bucketed`, else the `+Inf` one alone.

@@ -1,0 +1,135 @@
+//! Work a request hands to another thread: a closure for tokio's blocking pool, a job for
+//! rayon's workers. Where the work is made (`handoff_made`), on the request's thread, its key
+//! (the task's or job's address) is remembered with the request of the innermost call the
+//! thread has open. Where it runs (`handoff_ran`), maybe on another thread, a call is opened
+//! for that request, as if the request's own probe had opened it: CPU samples of the run carry
+//! the request, and the run's end (`handoff_returned`) writes its CPU time. A run nested in
+//! another (a rayon worker waiting in a `join` runs other jobs) lends its time out of the
+//! enclosing call, so that no CPU counts twice.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::pt_regs,
+    helpers::generated::bpf_ktime_get_ns,
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use pool_obs_common::{
+    counters::Counter,
+    event::{CallEnding, ModelKey},
+    probe::ProbeSpec,
+};
+
+use crate::{
+    calls::{self, Gone},
+    count, cpu,
+    emit::{self, Hit},
+    probe_spec,
+    registers::{self, Registers, stack_pointer},
+};
+
+/// The request a hand-off was made in, as its innermost call named it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Origin {
+    pub model: ModelKey,
+    pub request_id: u64,
+    pub future: u64,
+    pub request_probe: u32,
+    pub _reserved: u32,
+}
+
+/// Hand-offs made and not yet run, by key. Least recently used first out: work that never runs
+/// (a task cancelled before a thread took it) leaves in time.
+#[map]
+static HANDOFFS: LruHashMap<u64, Origin> = LruHashMap::with_max_entries(16 << 10, 0);
+
+/// The hand-off's key: the register the spec names, at the site.
+#[inline(always)]
+fn handoff_key(ctx: &ProbeContext, spec: &ProbeSpec) -> Option<u64> {
+    // SAFETY: the program's context.
+    let registers = unsafe { Registers::at_site(ctx.regs) }?;
+    registers::one(registers.general, spec.handoff_key)
+}
+
+/// Where work is handed off: remembered if the thread is serving a request.
+#[uprobe]
+pub fn handoff_made(ctx: ProbeContext) {
+    let Some((_, spec)) = probe_spec(&ctx) else {
+        return;
+    };
+    let Some(key) = handoff_key(&ctx, spec) else {
+        return;
+    };
+    let Some(call) = calls::of_current_thread(false).and_then(calls::innermost_open) else {
+        return;
+    };
+    // SAFETY: the slot stays as it is until this program run ends.
+    let call = unsafe { &*call };
+    let origin = Origin {
+        model: call.model,
+        request_id: call.request_id,
+        future: call.future,
+        request_probe: call.request_probe,
+        _reserved: 0,
+    };
+    if HANDOFFS.insert(key, origin, 0).is_err() {
+        count(Counter::HandoffsLost);
+    }
+}
+
+/// Where handed-off work starts to run: the run serves the request it was made in. Work of no
+/// request (most of a runtime's tasks) costs a map lookup.
+#[uprobe]
+pub fn handoff_ran(ctx: ProbeContext) {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
+        return;
+    };
+    let Some(key) = handoff_key(&ctx, spec) else {
+        return;
+    };
+    // SAFETY: the value is copied into the call before the key is removed.
+    let Some(origin) = (unsafe { HANDOFFS.get(key) }) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
+    if let Some(calls) = calls::of_current_thread(true) {
+        calls::close_unwound(calls, Gone::AtOrBelow(sp), now);
+        calls::open(calls, sp, cookie.probe, |call| {
+            call.entered_ns = now;
+            call.entered_cpu_ns = cpu::thread_clock(now);
+            call.model = origin.model;
+            call.request_id = origin.request_id;
+            call.future = origin.future;
+            call.request_probe = origin.request_probe;
+            call.worker_id = 0;
+            call.state = 0;
+        });
+    }
+    let _ = HANDOFFS.remove(key);
+}
+
+/// The end of a run `handoff_ran` may have opened (a uretprobe: the runtimes catch a panic of
+/// the work inside the run, so none unwinds through it).
+#[uretprobe]
+pub fn handoff_returned(ctx: RetProbeContext) {
+    let Some((cookie, _)) = probe_spec(&ctx) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.as_ptr() as *const pt_regs) });
+    let Some(calls) = calls::of_current_thread(false) else {
+        return;
+    };
+    calls::close_unwound(calls, Gone::Below(sp), now);
+    // Most runs were of no request's work: nothing was opened for them.
+    let Some(call) = calls::take(calls, sp, cookie.probe) else {
+        return;
+    };
+    // SAFETY: the slot stays as it is until this program run ends.
+    let cpu_ns =
+        emit::handoff_ran(unsafe { &*call }, &Hit { probe: cookie.probe, now }, CallEnding::Returned);
+    calls::lend_cpu(calls, cpu_ns);
+}
