@@ -200,7 +200,9 @@ pub struct ProbeSpec {
     /// For a hand-off's probes: the [`Register`] that holds the hand-off's key (the task's or
     /// job's address) at the site.
     pub handoff_key: u8,
-    pub _reserved: u8,
+    /// Non-zero for a hand-off run whose work may make jobs on its own thread's stack that
+    /// another thread runs (rayon's `join`): the run's stack is marked as its request's.
+    pub jobs_on_stack: u8,
     /// The state tag of a future not yet polled: only then are its arguments read.
     pub unresumed: u32,
     /// The model key: a (pointer, length) pair, as a `&str` or `String` is laid out.

@@ -6,6 +6,12 @@
 //! the request, and the run's end (`handoff_returned`) writes its CPU time. A run nested in
 //! another (a rayon worker waiting in a `join` runs other jobs) lends its time out of the
 //! enclosing call, so that no CPU counts twice.
+//!
+//! Some work is made where no probe can see it: rayon's `join` pushes its second half, a job on
+//! the running thread's own stack, onto that worker's deque from code inlined into the caller,
+//! and another worker may steal it. So a run of rayon's marks its thread's stack below it, by
+//! 64 KiB granule, as its request's (`STACK_SPANS`), and a job whose key no making site gave is
+//! looked up there: a job on a stack belongs to the run that stack's thread is in.
 
 use aya_ebpf::{
     EbpfContext,
@@ -53,6 +59,23 @@ fn handoff_key(ctx: &ProbeContext, spec: &ProbeSpec) -> Option<u64> {
     registers::one(registers.general, spec.handoff_key)
 }
 
+/// A run's stack, from its entry down: where jobs made during it live.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Span {
+    /// The run's entry stack pointer: the span's jobs are below it.
+    pub top: u64,
+    pub origin: Origin,
+}
+
+/// Spans by granule of the stack (address >> `GRANULE_SHIFT`).
+#[map]
+static STACK_SPANS: LruHashMap<u64, Span> = LruHashMap::with_max_entries(4 << 10, 0);
+
+const GRANULE_SHIFT: u32 = 16;
+/// How far below a run's entry its jobs may be: four granules, 256 KiB of stack.
+const SPAN_GRANULES: u64 = 4;
+
 /// Where work is handed off: remembered if the thread is serving a request.
 #[uprobe]
 pub fn handoff_made(ctx: ProbeContext) {
@@ -90,7 +113,8 @@ pub fn handoff_ran(ctx: ProbeContext) {
         return;
     };
     // SAFETY: the value is copied into the call before the key is removed.
-    let Some(origin) = (unsafe { HANDOFFS.get(key) }) else {
+    let made = unsafe { HANDOFFS.get(key) };
+    let Some(origin) = made.or_else(|| on_a_stack(spec, key)) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -108,14 +132,68 @@ pub fn handoff_ran(ctx: ProbeContext) {
             call.state = 0;
         });
     }
-    let _ = HANDOFFS.remove(key);
+    if spec.jobs_on_stack != 0 {
+        mark_stack(sp, origin);
+    }
+    if made.is_some() {
+        let _ = HANDOFFS.remove(key);
+    }
+}
+
+/// The request of the run whose stack holds the job at `key`, for work whose runtime makes
+/// jobs on stacks.
+#[inline(always)]
+fn on_a_stack(spec: &ProbeSpec, key: u64) -> Option<&'static Origin> {
+    if spec.jobs_on_stack == 0 {
+        return None;
+    }
+    // SAFETY: a map value, read before this program run ends.
+    let span = unsafe { STACK_SPANS.get(key >> GRANULE_SHIFT) }?;
+    (key < span.top && span.top - key <= SPAN_GRANULES << GRANULE_SHIFT).then_some(&span.origin)
+}
+
+/// Marks the stack below `top` as the run's with `origin`'s request.
+#[inline(always)]
+fn mark_stack(top: u64, origin: &Origin) {
+    let span = Span { top, origin: *origin };
+    for below in 0..SPAN_GRANULES {
+        let _ = STACK_SPANS.insert((top >> GRANULE_SHIFT) - below, span, 0);
+    }
+}
+
+/// A run ended whose stack was marked: its granules go back to the run it was nested in, if
+/// that was one of the same runtime's, or are unmarked.
+#[inline(always)]
+fn unmark_stack(calls: *mut calls::OpenCalls, top: u64, probe: u32) {
+    if let Some(outer) = calls::innermost_open(calls) {
+        // SAFETY: the slot stays as it is until this program run ends.
+        let outer = unsafe { &*outer };
+        if outer.return_probe == probe {
+            let origin = Origin {
+                model: outer.model,
+                request_id: outer.request_id,
+                future: outer.future,
+                request_probe: outer.request_probe,
+                _reserved: 0,
+            };
+            mark_stack(outer.sp, &origin);
+            return;
+        }
+    }
+    for below in 0..SPAN_GRANULES {
+        let granule = (top >> GRANULE_SHIFT) - below;
+        // SAFETY: a map value, read before this program run ends.
+        if unsafe { STACK_SPANS.get(granule) }.is_some_and(|span| span.top == top) {
+            let _ = STACK_SPANS.remove(granule);
+        }
+    }
 }
 
 /// The end of a run `handoff_ran` may have opened (a uretprobe: the runtimes catch a panic of
 /// the work inside the run, so none unwinds through it).
 #[uretprobe]
 pub fn handoff_returned(ctx: RetProbeContext) {
-    let Some((cookie, _)) = probe_spec(&ctx) else {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -132,4 +210,7 @@ pub fn handoff_returned(ctx: RetProbeContext) {
     let cpu_ns =
         emit::handoff_ran(unsafe { &*call }, &Hit { probe: cookie.probe, now }, CallEnding::Returned);
     calls::lend_cpu(calls, cpu_ns);
+    if spec.jobs_on_stack != 0 {
+        unmark_stack(calls, sp, cookie.probe);
+    }
 }

@@ -3,13 +3,12 @@
 //! worker threads that take either model. The pool measures each request's thread CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`) and wall time itself: its summary is the truth.
 
-use std::{collections::BTreeMap, io::Read, process::Command};
+mod profiles;
 
-use libdd_profiling_protobuf::prost_impls::{Message, Profile};
 use pool_obs_tests::{
     ground_truth::Summary,
     openmetrics::Exposition,
-    processes::{Agent, Pool, StartFile, args, binary, free_address, manifest},
+    processes::{Agent, Pool, StartFile, args, free_address, manifest},
 };
 
 /// Runs `cpu-pool` with `requests` of each model, the agent attached from the start.
@@ -75,39 +74,6 @@ fn cpu_time_per_model_and_off_cpu_time_per_request_equal_the_pools_own_within_5_
     assert!((cpu_ms + offcpu_ms - service_ms).abs() < 1e-6, "{timeline}");
 }
 
-/// What a profile's samples show, by model: how many, and how many have a frame of each
-/// function named in `functions` on their stack.
-fn samples_by_model(profile: &Profile, functions: &[&str]) -> BTreeMap<String, (i64, BTreeMap<String, i64>)> {
-    let text = |index: i64| profile.string_table[index as usize].as_str();
-    let names_at = |location_id: u64| -> Vec<&str> {
-        let location =
-            profile.locations.iter().find(|location| location.id == location_id).expect("a location");
-        location
-            .lines
-            .iter()
-            .map(|line| {
-                let function = profile.functions.iter().find(|function| function.id == line.function_id);
-                text(function.expect("a function").name)
-            })
-            .collect()
-    };
-    let mut by_model: BTreeMap<String, (i64, BTreeMap<String, i64>)> = BTreeMap::new();
-    for sample in &profile.samples {
-        let model = sample.labels.iter().find(|label| text(label.key) == "model");
-        let model = text(model.expect("every sample has a model label").str).to_string();
-        let count = sample.values[0];
-        let names: Vec<&str> = sample.location_ids.iter().flat_map(|id| names_at(*id)).collect();
-        let (total, hits) = by_model.entry(model).or_default();
-        *total += count;
-        for function in functions {
-            if names.iter().any(|name| name.ends_with(function)) {
-                *hits.entry(function.to_string()).or_default() += count;
-            }
-        }
-    }
-    by_model
-}
-
 #[test]
 fn a_five_second_profile_is_pprof_whose_samples_name_their_model_and_its_hot_function() {
     let start = StartFile::new("cpu-pool-profile");
@@ -115,24 +81,11 @@ fn a_five_second_profile_is_pprof_whose_samples_name_their_model_and_its_hot_fun
     let mut pool = Pool::start_named("cpu-pool", &[load, start.arg().to_vec()].concat());
     let agent = Agent::attach(pool.pid(), &manifest("cpu-pool.toml"), free_address(), &[]);
     start.start();
-    let path = std::env::temp_dir().join(format!("pool-obs-profile-{}.pb.gz", pool.pid()));
-    let taken = Command::new(binary("pool-obs-agent"))
-        .args(["profile", "--pid", &pool.pid().to_string(), "--seconds", "5", "-o"])
-        .arg(&path)
-        .args(["--agent", &agent.address.to_string()])
-        .output()
-        .expect("run pool-obs-agent profile");
-    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    let profile = profiles::take(pool.pid(), &agent, 5);
     let summary = pool.summary();
     pool.wait_for_exit();
     assert_eq!(summary.models["dense"].requests.total(), 800);
-
-    let mut encoded = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("the profile"))
-        .read_to_end(&mut encoded)
-        .expect("gzip");
-    let profile = Profile::decode(encoded.as_slice()).expect("a pprof profile");
-    let by_model = samples_by_model(&profile, &["dense_forward", "sparse_lookup"]);
+    let by_model = profiles::samples_by_model(&profile, &["dense_forward", "sparse_lookup"]);
     eprintln!("{by_model:?}");
     for (model, hot) in [("dense", "dense_forward"), ("sparse", "sparse_lookup")] {
         let (total, hits) = &by_model[model];
@@ -144,5 +97,4 @@ fn a_five_second_profile_is_pprof_whose_samples_name_their_model_and_its_hot_fun
     // The dense model burns three times the CPU of the sparse one, and the samples say so.
     let ratio = by_model["dense"].0 as f64 / by_model["sparse"].0 as f64;
     assert!((2.0..4.5).contains(&ratio), "dense/sparse samples {ratio}");
-    std::fs::remove_file(&path).ok();
 }

@@ -4,6 +4,8 @@
 //! starts a new worker. The manifest probes `Worker::run` alone, at entry and at return: a
 //! worker whose `run` a panic ends crashed; one whose `run` returns was unloaded.
 
+mod profiles;
+
 use pool_obs_tests::processes::{Agent, Pool, StartFile, agent_check, args, free_address, manifest};
 
 #[test]
@@ -39,6 +41,62 @@ fn a_worker_a_panic_takes_out_of_its_run_counts_as_a_crash_and_an_unload_as_an_e
     // Unloads and crashes are the pool's normal running: `/health` stays 200.
     assert!(health.len() >= 3, "/health was asked while the pool ran: {health:?}");
     assert!(health.iter().all(|(status, _)| *status == 200), "/health 200 throughout: {health:?}");
+}
+
+#[test]
+fn the_cpu_of_a_requests_rayon_batch_and_its_profile_samples_count_for_its_model() {
+    // Three of the five models batch each request on rayon's global pool: the registry's worker
+    // injects a `par_iter`, rayon's workers split it and steal the halves of each other's joins.
+    let start = StartFile::new("registry-pool-rayon");
+    let mut pool = Pool::start_named(
+        "registry-pool",
+        &[args(&["--requests", "4000", "--crash-rate", "0"]), start.arg().to_vec()].concat(),
+    );
+    let agent = Agent::attach(pool.pid(), &manifest("registry-pool.toml"), free_address(), &[]);
+    start.start();
+    let profile = profiles::take(pool.pid(), &agent, 2);
+    let summary = pool.summary();
+    pool.wait_for_exit();
+    let metrics = agent.metrics_once(|metrics| metrics.sum("pool_model_handoff_cpu_seconds_total") > 0.0);
+
+    let batched = ["llama-7b", "mistral-7b", "t5-large"];
+    for (model, truth) in &summary.models {
+        let handed_off = metrics.of_model("pool_model_handoff_cpu_seconds_total", model, &[("via", "rayon")]);
+        eprintln!(
+            "{model}: CPU handed to rayon {handed_off:.3} s, its batch items' {:.3} s",
+            truth.cpu_seconds
+        );
+        if batched.contains(&model.as_str()) {
+            assert!(truth.cpu_seconds > 0.3, "{model} batches on rayon: {truth:?}");
+            // The run's window holds rayon's own work for the batch (splitting, joining) and the
+            // probes' traps, besides the items the pool measures.
+            assert!(
+                (handed_off - truth.cpu_seconds).abs() <= 0.05 * truth.cpu_seconds,
+                "{model}: CPU handed to rayon {handed_off} s, the pool's measure {} s",
+                truth.cpu_seconds
+            );
+        } else {
+            assert_eq!(handed_off, 0.0, "{model} hands nothing to rayon");
+        }
+    }
+    // The samples in a model's forward pass carry the model, on rayon's threads too.
+    let by_model = profiles::samples_by_model(&profile, &["registry_pool::forward"]);
+    eprintln!("{by_model:?}");
+    let forward = |model: &str| by_model.get(model).and_then(|(_, hits)| hits.values().next().copied());
+    for model in batched {
+        assert!(forward(model).unwrap_or(0) > 10, "{model}'s forward is sampled: {by_model:?}");
+    }
+    let labelled: i64 = summary.models.keys().filter_map(|model| forward(model)).sum();
+    let unlabelled: i64 = by_model
+        .iter()
+        .filter(|(model, _)| !summary.models.contains_key(*model))
+        .filter_map(|(_, (_, hits))| hits.values().next().copied())
+        .sum();
+    assert!(
+        unlabelled as f64 <= 0.05 * (labelled + unlabelled) as f64,
+        "{unlabelled} samples in forward carry no model, of {}",
+        labelled + unlabelled
+    );
 }
 
 /// `check` on registry-pool with a one-probe manifest naming `function`: its exit code and what

@@ -162,6 +162,19 @@ impl FunctionCode {
         Self { ops, size: bytes.len() as u64, targets }
     }
 
+    /// The registers a RIP-relative `lea` loads with one of `addresses`: where the function
+    /// takes a function's address, as a value (a function pointer in a struct it builds).
+    pub fn address_loads(&self, addresses: &[u64]) -> Vec<Register> {
+        self.ops
+            .iter()
+            .filter(|op| {
+                op.instruction.mnemonic() == Mnemonic::Lea && op.instruction.is_ip_rel_memory_operand()
+            })
+            .filter(|op| addresses.contains(&op.instruction.ip_rel_memory_address()))
+            .map(|op| op.instruction.op0_register())
+            .collect()
+    }
+
     /// The first instruction by which a panic could leave the function — a call, or a jump out
     /// of it — or `None`: a function that calls nothing cannot raise a panic nor pass one on.
     pub fn may_unwind_by(&self) -> Option<&Op> {

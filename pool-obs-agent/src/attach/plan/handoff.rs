@@ -4,11 +4,11 @@
 //! is `pool-obs-ebpf/src/handoff.rs`.
 //!
 //! Followed: tokio's blocking pool (`spawn_blocking`, and what tokio runs there for the request,
-//! such as `tokio::fs`), and rayon jobs injected from a request's thread or spawned in a
-//! followed job (`par_iter`, `join`, `scope` and `spawn` called from outside the pool, and
-//! `scope`'s spawns). Not followed: the jobs a rayon worker pushes onto its own deque while it
-//! runs a followed job (a nested `join`'s second half, stolen by another worker), `tokio::spawn`,
-//! and channels to threads of the pool's own. Their CPU counts for no model.
+//! such as `tokio::fs`), and rayon's jobs: those injected from a request's thread (`par_iter`,
+//! `join`, `scope` and `spawn` called from outside the pool), and the jobs a followed job makes
+//! on its own stack (a nested `join`'s second half, stolen by another worker). Not followed:
+//! `tokio::spawn`, a job a worker pushes onto its deque from the heap (`scope`'s spawns, inlined
+//! into the caller), and channels to threads of the pool's own. Their CPU counts for no model.
 
 use pool_obs_common::{
     event::EventKind,
@@ -30,16 +30,28 @@ pub enum Via {
     rayon,
 }
 
-/// A runtime function and the argument register that holds the hand-off's key there.
+/// A runtime function and where the hand-off's key is there.
 struct Known {
     function: &'static str,
-    key: Register,
+    key: Key,
+}
+
+/// Where a hand-off's key is at a runtime function's entry.
+#[derive(Clone, Copy)]
+enum Key {
+    /// In this argument register, in every build.
+    In(Register),
+    /// The pointer of rayon's `JobRef { pointer, execute_fn }`, passed after `&self`: in `rsi`
+    /// or `rdx`, as rustc laid the struct out in this build (it puts either field first).
+    JobRefPointer,
 }
 
 struct Runtime {
     via: Via,
     made: &'static [Known],
     ran: &'static [Known],
+    /// Whether its work makes jobs on the running thread's stack that another thread may run.
+    jobs_on_stack: bool,
 }
 
 const RUNTIMES: [Runtime; 2] = [
@@ -48,31 +60,33 @@ const RUNTIMES: [Runtime; 2] = [
         // `spawn_task(&self, task: Task, …)`: the task's header pointer is its first word.
         made: &[Known {
             function: "tokio::runtime::blocking::pool::Spawner::spawn_task",
-            key: Register::Rsi,
+            key: Key::In(Register::Rsi),
         }],
         // Every task's poll, through its vtable (`poll(ptr: NonNull<Header>)`): only the
         // blocking pool's tasks made in a request find their key.
-        ran: &[Known { function: "tokio::runtime::task::raw::poll", key: Register::Rdi }],
+        ran: &[Known { function: "tokio::runtime::task::raw::poll", key: Key::In(Register::Rdi) }],
+        jobs_on_stack: false,
     },
     Runtime {
         via: Via::rayon,
-        // `inject(&self, job: JobRef)`, `inject_or_push(&self, job: JobRef)`: the job's
-        // pointer is the `JobRef`'s first word.
+        // `inject(&self, job: JobRef)`, `inject_or_push(&self, job: JobRef)`.
         made: &[
-            Known { function: "rayon_core::registry::Registry::inject", key: Register::Rsi },
-            Known { function: "rayon_core::registry::Registry::inject_or_push", key: Register::Rsi },
+            Known { function: "rayon_core::registry::Registry::inject", key: Key::JobRefPointer },
+            Known { function: "rayon_core::registry::Registry::inject_or_push", key: Key::JobRefPointer },
         ],
         // `Job::execute(this: *const ())`, through the `JobRef`'s function pointer.
         ran: &[
             Known {
                 function: "<rayon_core::job::StackJob<L,F,R> as rayon_core::job::Job>::execute",
-                key: Register::Rdi,
+                key: Key::In(Register::Rdi),
             },
             Known {
                 function: "<rayon_core::job::HeapJob<BODY> as rayon_core::job::Job>::execute",
-                key: Register::Rdi,
+                key: Key::In(Register::Rdi),
             },
         ],
+        // `join_context` makes its second half a `StackJob` on the caller's stack.
+        jobs_on_stack: true,
     },
 ];
 
@@ -85,11 +99,20 @@ impl Plan {
             if !present(runtime.made) || !present(runtime.ran) {
                 continue;
             }
-            for known in runtime.made {
-                self.attach_known(symbols, runtime.via, known, Program::HandoffMade);
-            }
             for known in runtime.ran {
-                self.attach_known(symbols, runtime.via, known, Program::HandoffRan);
+                if let Key::In(key) = known.key {
+                    self.attach_known(symbols, runtime, known.function, key, Program::HandoffRan);
+                }
+            }
+            for known in runtime.made {
+                let key = match known.key {
+                    Key::In(key) => Some(key),
+                    Key::JobRefPointer => job_ref_pointer(symbols, runtime.ran),
+                };
+                // Without its key, work is made unseen: its runs count for no model.
+                if let Some(key) = key {
+                    self.attach_known(symbols, runtime, known.function, key, Program::HandoffMade);
+                }
             }
         }
     }
@@ -97,18 +120,27 @@ impl Plan {
     /// One spec for every instance of `known.function`, at each instance's entry, and for a
     /// run, at its return: a uretprobe, since the runtime catches a panic of the work inside
     /// the function (tokio's harness, rayon's jobs), so none unwinds through its trampoline.
-    fn attach_known(&mut self, symbols: &SymbolTable, via: Via, known: &Known, program: Program) {
-        let instances = symbols.matching(known.function);
+    fn attach_known(
+        &mut self,
+        symbols: &SymbolTable,
+        runtime: &Runtime,
+        function: &str,
+        key: Register,
+        program: Program,
+    ) {
+        let via = runtime.via;
+        let instances = symbols.matching(function);
         if instances.is_empty() {
             return;
         }
         let spec = ProbeSpec {
             kind: EventKind::HandoffRan as u32,
-            handoff_key: known.key as u8,
+            handoff_key: key as u8,
+            jobs_on_stack: u8::from(runtime.jobs_on_stack && program == Program::HandoffRan),
             ..ProbeSpec::default()
         };
         let info = ProbeInfo {
-            function: known.function.to_string(),
+            function: function.to_string(),
             event: EventKind::HandoffRan,
             outcome: None,
             has_request_id: false,
@@ -125,7 +157,7 @@ impl Plan {
                 continue;
             }
             seen.push(symbol.address);
-            let Ok(site) = symbols.code(symbol).entry_site(&[decoder_register(known.key)]) else {
+            let Ok(site) = symbols.code(symbol).entry_site(&[decoder_register(key)]) else {
                 continue;
             };
             let what = match program {
@@ -144,5 +176,22 @@ impl Plan {
                 self.attach(symbol, probe, Choice::safe(Program::HandoffReturned, site, reason));
             }
         }
+    }
+}
+
+/// Where this build passes a `JobRef`'s pointer: rayon's own code builds each `JobRef` in the
+/// argument registers of the call that takes it, loading `execute_fn` (the address of a job's
+/// `execute`) with a `lea`; the pointer is in the other register of the pair.
+fn job_ref_pointer(symbols: &SymbolTable, ran: &[Known]) -> Option<Register> {
+    let executes: Vec<u64> =
+        ran.iter().flat_map(|known| symbols.matching(known.function)).map(|symbol| symbol.address).collect();
+    let rayon = symbols.matching("rayon_core::*").into_iter().chain(symbols.matching("<rayon_core::*"));
+    let loads: Vec<iced_x86::Register> =
+        rayon.flat_map(|symbol| symbols.code(symbol).address_loads(&executes)).collect();
+    let (rsi, rdx) = (decoder_register(Register::Rsi), decoder_register(Register::Rdx));
+    match (loads.contains(&rsi), loads.contains(&rdx)) {
+        (true, false) => Some(Register::Rdx),
+        (false, true) => Some(Register::Rsi),
+        _ => None,
     }
 }

@@ -3,8 +3,12 @@
 //! the least recently used; each loaded model has a queue and two worker threads. A worker
 //! serves requests until its queue closes (the model was unloaded) or a request makes it
 //! panic: the panic leaves `Worker::run`, the thread catches it and starts a new worker in its
-//! place. At the end it prints what it counted: requests by outcome, loads, unloads and crashes.
+//! place. The large models batch each request on rayon's pool (`par_iter`), as most model
+//! servers compute on a thread pool other than the one that took the request. At the end it
+//! prints what it counted: requests by outcome, loads, unloads, crashes, and the CPU time of
+//! each model's rayon work, as each batch item measured its own thread's.
 
+use rayon::prelude::*;
 use std::{
     collections::BTreeMap,
     panic::{AssertUnwindSafe, catch_unwind},
@@ -20,7 +24,7 @@ use std::{
 
 use clap::Parser;
 use pool_obs_tests::{
-    ground_truth::{Lifecycle, Outcome, Summary, Tally},
+    ground_truth::{Lifecycle, Outcome, Summary, Tally, thread_cpu},
     processes::await_start_file,
     seeded::unit_interval,
 };
@@ -41,6 +45,9 @@ struct Options {
     fail_rate: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Models whose requests are batched on rayon.
+    #[arg(long, value_delimiter = ',', default_value = "llama-7b,mistral-7b,t5-large")]
+    batched: Vec<String>,
     #[arg(long)]
     start_file: Option<PathBuf>,
 }
@@ -48,6 +55,7 @@ struct Options {
 pub struct Job {
     pub id: u64,
     pub model: String,
+    pub batched: bool,
     pub crashes: bool,
     pub fails: bool,
     pub reply: mpsc::Sender<Outcome>,
@@ -58,6 +66,8 @@ pub struct Job {
 struct Truth {
     tallies: BTreeMap<String, Tally>,
     lifecycles: BTreeMap<String, Lifecycle>,
+    /// CPU time of each model's batch items, in nanoseconds.
+    batch_cpu: BTreeMap<String, Arc<AtomicU64>>,
 }
 
 type Shared = Arc<Mutex<Truth>>;
@@ -66,6 +76,7 @@ pub struct Worker {
     pub id: u64,
     pub model: String,
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    batch_cpu: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -80,16 +91,34 @@ impl Worker {
     }
 
     fn serve(&self, job: &Job) -> Outcome {
-        let mut state = job.id;
-        for round in 0..100_000u64 {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(round ^ self.id);
-        }
+        let state = if job.batched {
+            (0..8u64)
+                .into_par_iter()
+                .map(|item| {
+                    let started = thread_cpu();
+                    let state = forward(job.id ^ item, self.id, 150_000);
+                    self.batch_cpu.fetch_add((thread_cpu() - started).as_nanos() as u64, Ordering::Relaxed);
+                    state
+                })
+                .reduce(|| 0, u64::wrapping_add)
+        } else {
+            forward(job.id, self.id, 100_000)
+        };
         std::hint::black_box(state);
         if job.crashes {
             panic!("worker {} of {} lost its device on request {}", self.id, self.model, job.id);
         }
         if job.fails { Outcome::Failed } else { Outcome::Ok }
     }
+}
+
+/// A model's forward pass, as far as the CPU can tell.
+fn forward(seed: u64, salt: u64, rounds: u64) -> u64 {
+    let mut state = seed;
+    for round in 0..rounds {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(round ^ salt);
+    }
+    state
 }
 
 /// A loaded model: its queue, and its worker threads.
@@ -126,15 +155,22 @@ impl Registry {
     fn load(&self, model: &str) -> Loaded {
         let (queue, jobs) = mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(jobs));
+        let batch_cpu = self.truth.lock().unwrap().batch_cpu.entry(model.to_string()).or_default().clone();
         let threads = (0..2)
             .map(|_| {
                 let (jobs, model, next_worker, truth) =
                     (jobs.clone(), model.to_string(), self.next_worker.clone(), self.truth.clone());
+                let batch_cpu = batch_cpu.clone();
                 thread::spawn(move || {
                     loop {
                         let id = next_worker.fetch_add(1, Ordering::Relaxed);
                         lifecycle(&truth, &model, |lifecycle| lifecycle.spawns += 1);
-                        let worker = Worker { id, model: model.clone(), queue: jobs.clone() };
+                        let worker = Worker {
+                            id,
+                            model: model.clone(),
+                            queue: jobs.clone(),
+                            batch_cpu: batch_cpu.clone(),
+                        };
                         match catch_unwind(AssertUnwindSafe(|| worker.run())) {
                             Ok(()) => {
                                 lifecycle(&truth, &model, |lifecycle| lifecycle.evictions += 1);
@@ -187,6 +223,7 @@ fn main() {
         let job = Job {
             id,
             model: model.clone(),
+            batched: options.batched.contains(&model),
             crashes: unit_interval(options.seed, id, 2) < options.crash_rate,
             fails: unit_interval(options.seed, id, 3) < options.fail_rate,
             reply,
@@ -206,12 +243,15 @@ fn main() {
         unload(loaded);
     }
     let mut truth = truth.lock().unwrap();
-    let lifecycles = truth.lifecycles.clone();
+    let (lifecycles, batch_cpu) = (truth.lifecycles.clone(), truth.batch_cpu.clone());
     let summaries = truth
         .tallies
         .iter_mut()
         .map(|(model, tally)| {
-            (model.clone(), tally.summary(lifecycles.get(model).copied().unwrap_or_default()))
+            let mut summary = tally.summary(lifecycles.get(model).copied().unwrap_or_default());
+            let batched_ns = batch_cpu.get(model).map_or(0, |cpu| cpu.load(Ordering::Relaxed));
+            summary.cpu_seconds = batched_ns as f64 / 1e9;
+            (model.clone(), summary)
         })
         .collect();
     Summary::print(summaries);
