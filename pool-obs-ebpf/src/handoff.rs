@@ -46,6 +46,20 @@ pub struct Origin {
     pub _reserved: u32,
 }
 
+impl Origin {
+    /// The request `call` serves.
+    #[inline(always)]
+    fn of(call: &calls::OpenCall) -> Self {
+        Origin {
+            model: call.model,
+            request_id: call.request_id,
+            future: call.future,
+            request_probe: call.request_probe,
+            _reserved: 0,
+        }
+    }
+}
+
 /// Hand-offs made and not yet run, by key. Least recently used first out: work that never runs
 /// (a task cancelled before a thread took it) leaves in time.
 #[map]
@@ -90,14 +104,7 @@ pub fn handoff_made(ctx: ProbeContext) {
     };
     // SAFETY: the slot stays as it is until this program run ends.
     let call = unsafe { &*call };
-    let origin = Origin {
-        model: call.model,
-        request_id: call.request_id,
-        future: call.future,
-        request_probe: call.request_probe,
-        _reserved: 0,
-    };
-    if HANDOFFS.insert(key, origin, 0).is_err() {
+    if HANDOFFS.insert(key, Origin::of(call), 0).is_err() {
         count(Counter::HandoffsLost);
     }
 }
@@ -169,14 +176,7 @@ fn unmark_stack(calls: *mut calls::OpenCalls, top: u64, probe: u32) {
         // SAFETY: the slot stays as it is until this program run ends.
         let outer = unsafe { &*outer };
         if outer.return_probe == probe {
-            let origin = Origin {
-                model: outer.model,
-                request_id: outer.request_id,
-                future: outer.future,
-                request_probe: outer.request_probe,
-                _reserved: 0,
-            };
-            mark_stack(outer.sp, &origin);
+            mark_stack(outer.sp, &Origin::of(outer));
             return;
         }
     }
