@@ -230,9 +230,11 @@ pub struct HandoffRan {
     pub header: Header,
     /// The spec of the call the work was made in: how `request_id` and `future` read.
     pub request_probe: u32,
+    /// The spec of the site that made the work: which runtime it went through.
+    pub made_by: u32,
     /// A [`CallEnding`] as `u8`.
     pub ending: u8,
-    pub _reserved: [u8; 3],
+    pub _reserved: [u8; 7],
     pub model: ModelKey,
     pub request_id: u64,
     pub future: u64,

@@ -205,6 +205,10 @@ pub struct ProbeSpec {
     pub jobs_on_stack: u8,
     /// The state tag of a future not yet polled: only then are its arguments read.
     pub unresumed: u32,
+    /// Non-zero where a hand-off is made whose work runs many times (a spawned task, polled
+    /// until it ends): every run serves the request, not only the first.
+    pub runs_many: u8,
+    pub _reserved: [u8; 7],
     /// The model key: a (pointer, length) pair, as a `&str` or `String` is laid out.
     pub model_ptr: Scalar,
     pub model_len: Scalar,

@@ -32,6 +32,9 @@ pub struct OpenCall {
     pub request_probe: u32,
     /// The general registers at entry, in DWARF's order.
     pub registers: [u64; Register::COUNT],
+    /// For a hand-off's run: the spec of the site that made the work.
+    pub handoff_made_by: u32,
+    pub _reserved: u32,
     /// The return probe's model and ids, read at entry from the arguments, while what they
     /// point at is certainly alive.
     pub model: ModelKey,

@@ -290,8 +290,9 @@ pub fn handoff_ran(call: &OpenCall, hit: &Hit, ending: CallEnding) -> u64 {
     submit(|event: *mut HandoffRan| unsafe {
         fill_header(&raw mut (*event).header, EventKind::HandoffRan, hit);
         (*event).request_probe = call.request_probe;
+        (*event).made_by = call.handoff_made_by;
         (*event).ending = ending as u8;
-        (*event)._reserved = [0; 3];
+        (*event)._reserved = [0; 7];
         (*event).model = call.model;
         (*event).request_id = call.request_id;
         (*event).future = call.future;

@@ -17,7 +17,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
     helpers::generated::bpf_ktime_get_ns,
-    macros::{map, uprobe, uretprobe},
+    macros::{btf_map, map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
@@ -33,6 +33,7 @@ use crate::{
     emit::{self, Hit},
     probe_spec,
     registers::{self, Registers, stack_pointer},
+    task_storage::TaskStorage,
 };
 
 /// The request a hand-off was made in, as its innermost call named it.
@@ -43,20 +44,24 @@ pub struct Origin {
     pub request_id: u64,
     pub future: u64,
     pub request_probe: u32,
-    pub _reserved: u32,
+    /// The spec of the site that made the work: which runtime it went through.
+    pub made_by: u32,
+    /// Non-zero: the work runs many times (a spawned task), and its key stays until the runtime
+    /// makes other work at its address.
+    pub runs_many: u64,
 }
 
 impl Origin {
-    /// The request `call` serves.
+    /// Sets it to the request `call` serves, for work made at the site of spec `made_by`, which
+    /// runs many times if `runs_many`.
     #[inline(always)]
-    fn of(call: &calls::OpenCall) -> Self {
-        Origin {
-            model: call.model,
-            request_id: call.request_id,
-            future: call.future,
-            request_probe: call.request_probe,
-            _reserved: 0,
-        }
+    fn set(&mut self, call: &calls::OpenCall, made_by: u32, runs_many: u8) {
+        self.model = call.model;
+        self.request_id = call.request_id;
+        self.future = call.future;
+        self.request_probe = call.request_probe;
+        self.made_by = made_by;
+        self.runs_many = u64::from(runs_many);
     }
 }
 
@@ -90,21 +95,36 @@ const GRANULE_SHIFT: u32 = 16;
 /// How far below a run's entry its jobs may be: four granules, 256 KiB of stack.
 const SPAN_GRANULES: u64 = 4;
 
+/// Each thread's origin or span being written: built in place, where 120 bytes on the BPF
+/// stack would take `handoff_ran` past the verifier's margin.
+#[btf_map]
+static SCRATCH: TaskStorage<Span> = TaskStorage::new();
+
 /// Where work is handed off: remembered if the thread is serving a request.
 #[uprobe]
+#[allow(clippy::needless_borrows_for_generic_args, reason = "a copy would be on the BPF stack")]
 pub fn handoff_made(ctx: ProbeContext) {
-    let Some((_, spec)) = probe_spec(&ctx) else {
+    let Some((cookie, spec)) = probe_spec(&ctx) else {
         return;
     };
     let Some(key) = handoff_key(&ctx, spec) else {
         return;
     };
     let Some(call) = calls::of_current_thread(false).and_then(calls::innermost_open) else {
+        // Made outside any request: work an earlier request made at this address is gone.
+        let _ = HANDOFFS.remove(key);
         return;
     };
     // SAFETY: the slot stays as it is until this program run ends.
     let call = unsafe { &*call };
-    if HANDOFFS.insert(key, Origin::of(call), 0).is_err() {
+    let Some(scratch) = SCRATCH.current(true) else {
+        count(Counter::HandoffsLost);
+        return;
+    };
+    // SAFETY: the current task's value, for this program run alone.
+    let origin = unsafe { &mut (*scratch).origin };
+    origin.set(call, cookie.probe, spec.runs_many);
+    if HANDOFFS.insert(key, &*origin, 0).is_err() {
         count(Counter::HandoffsLost);
     }
 }
@@ -135,14 +155,15 @@ pub fn handoff_ran(ctx: ProbeContext) {
             call.request_id = origin.request_id;
             call.future = origin.future;
             call.request_probe = origin.request_probe;
+            call.handoff_made_by = origin.made_by;
             call.worker_id = 0;
             call.state = 0;
         });
     }
     if spec.jobs_on_stack != 0 {
-        mark_stack(sp, origin);
+        mark_stack(sp, |into| *into = *origin);
     }
-    if made.is_some() {
+    if made.is_some_and(|made| made.runs_many == 0) {
         let _ = HANDOFFS.remove(key);
     }
 }
@@ -159,12 +180,17 @@ fn on_a_stack(spec: &ProbeSpec, key: u64) -> Option<&'static Origin> {
     (key < span.top && span.top - key <= SPAN_GRANULES << GRANULE_SHIFT).then_some(&span.origin)
 }
 
-/// Marks the stack below `top` as the run's with `origin`'s request.
+/// Marks the stack below `top` as the run's, whose request `origin` writes.
 #[inline(always)]
-fn mark_stack(top: u64, origin: &Origin) {
-    let span = Span { top, origin: *origin };
+#[allow(clippy::needless_borrows_for_generic_args, reason = "a copy would be on the BPF stack")]
+fn mark_stack(top: u64, origin: impl FnOnce(&mut Origin)) {
+    let Some(span) = SCRATCH.current(true) else { return };
+    // SAFETY: the current task's value, for this program run alone.
+    let span = unsafe { &mut *span };
+    span.top = top;
+    origin(&mut span.origin);
     for below in 0..SPAN_GRANULES {
-        let _ = STACK_SPANS.insert((top >> GRANULE_SHIFT) - below, span, 0);
+        let _ = STACK_SPANS.insert((top >> GRANULE_SHIFT) - below, &*span, 0);
     }
 }
 
@@ -176,7 +202,7 @@ fn unmark_stack(calls: *mut calls::OpenCalls, top: u64, probe: u32) {
         // SAFETY: the slot stays as it is until this program run ends.
         let outer = unsafe { &*outer };
         if outer.return_probe == probe {
-            mark_stack(outer.sp, &Origin::of(outer));
+            mark_stack(outer.sp, |into| into.set(outer, outer.handoff_made_by, 0));
             return;
         }
     }

@@ -59,6 +59,9 @@ pub struct ModelSummary {
     pub cpu_seconds: f64,
     #[serde(default)]
     pub offcpu_seconds: f64,
+    /// CPU time of the tasks the requests spawned, for a pool that spawns and measures them.
+    #[serde(default)]
+    pub spawned_cpu_seconds: f64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -144,6 +147,7 @@ impl Tally {
             polls: 0,
             cpu_seconds: 0.0,
             offcpu_seconds: 0.0,
+            spawned_cpu_seconds: 0.0,
         }
     }
 }

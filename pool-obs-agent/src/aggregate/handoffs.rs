@@ -7,12 +7,12 @@
 use pool_obs_common::event::{HandoffRan, MODEL_PRESENT};
 
 use super::{Aggregator, ModelId};
+use crate::attach::plan::HandoffSite;
 
 impl Aggregator {
     pub(super) fn on_handoff_ran(&mut self, event: &HandoffRan) {
-        let Some(via) = self.probes.get(event.header.probe as usize).and_then(|probe| probe.handoff) else {
-            return;
-        };
+        let made_by = self.probes.get(event.made_by as usize).and_then(|probe| probe.handoff);
+        let Some(HandoffSite::Made(via)) = made_by else { return };
         let cpu_ns = event.cpu_ns.saturating_sub(event.entered_cpu_ns);
         let Some(Served { model, counted_at_end }) = self.handoff_request(event, cpu_ns) else { return };
         let metrics = &self.models[model].metrics.cpu;

@@ -175,6 +175,14 @@ impl FunctionCode {
             .collect()
     }
 
+    /// Whether a jump stays in the function: to one of its instructions, or through a jump table.
+    fn jumps_inside(&self, op: &Op) -> bool {
+        match op.instruction.flow_control() {
+            FlowControl::IndirectBranch => self.is_jump_table(op),
+            _ => self.contains(op.instruction.near_branch_target()),
+        }
+    }
+
     /// The first instruction by which a panic could leave the function — a call, or a jump out
     /// of it — or `None`: a function that calls nothing cannot raise a panic nor pass one on.
     pub fn may_unwind_by(&self) -> Option<&Op> {
@@ -190,24 +198,28 @@ impl FunctionCode {
 
     /// Every return instruction, each a probe site where the stack pointer is the entry's.
     /// A jump out of the function is a tail call: the result is computed by another function,
-    /// after this one's last instruction.
-    pub fn exits(&self) -> Result<Vec<Site>, Unprobeable> {
+    /// after this one's last instruction. But an unconditional jump that `frees_only` (to a
+    /// deallocation, after the result was written through the result pointer) is where the call
+    /// ends, its frame gone: an exit too.
+    pub fn exits(&self, frees_only: impl Fn(&Instruction) -> bool) -> Result<Vec<Site>, Unprobeable> {
         let mut exits = Vec::new();
         for op in &self.ops {
+            let exit =
+                || Site { offset: op.offset, sp_offset: 0, handling: op.handling(), instruction: op.text() };
             let tail_call = match op.instruction.flow_control() {
                 FlowControl::Return => {
-                    exits.push(Site {
-                        offset: op.offset,
-                        sp_offset: 0,
-                        handling: op.handling(),
-                        instruction: op.text(),
-                    });
+                    exits.push(exit());
                     false
                 }
-                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
-                    !self.contains(op.instruction.near_branch_target())
+                FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
+                    if !self.jumps_inside(op) && frees_only(&op.instruction) =>
+                {
+                    exits.push(exit());
+                    false
                 }
-                FlowControl::IndirectBranch => !self.is_jump_table(op),
+                FlowControl::UnconditionalBranch
+                | FlowControl::ConditionalBranch
+                | FlowControl::IndirectBranch => !self.jumps_inside(op),
                 _ => false,
             };
             if tail_call {
@@ -524,16 +536,34 @@ mod tests {
     fn exits_are_every_return_and_a_tail_call_is_refused() {
         // test rdi, rdi; je +1; ret; ret
         let function = code(&[0x48, 0x85, 0xff, 0x74, 0x01, 0xc3, 0xc3]);
-        let offsets: Vec<u64> = function.exits().unwrap().iter().map(|site| site.offset).collect();
+        let offsets: Vec<u64> = function.exits(|_| false).unwrap().iter().map(|site| site.offset).collect();
         assert_eq!(offsets, [5, 6]);
         assert!(function.may_unwind_by().is_none());
         // jmp rel32 far away
         let tail = code(&[0x48, 0x85, 0xff, 0xe9, 0x00, 0x10, 0x00, 0x00]);
-        assert!(matches!(tail.exits(), Err(Unprobeable::TailCall { offset: 3, .. })));
+        assert!(matches!(tail.exits(|_| false), Err(Unprobeable::TailCall { offset: 3, .. })));
         assert!(tail.may_unwind_by().is_some());
         // jne rel32 far away: a conditional tail call
         let conditional = code(&[0x48, 0x85, 0xff, 0x0f, 0x85, 0x00, 0x10, 0x00, 0x00, 0xc3]);
-        assert!(matches!(conditional.exits(), Err(Unprobeable::TailCall { offset: 3, .. })));
+        assert!(matches!(conditional.exits(|_| false), Err(Unprobeable::TailCall { offset: 3, .. })));
+    }
+
+    #[test]
+    fn a_jump_to_a_deallocation_after_the_result_is_written_is_an_exit_and_a_conditional_one_is_not() {
+        // mov [rbx], rax; add rsp, 8; pop rbx; jmp qword ptr [rip+0x1000] (the GOT slot of
+        // `__rust_dealloc`, as `frees_only` finds it); then a return elsewhere.
+        let bytes =
+            [0x48, 0x89, 0x03, 0x48, 0x83, 0xc4, 0x08, 0x5b, 0xff, 0x25, 0x00, 0x10, 0x00, 0x00, 0xc3];
+        let frees = |instruction: &Instruction| instruction.ip_rel_memory_address() == 0x200e;
+        let exits = code(&bytes).exits(frees).unwrap();
+        let found: Vec<(u64, i32)> = exits.iter().map(|site| (site.offset, site.sp_offset)).collect();
+        assert_eq!(found, [(8, 0), (14, 0)]);
+        assert_eq!(exits[0].handling, Handling::SingleStepped);
+        // je to the same place: the call may go on, so the jump is no exit.
+        let conditional = code(&[0x48, 0x85, 0xff, 0x0f, 0x84, 0x00, 0x10, 0x00, 0x00, 0xc3]);
+        assert!(matches!(conditional.exits(|_| true), Err(Unprobeable::TailCall { offset: 3, .. })));
+        // A jump elsewhere stays a tail call whose result is not yet known.
+        assert!(matches!(code(&bytes).exits(|_| false), Err(Unprobeable::TailCall { offset: 8, .. })));
     }
 
     #[test]

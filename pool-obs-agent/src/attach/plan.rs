@@ -20,7 +20,7 @@ use super::{
     verdicts,
 };
 pub use future::FutureStates;
-pub use handoff::Via;
+pub use handoff::{HandoffSite, Via};
 pub use sourced::Compiled;
 
 use crate::{
@@ -60,8 +60,8 @@ pub struct ProbeInfo {
     pub memory_scale: f64,
     /// For a request future's polls and drop: the states that tell them apart.
     pub future: Option<FutureStates>,
-    /// For the agent's own probes of a runtime's hand-offs: which runtime.
-    pub handoff: Option<Via>,
+    /// For the agent's own probes of a runtime's hand-offs: what the probe is.
+    pub handoff: Option<HandoffSite>,
 }
 
 /// The kernel program a site runs.
@@ -206,7 +206,7 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
         for symbol in copies {
             let code = symbols.code(symbol);
             let spec = plan.specs[cookie as usize];
-            let sites = out_of_line_sites(probe, &spec, &code)
+            let sites = out_of_line_sites(probe, &spec, &code, symbols)
                 .map_err(|problem| unprobeable(&symbol.name, probe.at, problem))?;
             for choice in sites {
                 plan.attach(symbol, cookie, choice);
@@ -227,13 +227,18 @@ pub fn plan(manifest: &Manifest, symbols: &SymbolTable, source: Option<&SourceIn
 }
 
 /// The sites of an out-of-line copy: its entry, and its returns for a return probe.
-fn out_of_line_sites(probe: &Probe, spec: &ProbeSpec, code: &FunctionCode) -> Result<Sites, Unprobeable> {
+fn out_of_line_sites(
+    probe: &Probe,
+    spec: &ProbeSpec,
+    code: &FunctionCode,
+    symbols: &SymbolTable,
+) -> Result<Sites, Unprobeable> {
     match probe.at {
         At::Entry => entry_site(Program::Entry, spec, code),
         // The call is opened at entry, where the values the return probe takes from the
         // arguments are read.
         At::Return => entry_site(Program::Call, spec, code).and_then(|mut sites| {
-            sites.extend(return_sites(probe.unsafe_uretprobe, code)?);
+            sites.extend(return_sites(probe.unsafe_uretprobe, code, symbols)?);
             Ok(sites)
         }),
     }
@@ -331,8 +336,12 @@ fn entry_site(program: Program, spec: &ProbeSpec, code: &FunctionCode) -> Result
 /// A uretprobe replaces the return address, and a panic cannot unwind through the kernel's
 /// trampoline: the pool aborts. So a return probe is a uprobe on every return instruction,
 /// unless the function provably cannot unwind (it calls nothing) or the manifest says
-/// `unsafe_uretprobe`.
-fn return_sites(unsafe_uretprobe: bool, code: &FunctionCode) -> Result<Sites, Unprobeable> {
+/// `unsafe_uretprobe`. A last jump to a deallocation is a return instruction too.
+fn return_sites(
+    unsafe_uretprobe: bool,
+    code: &FunctionCode,
+    symbols: &SymbolTable,
+) -> Result<Sites, Unprobeable> {
     let uretprobe = |reason: &str, caution| {
         let site =
             Site { offset: 0, sp_offset: -8, handling: Handling::Emulated, instruction: "uretprobe".into() };
@@ -347,10 +356,15 @@ fn return_sites(unsafe_uretprobe: bool, code: &FunctionCode) -> Result<Sites, Un
     let Some(call) = code.may_unwind_by() else {
         return uretprobe("uretprobe: the function calls nothing, so no panic can unwind through it", None);
     };
-    let exits = code.exits()?;
+    let exits = code.exits(|jump| symbols.frees_only(jump))?;
     let count = exits.len();
+    let jumps = exits.iter().filter(|exit| !exit.instruction.starts_with("ret")).count();
+    let what = match jumps {
+        0 => "return instructions".to_string(),
+        _ => format!("return instructions ({jumps} a last jump to a deallocation, the result written)"),
+    };
     let reason = format!(
-        "a panic may unwind through `{}` at +{:#x}: a probe on each of its {count} return instructions, {}",
+        "a panic may unwind through `{}` at +{:#x}: a probe on each of its {count} {what}, {}",
         call.text(),
         call.offset,
         exits[0].handling

@@ -1,11 +1,15 @@
 //! Finds the pool's functions in its ELF symbol table by demangled Rust path.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use iced_x86::{FlowControl, Instruction};
+use object::{
+    Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationFlags, RelocationTarget, SymbolKind,
+    elf,
+};
 
 use super::{debug_file, machine_code::FunctionCode, source::SourceInfo};
 use crate::error::{Class, Refusal};
@@ -31,7 +35,24 @@ pub struct SymbolTable {
     /// The file read, to tell whether the DWARF is in it.
     path: PathBuf,
     symbols: Vec<Symbol>,
+    /// What each slot of the global offset table holds once the loader filled it in: the
+    /// target of a `jmp [rip+slot]`.
+    got: HashMap<u64, Landing>,
 }
+
+/// Where a jump through the global offset table lands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Landing {
+    /// At an address of this binary.
+    Address(u64),
+    /// At a function of a shared library, by name.
+    Import(String),
+}
+
+/// The last path segment of the functions that only free memory: a function whose last act is
+/// to jump to one of them has written its result already.
+const DEALLOCATORS: [&str; 7] =
+    ["__rust_dealloc", "__rdl_dealloc", "__rg_dealloc", "free", "cfree", "mi_free", "_rjem_sdallocx"];
 
 /// Why a binary's functions cannot be found as asked. Each says its exit code: [`Self::class`].
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +137,9 @@ impl SymbolTable {
         if !symbols.iter().any(|symbol| is_rust_mangled(&symbol.mangled)) {
             return Err(SymbolError::NotRust { path: shown });
         }
+        let got = got_landings(&file);
         drop(file);
-        Ok(Self { debug: None, data, path: path.to_path_buf(), symbols })
+        Ok(Self { debug: None, data, path: path.to_path_buf(), symbols, got })
     }
 
     /// The function's machine code, decoded.
@@ -130,6 +152,24 @@ impl SymbolTable {
     /// `entry_sp = rsp + offset` at `address`, inside some function: see [`super::frames`].
     pub fn entry_sp_offset(&self, address: u64) -> Result<i32, String> {
         super::frames::entry_sp_offset(&self.data, address)
+    }
+
+    /// Whether `instruction`, an unconditional jump, lands in a function that only frees
+    /// memory: directly, or through the global offset table.
+    pub fn frees_only(&self, instruction: &Instruction) -> bool {
+        let landing = match instruction.flow_control() {
+            FlowControl::UnconditionalBranch => Some(Landing::Address(instruction.near_branch_target())),
+            FlowControl::IndirectBranch if instruction.is_ip_rel_memory_operand() => {
+                self.got.get(&instruction.ip_rel_memory_address()).cloned()
+            }
+            _ => None,
+        };
+        let name = match &landing {
+            Some(Landing::Address(address)) => self.containing(*address).map(|symbol| symbol.name.as_str()),
+            Some(Landing::Import(name)) => Some(name.split('@').next().unwrap_or(name)),
+            None => None,
+        };
+        name.is_some_and(|name| DEALLOCATORS.contains(&last_segment(name)))
     }
 
     /// The function whose code holds `address`.
@@ -257,6 +297,30 @@ impl SymbolTable {
         near.dedup_by(|a, b| a.2 == b.2);
         near.into_iter().take(5).map(|(_, _, name)| name.to_string()).collect()
     }
+}
+
+/// The global offset table's slots, from the dynamic relocations: a slot of this binary's own
+/// function holds its address plus the load bias (`R_X86_64_RELATIVE`), an imported one its
+/// symbol (`R_X86_64_GLOB_DAT`, `R_X86_64_JUMP_SLOT`).
+fn got_landings(file: &object::File) -> HashMap<u64, Landing> {
+    let Some(relocations) = file.dynamic_relocations() else { return HashMap::new() };
+    let imported = |index| {
+        let symbol = file.dynamic_symbol_table()?.symbol_by_index(index).ok()?;
+        Some(Landing::Import(symbol.name().ok()?.to_string()))
+    };
+    relocations
+        .filter_map(|(slot, relocation)| {
+            let RelocationFlags::Elf { r_type } = relocation.flags() else { return None };
+            let landing = match (r_type, relocation.target()) {
+                (elf::R_X86_64_RELATIVE, _) => Some(Landing::Address(relocation.addend() as u64)),
+                (elf::R_X86_64_GLOB_DAT | elf::R_X86_64_JUMP_SLOT, RelocationTarget::Symbol(index)) => {
+                    imported(index)
+                }
+                _ => None,
+            }?;
+            Some((slot, landing))
+        })
+        .collect()
 }
 
 /// Legacy (`_ZN…17h<hash>E`) or v0 (`_R…`) Rust mangling.

@@ -48,15 +48,17 @@ pub struct ModelCpu {
 #[derive(Clone, Default)]
 pub struct HandedOff {
     spawn_blocking: Seconds,
+    spawn: Seconds,
     rayon: Seconds,
 }
 
 impl HandedOff {
-    pub const VIAS: [Via; 2] = [Via::spawn_blocking, Via::rayon];
+    pub const VIAS: [Via; 3] = [Via::spawn_blocking, Via::spawn, Via::rayon];
 
     pub fn via(&self, via: Via) -> &Seconds {
         match via {
             Via::spawn_blocking => &self.spawn_blocking,
+            Via::spawn => &self.spawn,
             Via::rayon => &self.rayon,
         }
     }

@@ -111,7 +111,7 @@ impl Plan {
             // returns.
             let opened = entry_site(Program::Call, &spec, &code)
                 .and_then(|mut sites| {
-                    sites.extend(return_sites(false, &code)?);
+                    sites.extend(return_sites(false, &code, symbols)?);
                     Ok(sites)
                 })
                 .map_err(|problem| unprobeable(&symbol.name, At::Return, problem))?;

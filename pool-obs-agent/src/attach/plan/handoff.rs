@@ -4,11 +4,12 @@
 //! is `pool-obs-ebpf/src/handoff.rs`.
 //!
 //! Followed: tokio's blocking pool (`spawn_blocking`, and what tokio runs there for the request,
-//! such as `tokio::fs`), and rayon's jobs: those injected from a request's thread (`par_iter`,
-//! `join`, `scope` and `spawn` called from outside the pool), and the jobs a followed job makes
-//! on its own stack (a nested `join`'s second half, stolen by another worker). Not followed:
-//! `tokio::spawn`, a job a worker pushes onto its deque from the heap (`scope`'s spawns, inlined
-//! into the caller), and channels to threads of the pool's own. Their CPU counts for no model.
+//! such as `tokio::fs`); tasks a request `tokio::spawn`s, every poll of them; and rayon's jobs:
+//! those injected from a request's thread (`par_iter`, `join`, `scope` and `spawn` called from
+//! outside the pool), and the jobs a followed job makes on its own stack (a nested `join`'s
+//! second half, stolen by another worker). Not followed: a job a worker pushes onto its deque
+//! from the heap (`scope`'s spawns, inlined into the caller), and channels to threads of the
+//! pool's own. Their CPU counts for no model.
 
 use pool_obs_common::{
     event::EventKind,
@@ -26,8 +27,20 @@ use crate::attach::{
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "label values are lower case")]
 pub enum Via {
+    /// tokio's blocking pool.
     spawn_blocking,
+    /// A task `tokio::spawn` made.
+    spawn,
     rayon,
+}
+
+/// What an agent's own hand-off probe is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoffSite {
+    /// Where work is made, through this runtime.
+    Made(Via),
+    /// Where work runs: made through whichever runtime its making site says.
+    Ran,
 }
 
 /// A runtime function and where the hand-off's key is there.
@@ -50,11 +63,17 @@ struct Runtime {
     via: Via,
     made: &'static [Known],
     ran: &'static [Known],
+    /// Whether its work runs many times (a task polled until it ends), not once.
+    runs_many: bool,
     /// Whether its work makes jobs on the running thread's stack that another thread may run.
     jobs_on_stack: bool,
 }
 
-const RUNTIMES: [Runtime; 2] = [
+/// Every task's poll, through its vtable (`poll(ptr: NonNull<Header>)`): only the tasks made
+/// in a request find their key.
+const TOKIO_POLL: Known = Known { function: "tokio::runtime::task::raw::poll", key: Key::In(Register::Rdi) };
+
+const RUNTIMES: [Runtime; 3] = [
     Runtime {
         via: Via::spawn_blocking,
         // `spawn_task(&self, task: Task, …)`: the task's header pointer is its first word.
@@ -62,9 +81,20 @@ const RUNTIMES: [Runtime; 2] = [
             function: "tokio::runtime::blocking::pool::Spawner::spawn_task",
             key: Key::In(Register::Rsi),
         }],
-        // Every task's poll, through its vtable (`poll(ptr: NonNull<Header>)`): only the
-        // blocking pool's tasks made in a request find their key.
-        ran: &[Known { function: "tokio::runtime::task::raw::poll", key: Key::In(Register::Rdi) }],
+        ran: &[TOKIO_POLL],
+        runs_many: false,
+        jobs_on_stack: false,
+    },
+    Runtime {
+        via: Via::spawn,
+        // `bind_inner(&self, task: Task<S>, notified: Notified<S>)`: every task a runtime
+        // spawns is bound to its list once, on the spawning thread.
+        made: &[Known {
+            function: "tokio::runtime::task::list::OwnedTasks<S>::bind_inner",
+            key: Key::In(Register::Rsi),
+        }],
+        ran: &[TOKIO_POLL],
+        runs_many: true,
         jobs_on_stack: false,
     },
     Runtime {
@@ -85,14 +115,26 @@ const RUNTIMES: [Runtime; 2] = [
                 key: Key::In(Register::Rdi),
             },
         ],
+        runs_many: false,
         // `join_context` makes its second half a `StackJob` on the caller's stack.
         jobs_on_stack: true,
     },
 ];
 
+/// One function the hand-offs probe, and how.
+struct Probed<'a> {
+    function: &'a str,
+    key: Register,
+    site: HandoffSite,
+    runs_many: bool,
+    jobs_on_stack: bool,
+}
+
 impl Plan {
-    /// Follows the hand-offs of every runtime the binary holds both sides of.
+    /// Follows the hand-offs of every runtime the binary holds both sides of. A run site that
+    /// several runtimes share (tokio's poll) is probed once.
     pub(super) fn attach_handoffs(&mut self, symbols: &SymbolTable) {
+        let mut ran: Vec<&str> = Vec::new();
         for runtime in &RUNTIMES {
             let present =
                 |known: &[Known]| known.iter().any(|known| !symbols.matching(known.function).is_empty());
@@ -100,9 +142,19 @@ impl Plan {
                 continue;
             }
             for known in runtime.ran {
-                if let Key::In(key) = known.key {
-                    self.attach_known(symbols, runtime, known.function, key, Program::HandoffRan);
+                let Key::In(key) = known.key else { continue };
+                if ran.contains(&known.function) {
+                    continue;
                 }
+                ran.push(known.function);
+                let probed = Probed {
+                    function: known.function,
+                    key,
+                    site: HandoffSite::Ran,
+                    runs_many: false,
+                    jobs_on_stack: runtime.jobs_on_stack,
+                };
+                self.attach_handoff(symbols, &probed);
             }
             for known in runtime.made {
                 let key = match known.key {
@@ -110,37 +162,36 @@ impl Plan {
                     Key::JobRefPointer => job_ref_pointer(symbols, runtime.ran),
                 };
                 // Without its key, work is made unseen: its runs count for no model.
-                if let Some(key) = key {
-                    self.attach_known(symbols, runtime, known.function, key, Program::HandoffMade);
-                }
+                let Some(key) = key else { continue };
+                let probed = Probed {
+                    function: known.function,
+                    key,
+                    site: HandoffSite::Made(runtime.via),
+                    runs_many: runtime.runs_many,
+                    jobs_on_stack: false,
+                };
+                self.attach_handoff(symbols, &probed);
             }
         }
     }
 
-    /// One spec for every instance of `known.function`, at each instance's entry, and for a
-    /// run, at its return: a uretprobe, since the runtime catches a panic of the work inside
-    /// the function (tokio's harness, rayon's jobs), so none unwinds through its trampoline.
-    fn attach_known(
-        &mut self,
-        symbols: &SymbolTable,
-        runtime: &Runtime,
-        function: &str,
-        key: Register,
-        program: Program,
-    ) {
-        let via = runtime.via;
-        let instances = symbols.matching(function);
+    /// One spec for every instance of the function, at each instance's entry, and for a run,
+    /// at its return: a uretprobe, since the runtime catches a panic of the work inside the
+    /// function (tokio's harness, rayon's jobs), so none unwinds through its trampoline.
+    fn attach_handoff(&mut self, symbols: &SymbolTable, probed: &Probed<'_>) {
+        let instances = symbols.matching(probed.function);
         if instances.is_empty() {
             return;
         }
         let spec = ProbeSpec {
             kind: EventKind::HandoffRan as u32,
-            handoff_key: key as u8,
-            jobs_on_stack: u8::from(runtime.jobs_on_stack && program == Program::HandoffRan),
+            handoff_key: probed.key as u8,
+            jobs_on_stack: u8::from(probed.jobs_on_stack),
+            runs_many: u8::from(probed.runs_many),
             ..ProbeSpec::default()
         };
         let info = ProbeInfo {
-            function: function.to_string(),
+            function: probed.function.to_string(),
             event: EventKind::HandoffRan,
             outcome: None,
             has_request_id: false,
@@ -148,23 +199,27 @@ impl Plan {
             constant_model: None,
             memory_scale: 1.0,
             future: None,
-            handoff: Some(via),
+            handoff: Some(probed.site),
         };
         let probe = self.push(spec, info);
+        let (program, what) = match probed.site {
+            HandoffSite::Made(via) => {
+                (Program::HandoffMade, format!("remembers work a request hands off ({via:?})"))
+            }
+            HandoffSite::Ran => {
+                (Program::HandoffRan, "follows the run of work a request handed off".to_string())
+            }
+        };
         let mut seen = Vec::new();
         for symbol in instances {
             if seen.contains(&symbol.address) {
                 continue;
             }
             seen.push(symbol.address);
-            let Ok(site) = symbols.code(symbol).entry_site(&[decoder_register(key)]) else {
+            let Ok(site) = symbols.code(symbol).entry_site(&[decoder_register(probed.key)]) else {
                 continue;
             };
-            let what = match program {
-                Program::HandoffMade => "remembers work a request hands off",
-                _ => "follows the run of work a request handed off",
-            };
-            self.attach(symbol, probe, Choice::safe(program, site, format!("{what} ({via:?})")));
+            self.attach(symbol, probe, Choice::safe(program, site, what.clone()));
             if program == Program::HandoffRan {
                 let site = Site {
                     offset: 0,
@@ -172,7 +227,7 @@ impl Plan {
                     handling: Handling::Emulated,
                     instruction: "uretprobe".into(),
                 };
-                let reason = format!("the end of the run: {via:?} catches a panic of the work inside");
+                let reason = "the end of the run: the runtime catches a panic of the work inside".to_string();
                 self.attach(symbol, probe, Choice::safe(Program::HandoffReturned, site, reason));
             }
         }

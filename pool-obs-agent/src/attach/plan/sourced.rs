@@ -66,7 +66,7 @@ impl Plan {
                     let scope = Scope::new(source, site, side).map_err(refuse)?;
                     let compiled = source_spec(probe, &scope)
                         .map_err(|problem| refuse(format!("{shown}: {problem}")))?;
-                    let choices = out_of_line_sites(probe, &compiled.spec, &code)
+                    let choices = out_of_line_sites(probe, &compiled.spec, &code, symbols)
                         .map_err(|problem| unprobeable(&site.function, probe.at, problem))?;
                     (site.address, compiled, choices)
                 }

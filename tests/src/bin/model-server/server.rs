@@ -72,7 +72,10 @@ async fn run(app: &Arc<App>, model: &str, req: InferRequest) -> Result<Json<Repl
     let permit = handle.permits.clone().try_acquire_owned().map_err(|_| AppError::Overloaded)?;
     let truth = app.truth.clone();
     let deadline = Duration::from_millis(req.deadline_ms);
-    let (id, prompt, fails, slow) = (req.id, req.prompt, req.fails, req.slow);
+    let (id, fails, slow) = (req.id, req.fails, req.slow);
+    // Tokenizing is a task of its own, so that a long prompt yields to the other requests.
+    let tokenizing = tokio::spawn(tokenize(req.prompt, truth.clone(), handle.name.clone()));
+    let prompt = tokenizing.await.map_err(|join| AppError::Failed(join.to_string()))?;
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let started = thread_cpu();
@@ -86,6 +89,22 @@ async fn run(app: &Arc<App>, model: &str, req: InferRequest) -> Result<Json<Repl
         Ok(Ok(Err(why))) => Err(AppError::Failed(why)),
         Ok(Ok(Ok(text))) => Ok(Json(Reply { id, model: model.to_string(), text })),
     }
+}
+
+/// The prompt as the model reads it: each half of it a pass of its own, with a yield between.
+async fn tokenize(prompt: Vec<u32>, truth: Arc<Truth>, model: String) -> Vec<u32> {
+    let mut cpu = Duration::ZERO;
+    let mut tokens = Vec::with_capacity(prompt.len());
+    for half in prompt.chunks(prompt.len().div_ceil(2).max(1)) {
+        let started = thread_cpu();
+        tokens.extend(half.iter().map(|token| {
+            (0..40_000u32).fold(*token, |state, round| state.wrapping_mul(2_654_435_761).wrapping_add(round))
+        }));
+        cpu += thread_cpu() - started;
+        tokio::task::yield_now().await;
+    }
+    truth.tokenized(&model, cpu);
+    tokens
 }
 
 /// The model: passes over the prompt through its weights, then the accelerator's wait.

@@ -1,6 +1,6 @@
 //! What the service itself counts, to compare with the agent: each request's outcome and
 //! latency as its handler saw them (a request whose handler is dropped before it answers is
-//! cancelled), loads and unloads, and the CPU time of each model's inference.
+//! cancelled), loads and unloads, and the CPU time of each model's inference and tokenizing.
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +17,7 @@ enum Record {
     Loaded(String),
     Unloaded(String),
     Inferred(String, Duration),
+    Tokenized(String, Duration),
 }
 
 pub struct Truth {
@@ -29,6 +30,7 @@ struct Counts {
     tally: Tally,
     lifecycle: Lifecycle,
     cpu: Duration,
+    tokenizing: Duration,
 }
 
 impl Default for Truth {
@@ -55,6 +57,10 @@ impl Truth {
         let _ = self.records.send(Record::Inferred(model.to_string(), cpu));
     }
 
+    pub fn tokenized(&self, model: &str, cpu: Duration) {
+        let _ = self.records.send(Record::Tokenized(model.to_string(), cpu));
+    }
+
     pub fn print(&self) {
         let mut models: BTreeMap<String, Counts> = BTreeMap::new();
         for record in self.received.lock().unwrap().try_iter() {
@@ -65,11 +71,13 @@ impl Truth {
                 Record::Loaded(model) => models.entry(model).or_default().lifecycle.spawns += 1,
                 Record::Unloaded(model) => models.entry(model).or_default().lifecycle.evictions += 1,
                 Record::Inferred(model, cpu) => models.entry(model).or_default().cpu += cpu,
+                Record::Tokenized(model, cpu) => models.entry(model).or_default().tokenizing += cpu,
             }
         }
         let summaries = models.iter_mut().map(|(model, counts)| {
             let mut summary: ModelSummary = counts.tally.summary(counts.lifecycle);
             summary.cpu_seconds = counts.cpu.as_secs_f64();
+            summary.spawned_cpu_seconds = counts.tokenizing.as_secs_f64();
             (model.clone(), summary)
         });
         Summary::print(summaries.collect());
