@@ -108,8 +108,9 @@ pub fn close_unwound(calls: *mut OpenCalls, gone: Gone, now: u64) {
     }
 }
 
-/// Opens a call for the return probe `return_probe`, filling its slot with `fill`.
-pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce(&mut OpenCall)) {
+/// Opens a call for the return probe `return_probe`, filling its slot with `fill`; false when
+/// the thread has too many open.
+pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce(&mut OpenCall)) -> bool {
     // SAFETY: as above.
     let depth = unsafe { (*calls).depth };
     for index in 0..MAX_OPEN_CALLS {
@@ -120,10 +121,11 @@ pub fn open(calls: *mut OpenCalls, sp: u64, return_probe: u32, fill: impl FnOnce
             slot.request_probe = return_probe;
             fill(slot);
             unsafe { (*calls).depth = index as u64 + 1 };
-            return;
+            return true;
         }
     }
     count(Counter::CallsTooDeep);
+    false
 }
 
 /// The innermost open call, if it is the one entered at `sp` for `return_probe`: where an

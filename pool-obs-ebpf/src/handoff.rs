@@ -146,7 +146,7 @@ pub fn handoff_ran(ctx: ProbeContext) {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let sp = cookie.entry_sp(unsafe { stack_pointer(ctx.regs) });
-    if let Some(calls) = calls::of_current_thread(true) {
+    let opened = calls::of_current_thread(true).is_some_and(|calls| {
         calls::close_unwound(calls, Gone::AtOrBelow(sp), now);
         calls::open(calls, sp, cookie.probe, |call| {
             call.entered_ns = now;
@@ -158,9 +158,10 @@ pub fn handoff_ran(ctx: ProbeContext) {
             call.handoff_made_by = origin.made_by;
             call.worker_id = 0;
             call.state = 0;
-        });
-    }
-    if spec.jobs_on_stack != 0 {
+        })
+    });
+    // Only a run whose end will unmark its stack marks it.
+    if opened && spec.jobs_on_stack != 0 {
         mark_stack(sp, |into| *into = *origin);
     }
     if made.is_some_and(|made| made.runs_many == 0) {
