@@ -269,21 +269,6 @@ impl FunctionCode {
         sites
     }
 
-    /// Whether an instruction from site `from` up to site `to` (not included) writes memory
-    /// that was there before: a `push` writes below the stack pointer, where nothing lived.
-    pub fn stores_between(&self, from: &Site, to: &Site) -> bool {
-        let mut info = InstructionInfoFactory::new();
-        let between = self.ops.iter().filter(|op| (from.offset..to.offset).contains(&op.offset));
-        between.filter(|op| op.instruction.mnemonic() != Mnemonic::Push).any(|op| {
-            info.info(&op.instruction).used_memory().iter().any(|memory| {
-                matches!(
-                    memory.access(),
-                    OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
-                )
-            })
-        })
-    }
-
     /// The instructions between offsets `ranges` that read `size` bytes of memory at a base
     /// register plus a displacement: (offset, base, displacement). Where an inlined future's
     /// poll reads its state tag to pick up where it left off.
@@ -579,16 +564,6 @@ mod tests {
         assert!(matches!(conditional.exits(|_| true), Err(Unprobeable::TailCall { offset: 3, .. })));
         // A jump elsewhere stays a tail call whose result is not yet known.
         assert!(matches!(code(&bytes).exits(|_| false), Err(Unprobeable::TailCall { offset: 8, .. })));
-    }
-
-    #[test]
-    fn a_push_stores_nothing_that_was_there_and_a_mov_to_memory_does() {
-        // lea rax, [rdi+8]; push rbx; mov [rdi], rax; nop
-        let function = code(&[0x48, 0x8d, 0x47, 0x08, 0x53, 0x48, 0x89, 0x07, 0x90]);
-        let site =
-            |offset| Site { offset, sp_offset: 0, handling: Handling::Emulated, instruction: String::new() };
-        assert!(!function.stores_between(&site(0), &site(5)));
-        assert!(function.stores_between(&site(0), &site(8)));
     }
 
     #[test]

@@ -136,10 +136,7 @@ pub(super) fn first_inlined_place<T>(
 ) -> Result<(Site, T), (Class, String)> {
     // The instruction the kernel refuses (a LOCK prefix) is passed over; if no place fits, what
     // the values lack says more than that refusal, which no change to the manifest can help.
-    // The first place where the values are is taken, unless the kernel single-steps it and a
-    // later one it emulates has them too, with no store to memory between (which could change
-    // what the values point at): about 15 times cheaper a hit.
-    let (mut refused, mut lacking, mut stepped) = (None, None, None);
+    let (mut refused, mut lacking) = (None, None);
     for at in code.inlined_entries(site.address - symbol.address) {
         match at.handling {
             Handling::Refused(why) => {
@@ -148,24 +145,13 @@ pub(super) fn first_inlined_place<T>(
                     format!("the kernel refuses `{}` ({why})", at.instruction),
                 ));
             }
-            handling => match compile(&site.at(symbol.address + at.offset)) {
-                Ok(compiled) if handling == Handling::Emulated => {
-                    return match stepped {
-                        Some((first, earlier)) if code.stores_between(&first, &at) => Ok((first, earlier)),
-                        _ => Ok((at, compiled)),
-                    };
-                }
-                Ok(compiled) => {
-                    stepped.get_or_insert((at, compiled));
-                }
+            _ => match compile(&site.at(symbol.address + at.offset)) {
+                Ok(compiled) => return Ok((at, compiled)),
                 Err(problem) => {
                     lacking.get_or_insert((Class::SourceValue, problem));
                 }
             },
         }
-    }
-    if let Some(first) = stepped {
-        return Ok(first);
     }
     Err(lacking
         .or(refused)
