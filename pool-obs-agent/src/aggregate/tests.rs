@@ -3,21 +3,22 @@
 use std::{sync::Arc, time::Duration};
 
 use pool_obs_common::event::{
-    CallEnding, CpuSampled, EventKind, FutureDropped, FuturePolled, Header, MODEL_KEY_CAPACITY,
+    CallEnding, CpuSampled, EventKind, FutureDropped, FuturePolled, HandoffRan, Header, MODEL_KEY_CAPACITY,
     MODEL_PRESENT, ModelKey, NOT_IN_CALL, RequestEnded, RequestStarted, RequestSubmitted, WorkerCrashed,
     WorkerEvicted, WorkerSpawned,
 };
 
 use super::{models::model_label, *};
 use crate::{
-    attach::plan::FutureStates,
+    attach::plan::{FutureStates, HandoffSite, Via},
     clock::WallClock,
     outcome::{Arm, ByStatus, Condition, OutcomeRule, Status},
 };
 
 /// Probe 0 ends requests by rule (`== 0` is ok), probe 1 times them out, probe 2 starts them
 /// on a worker; probes 3 to 6 submit requests and spawn, evict and crash workers; probe 7 polls
-/// async requests (outcome `== 0` is ok) and probe 8 drops their futures.
+/// async requests (outcome `== 0` is ok) and probe 8 drops their futures; probe 9 polls them
+/// inlined; probes 10 and 11 make and run work handed to tokio's blocking pool.
 fn aggregator() -> Aggregator {
     let ended = |outcome| ProbeInfo {
         function: "f".into(),
@@ -72,6 +73,9 @@ fn aggregator() -> Aggregator {
         future(EventKind::FutureDropped, None, false),
         // A poll inlined into a caller that goes on after it: it ends where the value is bound.
         future(EventKind::FuturePolled, Some(by_rule), true),
+        // Where tokio's blocking pool is handed work, and where the work runs.
+        ProbeInfo { handoff: Some(HandoffSite::Made(Via::spawn_blocking)), ..other(EventKind::HandoffRan) },
+        ProbeInfo { handoff: Some(HandoffSite::Ran), ..other(EventKind::HandoffRan) },
     ];
     Aggregator::new(1, Arc::new(Metrics::new()), probes, settings)
 }
@@ -757,6 +761,50 @@ fn a_requests_cpu_time_is_its_threads_clock_from_start_to_end_and_the_rest_of_it
     let timeline = aggregator.timeline(8, &WallClock::now()).expect("recently completed");
     assert_eq!((timeline.cpu_ms, timeline.offcpu_ms), (None, None));
     assert_eq!(aggregator.cpu.serving_ns(), 350);
+}
+
+/// A run of work handed off to tokio's blocking pool (made at probe 10, run at probe 11) by a
+/// poll of the request future at `future`, from `entered_ns` with `cpu_ns` of CPU.
+fn handed_off(future: u64, entered_ns: u64, cpu_ns: u64) -> Event {
+    Event::HandoffRan(HandoffRan {
+        header: Header { tid: 2, ..header(EventKind::HandoffRan, 11, entered_ns + 2 * cpu_ns) },
+        request_probe: 7,
+        made_by: 10,
+        ending: CallEnding::Returned as u8,
+        _reserved: [0; 7],
+        model: no_model(),
+        request_id: 0,
+        future,
+        entered_ns,
+        entered_cpu_ns: 1_000,
+        cpu_ns: 1_000 + cpu_ns,
+    })
+}
+
+#[test]
+fn work_a_request_hands_off_counts_for_its_model_once_whether_it_ends_before_the_request_or_after() {
+    let mut aggregator = aggregator();
+    feed(
+        &mut aggregator,
+        &[
+            polled(0x100, (UNRESUMED, SUSPENDED), (0, 100), 0),
+            // Run on another thread while the request waits: counted with the request.
+            handed_off(0x100, 120, 40),
+            polled(0x100, (SUSPENDED, RETURNED), (200, 300), 0),
+            // A run the request did not wait for, ending after it: counted for its model alone.
+            handed_off(0x100, 250, 30),
+            // Made in no request the agent knows: counted for no model.
+            handed_off(0x900, 400, 20),
+        ],
+    );
+    let model = &aggregator.models()[0];
+    let seconds = |value: f64| (value * 1e9).round() as u64;
+    // Two polls of 50 ns on the CPU, and the two runs.
+    assert_eq!(seconds(model.metrics.cpu.seconds.get()), 50 + 50 + 40 + 30);
+    assert_eq!(seconds(model.metrics.cpu.handed_off.via(Via::spawn_blocking).get()), 70);
+    assert_eq!(aggregator.cpu.serving_ns(), 170);
+    let timeline = aggregator.timeline(0x10, &WallClock::now()).expect("recently completed");
+    assert_eq!(timeline.cpu_ms.map(|millis| (millis * 1e6).round() as u64), Some(170));
 }
 
 /// A CPU sample of thread `tid`, in the call of probe `probe` (with what its entry read), or
