@@ -15,27 +15,27 @@ use crate::{ground_truth::Summary, http, openmetrics::Exposition};
 /// `pool-obs-agent init` on the functions of the release binary `pool`: its exit code and the
 /// manifest it wrote (with anything it said on stderr after it).
 pub fn agent_init(pool: &str, functions: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["init", "--binary"])
-        .arg(binary(pool))
-        .args(functions)
-        .output()
-        .expect("run pool-obs-agent init");
-    let written =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code(), written)
+    agent_on_binary("init", pool, |command| command.args(functions))
 }
 
 /// `pool-obs-agent check` of the manifest file at `manifest` against the release binary `pool`:
 /// its exit code and what it printed (stdout, then stderr).
 pub fn agent_check(pool: &str, manifest: &Path) -> (Option<i32>, String) {
-    let output = Command::new(binary("pool-obs-agent"))
-        .args(["check", "--binary"])
-        .arg(binary(pool))
-        .arg("--manifest")
-        .arg(manifest)
+    agent_on_binary("check", pool, |command| command.arg("--manifest").arg(manifest))
+}
+
+/// `pool-obs-agent SUBCOMMAND --binary POOL`, with the arguments `rest` adds: its exit code and
+/// what it printed (stdout, then stderr).
+fn agent_on_binary(
+    subcommand: &str,
+    pool: &str,
+    rest: impl FnOnce(&mut Command) -> &mut Command,
+) -> (Option<i32>, String) {
+    let mut command = Command::new(binary("pool-obs-agent"));
+    command.args([subcommand, "--binary"]).arg(binary(pool));
+    let output = rest(&mut command)
         .output()
-        .expect("run pool-obs-agent check");
+        .unwrap_or_else(|error| panic!("run pool-obs-agent {subcommand}: {error}"));
     let text =
         String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     (output.status.code(), text)

@@ -4,7 +4,7 @@
 //! did: by the model read at that call's entry, or by its future or request id. A run whose
 //! request the agent no longer holds counts for no model: its CPU stays `mode="other"`.
 
-use pool_obs_common::event::{HandoffRan, MODEL_PRESENT};
+use pool_obs_common::event::HandoffRan;
 
 use super::{Aggregator, ModelId};
 use crate::attach::plan::HandoffSite;
@@ -26,17 +26,8 @@ impl Aggregator {
 
     /// The request the run served, with `cpu_ns` added to it.
     fn handoff_request(&mut self, event: &HandoffRan, cpu_ns: u64) -> Option<Served> {
-        let probe = self.probes.get(event.request_probe as usize)?;
-        let (constant, has_request_id) = (probe.constant_model.clone(), probe.has_request_id);
-        let read_model = match constant {
-            Some(constant) => Some(self.model_id(constant.as_bytes(), false)),
-            None if event.model.state == MODEL_PRESENT => {
-                let key = &event.model;
-                let captured = &key.bytes[..(key.captured as usize).min(key.bytes.len())];
-                Some(self.model_id(captured, key.len > u64::from(key.captured)))
-            }
-            None => None,
-        };
+        let has_request_id = self.probes.get(event.request_probe as usize)?.has_request_id;
+        let read_model = self.model_named(event.request_probe, &event.model);
         if event.future != 0 {
             // The future open at that address now, if the work was made in it: a run that
             // started before its first poll was made in an older one.

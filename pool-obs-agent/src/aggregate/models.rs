@@ -83,15 +83,22 @@ impl Aggregator {
     /// The model the probe's manifest names, else the model the event carries, else
     /// `fallback`, else the unknown model.
     pub(super) fn model_of(&mut self, header: &Header, key: &ModelKey, fallback: Option<ModelId>) -> ModelId {
-        let probe = self.probes.get(header.probe as usize);
+        self.model_named(header.probe, key)
+            .or(fallback)
+            .unwrap_or_else(|| self.model_id(UNKNOWN_MODEL.as_bytes(), false))
+    }
+
+    /// The model probe `probe`'s manifest names, else the model `key` carries, if present.
+    pub(super) fn model_named(&mut self, probe: u32, key: &ModelKey) -> Option<ModelId> {
+        let probe = self.probes.get(probe as usize);
         if let Some(constant) = probe.and_then(|probe| probe.constant_model.clone()) {
-            return self.model_id(constant.as_bytes(), false);
+            return Some(self.model_id(constant.as_bytes(), false));
         }
         if key.state == MODEL_PRESENT {
             let captured = &key.bytes[..(key.captured as usize).min(key.bytes.len())];
-            return self.model_id(captured, key.len > u64::from(key.captured));
+            return Some(self.model_id(captured, key.len > u64::from(key.captured)));
         }
-        fallback.unwrap_or_else(|| self.model_id(UNKNOWN_MODEL.as_bytes(), false))
+        None
     }
 
     pub(super) fn model_id(&mut self, key: &[u8], truncated: bool) -> ModelId {

@@ -117,6 +117,14 @@ pub struct Site {
     pub instruction: String,
 }
 
+impl Site {
+    /// A uretprobe: attached at the function's entry, it fires where the call returns, with
+    /// the stack pointer one word above the entry's (the return address popped).
+    pub fn uretprobe() -> Self {
+        Site { offset: 0, sp_offset: -8, handling: Handling::Emulated, instruction: "uretprobe".into() }
+    }
+}
+
 /// Why a function cannot be probed as asked.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unprobeable {

@@ -343,9 +343,12 @@ fn return_sites(
     symbols: &SymbolTable,
 ) -> Result<Sites, Unprobeable> {
     let uretprobe = |reason: &str, caution| {
-        let site =
-            Site { offset: 0, sp_offset: -8, handling: Handling::Emulated, instruction: "uretprobe".into() };
-        Ok(vec![Choice { program: Program::Return, site, reason: reason.to_string(), caution }])
+        Ok(vec![Choice {
+            program: Program::Return,
+            site: Site::uretprobe(),
+            reason: reason.to_string(),
+            caution,
+        }])
     };
     if unsafe_uretprobe {
         return uretprobe(

@@ -19,7 +19,7 @@ use prometheus_client::encoding::EncodeLabelValue;
 
 use super::{Choice, Plan, ProbeInfo, Program};
 use crate::attach::{
-    machine_code::{Handling, Site, decoder_register},
+    machine_code::{Site, decoder_register},
     symbols::SymbolTable,
 };
 
@@ -156,10 +156,14 @@ impl Plan {
                 };
                 self.attach_handoff(symbols, &probed);
             }
+            // Read off rayon's machine code once, for all its making sites.
+            let mut job_ref = None;
             for known in runtime.made {
                 let key = match known.key {
                     Key::In(key) => Some(key),
-                    Key::JobRefPointer => job_ref_pointer(symbols, runtime.ran),
+                    Key::JobRefPointer => {
+                        *job_ref.get_or_insert_with(|| job_ref_pointer(symbols, runtime.ran))
+                    }
                 };
                 // Without its key, work is made unseen: its runs count for no model.
                 let Some(key) = key else { continue };
@@ -221,14 +225,8 @@ impl Plan {
             };
             self.attach(symbol, probe, Choice::safe(program, site, what.clone()));
             if program == Program::HandoffRan {
-                let site = Site {
-                    offset: 0,
-                    sp_offset: -8,
-                    handling: Handling::Emulated,
-                    instruction: "uretprobe".into(),
-                };
                 let reason = "the end of the run: the runtime catches a panic of the work inside".to_string();
-                self.attach(symbol, probe, Choice::safe(Program::HandoffReturned, site, reason));
+                self.attach(symbol, probe, Choice::safe(Program::HandoffReturned, Site::uretprobe(), reason));
             }
         }
     }
